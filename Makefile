@@ -1,0 +1,40 @@
+# One-command set-up: `make test` and `make demo` create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= data/synthetic
+RUNS_DIR ?= runs/demo
+
+.PHONY: venv test demo fixup lint bench clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -c constraints.txt -r requirements.txt
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+demo: $(STAMP)
+	bash scripts/demo.sh $(PY) $(DEMO_DIR) $(RUNS_DIR)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+fixup: $(STAMP)
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_rle.py
+	$(PY) benchmarks/bench_metric.py
+	$(PY) benchmarks/bench_loader.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
