@@ -136,10 +136,8 @@ def rows_to_table(rows: pd.DataFrame, image_ids: Sequence[str], source: str, uni
         raise DataError(f"{source}, line {row['line']}: image {row['ImageId']} is not in {universe}")
     for class_id, column in zip(CLASS_IDS, RLE_COLUMNS, strict=True):
         of_class = rows[rows["ClassId"] == class_id]
-        table[column] = (
-            table["ImageId"].map(dict(zip(of_class["ImageId"], of_class["EncodedPixels"]))).fillna("")
-        )
-    return table
+        table[column] = table["ImageId"].map(dict(zip(of_class["ImageId"], of_class["EncodedPixels"])))
+    return table.fillna("").astype(str)
 
 
 def read_labels(csv_path: str | os.PathLike, images_dir: str | os.PathLike | None = None) -> pd.DataFrame:
@@ -157,7 +155,7 @@ def read_labels(csv_path: str | os.PathLike, images_dir: str | os.PathLike | Non
 
 def empty_table(image_ids: Sequence[str]) -> pd.DataFrame:
     """A label table with no defect on any of the images."""
-    return pd.DataFrame({"ImageId": list(image_ids), **{column: "" for column in RLE_COLUMNS}})
+    return pd.DataFrame({"ImageId": list(image_ids), **{column: "" for column in RLE_COLUMNS}}).astype(str)
 
 
 def class_presence(table: pd.DataFrame) -> np.ndarray:

@@ -23,28 +23,84 @@ _SPACE, _TAB, _NEWLINE, _RETURN, _ZERO, _NINE = 32, 9, 10, 13, 48, 57
 
 
 @numba.njit(cache=True, nogil=True)
-def _encode_runs(mask: np.ndarray) -> np.ndarray:
+def _transitions(mask: np.ndarray, words: np.ndarray) -> np.ndarray:
+    """0-based column-major positions p where pixel p differs from pixel p-1 (pixel -1 and N are 0).
+
+    The scan reads the C-ordered mask row by row, comparing each row with the one above eight
+    pixels at a time, so it touches memory in order and skips unchanged stretches quickly.
+    """
     height, width = mask.shape
-    runs = np.empty(height * width + 1, dtype=np.int64)
-    n_values = 0
-    inside = False
-    pixel = 0
-    for col in range(width):
-        for row in range(height):
-            pixel += 1
-            if mask[row, col] != 0:
-                if not inside:
-                    runs[n_values] = pixel
-                    n_values += 1
-                    inside = True
-            elif inside:
-                runs[n_values] = pixel - runs[n_values - 1]
-                n_values += 1
-                inside = False
-    if inside:
-        runs[n_values] = pixel + 1 - runs[n_values - 1]
-        n_values += 1
-    return runs[:n_values]
+    found = np.empty(height * width + 1, dtype=np.int64)
+    n_found = 0
+    for col in range(width):  # the top pixel of a column follows the bottom one of the previous column
+        above = mask[height - 1, col - 1] != 0 if col > 0 else False
+        if (mask[0, col] != 0) != above:
+            found[n_found] = col * height
+            n_found += 1
+    n_words = words.shape[1]
+    for row in range(1, height):
+        for word in range(n_words):
+            if words[row, word] == words[row - 1, word]:
+                continue
+            for col in range(word * 8, word * 8 + 8):
+                if (mask[row, col] != 0) != (mask[row - 1, col] != 0):
+                    found[n_found] = col * height + row
+                    n_found += 1
+        for col in range(n_words * 8, width):
+            if (mask[row, col] != 0) != (mask[row - 1, col] != 0):
+                found[n_found] = col * height + row
+                n_found += 1
+    if mask[height - 1, width - 1] != 0:
+        found[n_found] = height * width
+        n_found += 1
+    return np.sort(found[:n_found])
+
+
+_ALL_ONES = np.uint64(0x0101010101010101)
+
+
+@numba.njit(cache=True, nogil=True)
+def _flat_transitions(flat: np.ndarray, words: np.ndarray) -> np.ndarray:
+    """Transitions of a column-major flat mask, skipping eight-pixel words that are all 0 or all 1."""
+    found = np.empty(flat.size + 1, dtype=np.int64)
+    n_found = 0
+    previous = False
+    for word in range(words.size):
+        value = words[word]
+        if (value == 0 and not previous) or (value == _ALL_ONES and previous):
+            continue
+        for pixel in range(word * 8, word * 8 + 8):
+            current = flat[pixel] != 0
+            if current != previous:
+                found[n_found] = pixel
+                n_found += 1
+                previous = current
+    for pixel in range(words.size * 8, flat.size):
+        current = flat[pixel] != 0
+        if current != previous:
+            found[n_found] = pixel
+            n_found += 1
+            previous = current
+    if previous:
+        found[n_found] = flat.size
+        n_found += 1
+    return found[:n_found]
+
+
+def _encode_runs(mask: np.ndarray) -> np.ndarray:
+    if mask.dtype == np.bool_:
+        mask = mask.view(np.uint8)
+    if mask.flags.f_contiguous:  # the layout decode returns: scan the runs in memory order
+        flat = mask.T.reshape(-1)
+        edges = _flat_transitions(flat, flat[: flat.size // 8 * 8].view(np.uint64))
+    else:
+        mask = np.ascontiguousarray(mask)
+        whole_words = mask.shape[1] // 8 * 8
+        edges = _transitions(mask, np.ascontiguousarray(mask[:, :whole_words]).view(np.uint64))
+    runs = np.empty_like(edges)
+    runs[0::2] = edges[0::2] + 1
+    runs[1::2] = edges[1::2] - edges[0::2]
+    return runs
 
 
 @numba.njit(cache=True, nogil=True)
@@ -72,7 +128,10 @@ def _format_numbers(values: np.ndarray) -> np.ndarray:
 
 @numba.njit(cache=True, nogil=True)
 def _decode_into(text: np.ndarray, height: int, width: int, mask: np.ndarray, fill: bool) -> tuple[int, int]:
-    """Parse the RLE bytes, filling ``mask`` when ``fill``; return (error code, offending pair)."""
+    """Parse the RLE bytes, filling the flat column-major ``mask`` when ``fill``.
+
+    Returns (error code, index of the offending pair).
+    """
     n_pixels = height * width
     n_tokens = 0
     value = 0
@@ -105,8 +164,7 @@ def _decode_into(text: np.ndarray, height: int, width: int, mask: np.ndarray, fi
             if end > n_pixels:
                 return _BEYOND_IMAGE, n_tokens // 2
             if fill:
-                for pixel in range(start - 1, end):
-                    mask[pixel % height, pixel // height] = 1
+                mask[start - 1 : end] = 1
             previous_end = end
         n_tokens += 1
         value = 0
@@ -130,7 +188,7 @@ def encode(mask: np.ndarray) -> str:
     """Encode an HxW mask (nonzero = defect) as a Kaggle RLE string; '' for an empty mask."""
     if mask.ndim != 2:
         raise ValueError(f"encode expects an HxW mask, got shape {mask.shape}")
-    runs = _encode_runs(mask.view(np.uint8) if mask.dtype == np.bool_ else mask)
+    runs = _encode_runs(mask if mask.dtype in (np.bool_, np.uint8) else mask != 0)
     if runs.size == 0:
         return ""
     return _format_numbers(runs).tobytes().decode("ascii")
@@ -146,14 +204,19 @@ def _parse(rle: str, shape: tuple[int, int], mask: np.ndarray, fill: bool) -> No
 
 
 def decode(rle: str, shape: tuple[int, int] = IMAGE_SHAPE) -> np.ndarray:
-    """Decode a Kaggle RLE string into an HxW uint8 mask of 0/1; '' gives an empty mask."""
-    mask = np.zeros(shape, dtype=np.uint8)
+    """Decode a Kaggle RLE string into an HxW uint8 mask of 0/1; '' gives an empty mask.
+
+    The result is column-major (Fortran-ordered), the layout the runs are written in: filling it
+    touches only the memory of the runs. ``np.ascontiguousarray`` gives C order where a library
+    needs it.
+    """
+    flat = np.zeros(shape[0] * shape[1], dtype=np.uint8)
     if rle:
-        _parse(rle, shape, mask, fill=True)
-    return mask
+        _parse(rle, shape, flat, fill=True)
+    return flat.reshape(shape[1], shape[0]).T
 
 
-_NO_MASK = np.zeros((1, 1), dtype=np.uint8)
+_NO_MASK = np.zeros(1, dtype=np.uint8)
 
 
 def check(rle: str, shape: tuple[int, int] = IMAGE_SHAPE) -> None:
