@@ -1,4 +1,4 @@
-"""Offline validation: score a submission against labels (more subcommands come with the ensemble)."""
+"""Offline validation: score a submission against labels, or a checkpoint on its validation fold."""
 
 from __future__ import annotations
 
@@ -21,6 +21,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--images", help="image folder: the set of images scored (needed for current-format truth)"
     )
     score.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    checkpoint = commands.add_parser("checkpoint", help="score a trained checkpoint on its own validation fold")
+    checkpoint.add_argument("--checkpoint", required=True, help="best.ckpt or last.ckpt of a run")
+    checkpoint.add_argument("--data-dir", help="overrides the data directory saved in the checkpoint")
+    checkpoint.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return parser
 
 
@@ -29,7 +33,11 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "score":
         summary = score_submission(args.submission, args.truth, args.images)
-        print(json.dumps(summary.to_dict()) if args.json else summary.format())
+    elif args.command == "checkpoint":
+        from common_blocks.runner import evaluate_checkpoint  # torch and the models only when needed
+
+        summary = evaluate_checkpoint(args.checkpoint, args.data_dir)
+    print(json.dumps(summary.to_dict()) if args.json else summary.format())
 
 
 if __name__ == "__main__":

@@ -1,0 +1,34 @@
+"""Synthetic data generator speed, JPEG writing and label files included (target: 20 images/s or more).
+
+python benchmarks/bench_synthetic.py [--n 200] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common_blocks.synthetic import generate  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--n", type=int, default=200, help="number of images (default 200)")
+    parser.add_argument("--workers", type=int, default=2, help="worker threads (default 2)")
+    args = parser.parse_args()
+    n_test = args.n // 5
+    with tempfile.TemporaryDirectory() as out_dir:
+        start = time.perf_counter()
+        generate(Path(out_dir), args.n - n_test, n_test, seed=0, workers=args.workers)
+        elapsed = time.perf_counter() - start
+    print(f"{args.n} images, {args.workers} worker(s): {elapsed:.2f} s, {args.n / elapsed:.1f} images/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""The LightningDataModule: labels, folds, datasets and samplers of one fold."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
+
+from common_blocks.config import TrainConfig
+from common_blocks.datasets import ClassificationDataset, SegmentationDataset
+from common_blocks.errors import DataError
+from common_blocks.files import atomic_output
+from common_blocks.folds import assign_folds, read_folds
+from common_blocks.formats import class_presence, read_labels
+from common_blocks.sampler import BalancedSampler
+from common_blocks.transforms import build_train_transform, build_valid_transform
+
+
+def labelled_folds(cfg: TrainConfig) -> pd.DataFrame:
+    """The label table with a ``fold`` column; folds.csv is written (stratified) when missing."""
+    data_dir = Path(cfg.data.data_dir)
+    if not data_dir.is_dir():
+        raise DataError(f"{data_dir}: data directory not found (set --data-dir or data.data_dir)")
+    table = read_labels(data_dir / "train.csv", data_dir / "train_images")
+    folds_path = data_dir / cfg.data.folds_file
+    if not folds_path.is_file():
+        with atomic_output(folds_path) as temporary:
+            assign_folds(table, cfg.data.n_folds, cfg.data.fold_seed).to_csv(temporary, index=False)
+    folds = read_folds(folds_path, table["ImageId"])
+    n_folds = folds["fold"].nunique()
+    if n_folds != cfg.data.n_folds:
+        raise DataError(
+            f"{folds_path} has {n_folds} folds but data.n_folds is {cfg.data.n_folds}; "
+            "delete the file to re-split, or set data.folds_file to another name"
+        )
+    table = table.merge(folds, on="ImageId", how="left", validate="one_to_one")
+    if cfg.data.max_images is not None:
+        table = table.iloc[: cfg.data.max_images].reset_index(drop=True)
+    return table
+
+
+def check_fold(table: pd.DataFrame, fold: int) -> None:
+    present = sorted(table["fold"].unique())
+    if fold not in present:
+        raise DataError(f"fold {fold} is out of range: the folds file has folds {present[0]}..{present[-1]}")
+
+
+class ShardSampler(Sampler[int]):
+    """Rank ``rank`` of ``world`` takes indices rank, rank+world, ...: every item exactly once overall.
+
+    Unlike DistributedSampler it never pads with repeats, so validation scores and out-of-fold
+    exports cover each image once however the ranks divide them.
+    """
+
+    def __init__(self, length: int, rank: int, world: int) -> None:
+        self.indices = list(range(rank, length, world))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class SteelDataModule(L.LightningDataModule):
+    def __init__(self, cfg: TrainConfig, fold: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.fold = fold
+        self.table = labelled_folds(cfg)
+        check_fold(self.table, fold)
+        self.train_table = self.table[self.table["fold"] != fold].reset_index(drop=True)
+        self.valid_table = self.table[self.table["fold"] == fold].reset_index(drop=True)
+        if self.train_table.empty or self.valid_table.empty:
+            raise DataError(f"fold {fold} leaves no training or no validation images")
+
+    @property
+    def dataset_class(self) -> type[SegmentationDataset]:
+        return ClassificationDataset if self.cfg.task == "classification" else SegmentationDataset
+
+    @property
+    def images_dir(self) -> Path:
+        return Path(self.cfg.data.data_dir) / "train_images"
+
+    def _loader(self, dataset, batch_size: int, sampler: Sampler, drop_last: bool) -> DataLoader:
+        workers = self.cfg.data.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            drop_last=drop_last,
+            persistent_workers=workers > 0,
+        )
+
+    def train_sampler(self) -> Sampler[int]:
+        rank, world = _rank_and_world()
+        data = self.cfg.data
+        n_samples = data.samples_per_epoch or len(self.train_table)
+        if data.sampler == "balanced":
+            presence = class_presence(self.train_table)
+            return BalancedSampler(presence, n_samples, self.cfg.trainer.seed, num_replicas=world, rank=rank)
+        if world > 1:
+            return DistributedSampler(range(len(self.train_table)), world, rank, seed=self.cfg.trainer.seed)
+        return RandomSampler(range(len(self.train_table)), num_samples=n_samples)
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self.dataset_class(
+            self.train_table,
+            self.images_dir,
+            transform=build_train_transform(self.cfg.augment),
+            grayscale=self.cfg.data.grayscale,
+        )
+        batch = min(self.cfg.data.batch_size, len(self.train_table))
+        return self._loader(dataset, batch, self.train_sampler(), drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        dataset = self.dataset_class(
+            self.valid_table,
+            self.images_dir,
+            transform=build_valid_transform(self.cfg.augment),
+            grayscale=self.cfg.data.grayscale,
+        )
+        rank, world = _rank_and_world()
+        return self._loader(dataset, self.cfg.data.valid_batch_size, ShardSampler(len(dataset), rank, world), False)
+
+    def valid_folds(self) -> np.ndarray:
+        return self.valid_table["fold"].to_numpy()

@@ -1,0 +1,117 @@
+"""The LightningModule: one model of any family, its loss, its optimiser and the validation score."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from common_blocks.config import TrainConfig
+from common_blocks.errors import PipelineError
+from common_blocks.losses import build_loss, num_outputs_for_mode, probabilities, targets_for_mode
+from common_blocks.models import build_model
+from common_blocks.optim import build_optimizer, build_scheduler
+from common_blocks.score_metric import CompetitionScore
+
+PAD_MULTIPLE = 32  # FPN and Unet halve the resolution five times
+
+
+class NonFiniteLossError(PipelineError):
+    """The training loss became NaN or infinite; the run stops before the step is applied."""
+
+
+class DefectModule(L.LightningModule):
+    """Segmentation (multilabel / binary / multiclass) or the image-level classifier gate.
+
+    The resolved config is saved in every checkpoint (``hparams.config``), so
+    ``DefectModule.load_from_checkpoint(path)`` rebuilds the model without the YAML; ``fold`` is
+    saved too, so a checkpoint knows which images it may be validated on.
+    """
+
+    def __init__(self, config: dict[str, Any], fold: int | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.fold = fold
+        self.cfg = TrainConfig.model_validate(config)
+        self.task_mode = "classification" if self.cfg.task == "classification" else self.cfg.mode
+        n_outputs = 4 if self.cfg.task == "classification" else num_outputs_for_mode(self.cfg.mode)
+        self.model = build_model(self.cfg.model, n_outputs)
+        self.loss = build_loss(self.cfg.loss, self.task_mode)
+        self.val_score = CompetitionScore()
+        if self.cfg.trainer.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.cfg.task == "classification"
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits at the input's resolution (segmentation) or (B, 4) (classification).
+
+        The model sees the image resized by ``data.scale`` and padded to a multiple of 32; the
+        segmentation logits are cropped and resized back, so callers always work at full size.
+        """
+        height, width = images.shape[-2:]
+        scale = self.cfg.data.scale
+        if scale != 1.0:
+            images = F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False)
+        inner_h, inner_w = images.shape[-2:]
+        pad_h, pad_w = -inner_h % PAD_MULTIPLE, -inner_w % PAD_MULTIPLE
+        if pad_h or pad_w:
+            images = F.pad(images, (0, pad_w, 0, pad_h), mode="reflect")
+        if self.cfg.trainer.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        logits = self.model(images)
+        if self.is_classifier:
+            return logits
+        logits = logits[..., :inner_h, :inner_w]
+        if (inner_h, inner_w) != (height, width):
+            logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+        return logits
+
+    def _target(self, batch: dict[str, Any]) -> torch.Tensor:
+        return batch["target"] if self.is_classifier else targets_for_mode(batch["mask"], self.task_mode)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self.loss(self(batch["image"]), self._target(batch))
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"training loss is {loss.item()} at epoch {self.current_epoch}, global step {self.global_step} "
+                f"(batch {batch_idx}); the run stopped before applying it, the last good checkpoint is kept"
+            )
+        batch_size = batch["image"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        for name, value in self.loss.last_terms.items():
+            self.log(f"train/loss_{name}", value, batch_size=batch_size)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        logits = self(batch["image"])
+        batch_size = batch["image"].shape[0]
+        self.log("val/loss", self.loss(logits, self._target(batch)), batch_size=batch_size, sync_dist=True)
+        probs = probabilities(logits.float(), self.task_mode)
+        if self.is_classifier:
+            self.val_score.update_gate(probs, batch["target"], self.cfg.validation.threshold)
+        else:
+            self.val_score.update(
+                probs, batch["mask"], self.cfg.validation.threshold, self.cfg.validation.min_area
+            )
+        return {"probs": probs}
+
+    def on_validation_epoch_end(self) -> None:
+        summary = self.val_score.summary()
+        self.val_score.reset()
+        self.log("val/score", summary.score, prog_bar=True)
+        self.log("val/positive_dice", summary.positive_dice)
+        for class_id, value in summary.per_class.items():
+            self.log(f"val/score_class{class_id}", value)
+        self.last_summary = summary
+
+    def configure_optimizers(self) -> Any:
+        optimizer = build_optimizer(self.model, self.cfg.optimizer)
+        scheduler = build_scheduler(optimizer, self.cfg.scheduler, self.cfg.trainer.max_epochs)
+        if scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}

@@ -1,0 +1,72 @@
+from pathlib import Path
+
+import pytest
+
+from common_blocks.config import TrainConfig, apply_overrides, load_config
+from common_blocks.errors import ConfigError
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+TRAIN_CONFIGS = [path for path in CONFIGS if not path.stem.startswith("ensemble")]
+
+
+@pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=lambda p: p.stem)
+def test_every_shipped_training_config_validates(path):
+    cfg = load_config(path)
+    assert cfg.name == path.stem
+    assert TrainConfig.model_validate(cfg.model_dump(mode="json")) == cfg
+
+
+def test_overrides_are_read_as_yaml(debug_config):
+    cfg = load_config(debug_config, ["trainer.max_epochs=7", "data.grayscale=true", "model.args.encoder_depth=4"])
+    assert cfg.trainer.max_epochs == 7 and cfg.data.grayscale is True
+    assert cfg.model.args["encoder_depth"] == 4
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data.batch_sise=3"], "unknown key data.batch_sise"),
+        (["trainer.max_epochs=many"], "trainer.max_epochs: Input should be a valid integer"),
+        (["mode=semantic"], "mode: Input should be 'multilabel', 'binary' or 'multiclass'"),
+        (["loss=[]"], "loss needs at least one term"),
+        (["data.scale=2"], "data.scale: Input should be less than or equal to 1"),
+        (["trainer.max_epochs.x=1"], "trainer.max_epochs is not a section"),
+        (["max_epochs"], "expected key.path=value"),
+    ],
+)
+def test_bad_values_name_the_key_path(debug_config, overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(debug_config, overrides)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="broken.yaml, line 2: not valid YAML"):
+        load_config(broken)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(listing)
+    no_model = tmp_path / "no_model.yaml"
+    no_model.write_text("task: segmentation\n")
+    with pytest.raises(ConfigError, match="missing key model"):
+        load_config(no_model)
+
+
+def test_resolved_config_round_trips_and_digest_tracks_changes(debug_config):
+    cfg = load_config(debug_config)
+    again = TrainConfig.model_validate(apply_overrides(cfg.model_dump(mode="json"), []))
+    assert again == cfg and again.digest() == cfg.digest()
+    assert load_config(debug_config, ["trainer.seed=1"]).digest() != cfg.digest()
+
+
+@pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=lambda p: p.stem)
+def test_every_shipped_config_builds_its_model(path):
+    from common_blocks.lit_module import DefectModule
+
+    cfg = load_config(path, ["model.args.encoder_weights=null"])
+    module = DefectModule(cfg.model_dump(mode="json"))
+    assert sum(p.numel() for p in module.parameters()) > 0

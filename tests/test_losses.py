@@ -1,0 +1,134 @@
+"""Loss terms per mode, their weighted sum, and the mode-specific targets and probabilities."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from common_blocks.errors import ConfigError
+from common_blocks.losses import (
+    CLASSIFICATION_MODE,
+    LOSSES,
+    MODES,
+    NUM_CLASSES,
+    SEGMENTATION_MODES,
+    LossTerm,
+    build_loss,
+    num_outputs_for_mode,
+    probabilities,
+    targets_for_mode,
+)
+
+SUPPORTED = [(name, mode) for name, (_, modes) in LOSSES.items() for mode in modes]
+
+
+@pytest.fixture
+def mask() -> torch.Tensor:
+    """(2, 4, 16, 24) masks of 0/1, classes overlapping in places, one class absent."""
+    generator = torch.Generator().manual_seed(0)
+    mask = (torch.rand(2, NUM_CLASSES, 16, 24, generator=generator) > 0.7).float()
+    mask[:, 1] = 0
+    return mask
+
+
+def perfect_logits(target: torch.Tensor, mode: str) -> torch.Tensor:
+    """Large-magnitude logits whose prediction is ``target``."""
+    if mode == "multiclass":
+        return F.one_hot(target, num_outputs_for_mode(mode)).permute(0, 3, 1, 2).float() * 40 - 20
+    return target * 40 - 20
+
+
+@pytest.mark.parametrize(("name", "mode"), SUPPORTED)
+def test_each_loss_gives_a_finite_scalar_and_gradient(name: str, mode: str, mask: torch.Tensor) -> None:
+    target = targets_for_mode(mask, mode)
+    spatial = mask.shape[2:] if mode in SEGMENTATION_MODES else ()
+    logits = torch.randn(mask.shape[0], num_outputs_for_mode(mode), *spatial, requires_grad=True)
+    loss = build_loss([LossTerm(type=name)], mode)(logits, target)
+    loss.backward()
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["dice", "lovasz"])
+@pytest.mark.parametrize("mode", SEGMENTATION_MODES)
+def test_perfect_prediction_gives_near_zero_overlap_loss(name: str, mode: str, mask: torch.Tensor) -> None:
+    target = targets_for_mode(mask, mode)
+    loss = build_loss([LossTerm(type=name)], mode)(perfect_logits(target, mode), target)
+    assert loss.item() == pytest.approx(0.0, abs=1e-4)
+
+
+def test_total_is_the_weighted_sum_of_the_logged_terms(mask: torch.Tensor) -> None:
+    terms = [LossTerm(type="bce", weight=2.0), LossTerm(type="dice", weight=0.5)]
+    loss = build_loss(terms, "multilabel")
+    total = loss(torch.randn(mask.shape), mask)
+    assert set(loss.last_terms) == {"bce", "dice"}
+    assert total.item() == pytest.approx(
+        2.0 * loss.last_terms["bce"].item() + 0.5 * loss.last_terms["dice"].item()
+    )
+
+
+def test_repeated_term_types_get_distinct_names(mask: torch.Tensor) -> None:
+    terms = [LossTerm(type="dice"), LossTerm(type="bce"), LossTerm(type="dice", args={"log_loss": True})]
+    loss = build_loss(terms, "multilabel")
+    loss(torch.randn(mask.shape), mask)
+    assert list(loss.last_terms) == ["dice", "bce", "dice_3"]
+
+
+def test_targets_have_the_shape_and_type_of_each_mode(mask: torch.Tensor) -> None:
+    batch, classes, height, width = mask.shape
+    assert targets_for_mode(mask, "multilabel") is mask
+    assert targets_for_mode(mask, "binary").shape == (batch, 1, height, width)
+    multiclass = targets_for_mode(mask, "multiclass")
+    assert multiclass.shape == (batch, height, width) and multiclass.dtype == torch.long
+    assert targets_for_mode(mask, CLASSIFICATION_MODE).tolist() == [[1.0, 0.0, 1.0, 1.0]] * batch
+
+
+def test_multiclass_target_gives_overlaps_to_the_higher_class() -> None:
+    mask = torch.zeros(1, NUM_CLASSES, 1, 3)
+    mask[0, 0, 0, :2] = 1  # class 1 at pixels 0 and 1
+    mask[0, 2, 0, 1] = 1  # class 3 at pixel 1
+    assert targets_for_mode(mask, "multiclass").tolist() == [[[1, 3, 0]]]
+    assert targets_for_mode(mask, "binary").flatten().tolist() == [1.0, 1.0, 0.0]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_probabilities_have_one_channel_per_class(mode: str) -> None:
+    spatial = (8, 12) if mode in SEGMENTATION_MODES else ()
+    probability = probabilities(torch.randn(2, num_outputs_for_mode(mode), *spatial), mode)
+    assert probability.shape == (2, NUM_CLASSES, *spatial)
+    assert ((probability >= 0) & (probability <= 1)).all()
+
+
+def test_binary_probability_is_shared_by_all_classes() -> None:
+    probability = probabilities(torch.randn(2, 1, 8, 12), "binary")
+    assert torch.equal(probability, probability[:, :1].expand_as(probability))
+
+
+def test_multiclass_probabilities_leave_out_the_background() -> None:
+    logits = torch.randn(2, NUM_CLASSES + 1, 8, 12)
+    torch.testing.assert_close(
+        probabilities(logits, "multiclass").sum(dim=1), 1 - logits.softmax(dim=1)[:, 0]
+    )
+
+
+def test_unknown_loss_type_lists_registered_names() -> None:
+    with pytest.raises(ConfigError, match=r"loss\[1\]\.type: unknown loss 'dise' \(registered: bce, .*dice"):
+        build_loss([LossTerm(type="bce"), LossTerm(type="dise")], "multilabel")
+
+
+def test_overlap_losses_are_rejected_for_classification() -> None:
+    with pytest.raises(
+        ConfigError, match=r"loss\[0\]\.type: loss 'dice' does not support mode 'classification'"
+    ):
+        build_loss([LossTerm(type="dice")], CLASSIFICATION_MODE)
+
+
+def test_bad_loss_arguments_name_the_term() -> None:
+    with pytest.raises(ConfigError, match=r"loss\[0\]\.args: .*gama"):
+        build_loss([LossTerm(type="focal", args={"gama": 2})], "binary")
+
+
+def test_unknown_mode_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="unknown mode 'multi'"):
+        build_loss([LossTerm(type="bce")], "multi")

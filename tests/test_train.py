@@ -1,0 +1,231 @@
+"""Training one fold end to end on tiny synthetic data: outputs, OOF export, resume, NaN, DDP, CLI errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from common_blocks.config import load_config
+from common_blocks.lit_module import DefectModule, NonFiniteLossError
+from common_blocks.losses import WeightedLoss
+from common_blocks.oof_stats import OofStats
+from common_blocks.runner import RunPaths, evaluate_checkpoint, train_fold
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = ["trainer.max_epochs=1"]
+
+
+def _config(path, data_dir, *overrides):
+    return load_config(path, [f"data.data_dir={data_dir}", *QUICK, *overrides])
+
+
+def _fold_images(data_dir, fold):
+    folds = pd.read_csv(Path(data_dir) / "folds.csv")
+    return set(folds.loc[folds["fold"] == fold, "ImageId"])
+
+
+@pytest.fixture(scope="module")
+def trained_segmenter(synthetic_data, debug_config, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    cfg = _config(debug_config, synthetic_data)
+    summary = train_fold(cfg, 1, out)
+    return cfg, RunPaths.of(out, cfg.name, 1), summary
+
+
+def test_fold_outputs(trained_segmenter, synthetic_data):
+    cfg, paths, summary = trained_segmenter
+    for path in (paths.best, paths.last, paths.config, paths.summary, paths.oof(False)):
+        assert path.is_file(), path
+    assert (paths.root / "logs" / "csv" / "metrics.csv").is_file()
+    assert any((paths.root / "logs" / "tensorboard").glob("events.out.tfevents.*"))
+    assert json.loads(paths.summary.read_text())["score"] == summary["score"]
+    assert 0.0 <= summary["score"] <= 1.0
+    assert yaml.safe_load(paths.config.read_text()) == cfg.model_dump(mode="json")
+
+
+def test_checkpoint_loads_without_the_yaml(trained_segmenter):
+    cfg, paths, _ = trained_segmenter
+    module = DefectModule.load_from_checkpoint(paths.best, map_location="cpu")
+    assert module.cfg == cfg and module.fold == 1
+    module.eval()
+    with torch.inference_mode():
+        logits = module(torch.zeros(1, 3, 256, 1600))
+    assert logits.shape == (1, 4, 256, 1600)
+
+
+def test_oof_export_covers_every_validation_image_once(trained_segmenter, synthetic_data):
+    cfg, paths, summary = trained_segmenter
+    stats = OofStats.load(paths.oof(False))
+    assert sorted(stats.image_ids.tolist()) == sorted(_fold_images(synthetic_data, 1))
+    assert set(stats.folds.tolist()) == {1}
+    assert list(stats.thresholds) == pytest.approx(cfg.oof.thresholds)
+    assert summary["n_valid_images"] == stats.n_images
+
+
+def test_single_process_evaluation_matches_the_run(trained_segmenter):
+    _, paths, summary = trained_segmenter
+    assert evaluate_checkpoint(paths.best).score == pytest.approx(summary["score"], abs=1e-12)
+
+
+def test_existing_run_is_not_overwritten_silently(trained_segmenter):
+    cfg, paths, _ = trained_segmenter
+    before = paths.best.stat().st_mtime_ns
+    with pytest.raises(Exception, match="already has checkpoints; pass --resume"):
+        train_fold(cfg, 1, paths.root.parents[1])
+    assert paths.best.stat().st_mtime_ns == before
+
+
+def test_classifier_gate_trains_and_exports_probabilities(synthetic_data, tmp_path):
+    cfg = _config(ROOT / "configs" / "debug_classifier.yaml", synthetic_data)
+    summary = train_fold(cfg, 0, tmp_path)
+    gate = pd.read_csv(RunPaths.of(tmp_path, cfg.name, 0).oof(True))
+    assert set(gate["ImageId"]) == _fold_images(synthetic_data, 0)
+    assert gate["ImageId"].is_unique
+    probs = gate[["p1", "p2", "p3", "p4"]].to_numpy()
+    assert ((probs >= 0) & (probs <= 1)).all()
+    assert 0.0 <= summary["score"] <= 1.0
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
+    synthetic_data, debug_config, tmp_path, monkeypatch
+):
+    cfg = _config(debug_config, synthetic_data, "trainer.max_epochs=3", "trainer.checkpoint_every_n_steps=1")
+    original = WeightedLoss.forward
+    training_calls = []
+
+    def poisoned(self, logits, target):
+        loss = original(self, logits, target)
+        if self.training:
+            training_calls.append(1)
+            if len(training_calls) > 5:
+                return loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(WeightedLoss, "forward", poisoned)
+    with pytest.raises(NonFiniteLossError, match="global step 5"):
+        train_fold(cfg, 0, tmp_path)
+    last = torch.load(RunPaths.of(tmp_path, cfg.name, 0).last, weights_only=False, map_location="cpu")
+    assert last["global_step"] == 5
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+
+
+def _run_train(*args, **kwargs):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--fold", "9"], "fold 9 is out of range"),
+        (["--fold", "0", "--data-dir", "/nonexistent/data"], "data directory not found"),
+        (["--fold", "0", "--set", "trainer.accelerator=gpu"], "no CUDA device is visible"),
+        (["--fold", "0", "--set", "trainer.max_epochs=zero"], "trainer.max_epochs"),
+    ],
+)
+def test_cli_errors_are_one_line(synthetic_data, debug_config, args, message):
+    result = _run_train(
+        "--config", debug_config, "--data-dir", synthetic_data, "--out-dir", "/tmp/unused-runs", *args
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert message in result.stderr
+
+
+def test_resume_after_kill_mid_epoch(synthetic_data, debug_config, tmp_path):
+    args = [
+        "--config",
+        debug_config,
+        "--fold",
+        "2",
+        "--data-dir",
+        synthetic_data,
+        "--out-dir",
+        tmp_path,
+        "--set",
+        "trainer.max_epochs=2",
+        "--set",
+        "trainer.checkpoint_every_n_steps=1",
+        "--set",
+        "data.samples_per_epoch=40",
+    ]
+    paths = RunPaths.of(tmp_path, "debug", 2)
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *map(str, args)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 120
+    step = 0
+    while time.time() < deadline and process.poll() is None:
+        if paths.last.is_file():
+            try:
+                step = torch.load(paths.last, weights_only=False, map_location="cpu")["global_step"]
+            except Exception:  # noqa: BLE001 - being replaced right now; read again
+                step = 0
+            if 2 <= step < 10:  # 10 steps per epoch: this is mid-epoch 0
+                break
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert 2 <= step < 10, "the run did not reach a mid-epoch checkpoint in time"
+    assert not paths.summary.exists()
+    result = _run_train(*args, "--resume")
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = torch.load(paths.last, weights_only=False, map_location="cpu")
+    assert final["global_step"] == 20 and final["epoch"] >= 1
+    assert paths.summary.is_file() and paths.oof(False).is_file()
+
+
+def test_ddp_two_processes_cover_every_image_once_and_match_single_process(
+    synthetic_data, debug_config, tmp_path
+):
+    result = _run_train(
+        "--config",
+        debug_config,
+        "--fold",
+        "3",
+        "--data-dir",
+        synthetic_data,
+        "--out-dir",
+        tmp_path,
+        "--devices",
+        "2",
+        *[a for o in QUICK for a in ("--set", o)],
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    paths = RunPaths.of(tmp_path, "debug", 3)
+    summary = json.loads(paths.summary.read_text())
+    stats = OofStats.load(paths.oof(False))
+    assert sorted(stats.image_ids.tolist()) == sorted(_fold_images(synthetic_data, 3))
+    assert not list(paths.root.glob("*.rank*"))
+    assert evaluate_checkpoint(paths.best).score == pytest.approx(summary["score"], abs=1e-12)
+
+
+def test_ddp_shards_of_the_balanced_epoch_are_disjoint(synthetic_data, debug_config):
+    from common_blocks.datamodule import SteelDataModule
+    from common_blocks.sampler import BalancedSampler
+
+    data = SteelDataModule(_config(debug_config, synthetic_data), 0)
+    presence = np.stack([data.train_table[c] != "" for c in ("rle_1", "rle_2", "rle_3", "rle_4")], axis=1)
+    shards = [list(BalancedSampler(presence, 40, seed=1, num_replicas=2, rank=r)) for r in (0, 1)]
+    epoch = BalancedSampler(presence, 40, seed=1, num_replicas=1, rank=0).epoch_indices()
+    assert sorted(shards[0] + shards[1]) == sorted(epoch.tolist())
