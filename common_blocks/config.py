@@ -32,7 +32,7 @@ class DataConfig(Section):
     """Where the data is, how folds are made, and how batches are drawn."""
 
     data_dir: Path = Path("data/severstal")
-    folds_file: str = "folds.csv"  # relative to data_dir; written (stratified) when missing
+    folds_file: Path = Path("folds.csv")  # a relative path is under data_dir; written (stratified) when missing
     n_folds: int = Field(10, ge=2)
     fold_seed: int = 42
     grayscale: bool = False  # feed the model one grey channel instead of three
@@ -98,10 +98,18 @@ class TrainConfig(Section):
     pseudo: PseudoConfig = PseudoConfig()
 
     @model_validator(mode="after")
-    def _loss_not_empty(self) -> TrainConfig:
+    def _consistent(self) -> TrainConfig:
         if not self.loss:
             raise ValueError("loss needs at least one term")
+        if self.data.grayscale and self.model.args.get("in_channels", 1) != 1:
+            raise ValueError("data.grayscale feeds one channel: model.args.in_channels must be 1 or unset")
         return self
+
+    def model_for_input(self) -> ModelConfig:
+        """The model section with ``in_channels`` matching what the data feeds it."""
+        if not self.data.grayscale:
+            return self.model
+        return self.model.model_copy(update={"args": {**self.model.args, "in_channels": 1}})
 
     def digest(self) -> str:
         """Short hash of the resolved config, to tell runs apart."""

@@ -1,14 +1,15 @@
-"""The LightningDataModule: labels, folds, datasets and samplers of one fold."""
+"""The LightningDataModule: labels, folds, datasets and samplers of one fold, and pseudo-labels to train with."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import pandas as pd
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
 
 from common_blocks.config import TrainConfig
 from common_blocks.datasets import ClassificationDataset, SegmentationDataset
@@ -16,6 +17,7 @@ from common_blocks.errors import DataError
 from common_blocks.files import atomic_output
 from common_blocks.folds import assign_folds, read_folds
 from common_blocks.formats import class_presence, read_labels
+from common_blocks.pseudo import MixedSampler, load_pseudo_table
 from common_blocks.sampler import BalancedSampler
 from common_blocks.transforms import build_train_transform, build_valid_transform
 
@@ -28,6 +30,11 @@ def labelled_folds(cfg: TrainConfig) -> pd.DataFrame:
     table = read_labels(data_dir / "train.csv", data_dir / "train_images")
     folds_path = data_dir / cfg.data.folds_file
     if not folds_path.is_file():
+        if not os.access(folds_path.parent, os.W_OK):
+            raise DataError(
+                f"{folds_path} does not exist and {folds_path.parent} is read-only; "
+                "set data.folds_file to a writable path (e.g. --set data.folds_file=$PWD/data/folds.csv)"
+            )
         with atomic_output(folds_path) as temporary:
             assign_folds(table, cfg.data.n_folds, cfg.data.fold_seed).to_csv(temporary, index=False)
     folds = read_folds(folds_path, table["ImageId"])
@@ -83,6 +90,13 @@ class SteelDataModule(L.LightningDataModule):
         self.valid_table = self.table[self.table["fold"] == fold].reset_index(drop=True)
         if self.train_table.empty or self.valid_table.empty:
             raise DataError(f"fold {fold} leaves no training or no validation images")
+        self.pseudo_table: pd.DataFrame | None = None
+
+    def setup(self, stage: str) -> None:
+        # Pseudo-labelled test images go into training batches only, never into validation or the OOF
+        # export; read at fit time, so evaluating a checkpoint later does not need the file.
+        if stage == "fit":
+            self.pseudo_table = load_pseudo_table(self.cfg.pseudo, self.test_images_dir)
 
     @property
     def dataset_class(self) -> type[SegmentationDataset]:
@@ -92,7 +106,11 @@ class SteelDataModule(L.LightningDataModule):
     def images_dir(self) -> Path:
         return Path(self.cfg.data.data_dir) / "train_images"
 
-    def _loader(self, dataset, batch_size: int, sampler: Sampler, drop_last: bool) -> DataLoader:
+    @property
+    def test_images_dir(self) -> Path:
+        return Path(self.cfg.data.data_dir) / "test_images"
+
+    def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler, drop_last: bool) -> DataLoader:
         workers = self.cfg.data.num_workers
         return DataLoader(
             dataset,
@@ -114,15 +132,32 @@ class SteelDataModule(L.LightningDataModule):
             return DistributedSampler(range(len(self.train_table)), world, rank, seed=self.cfg.trainer.seed)
         return RandomSampler(range(len(self.train_table)), num_samples=n_samples)
 
-    def train_dataloader(self) -> DataLoader:
-        dataset = self.dataset_class(
-            self.train_table,
-            self.images_dir,
+    def _train_dataset(self, table: pd.DataFrame, images_dir: Path) -> SegmentationDataset:
+        return self.dataset_class(
+            table,
+            images_dir,
             transform=build_train_transform(self.cfg.augment),
             grayscale=self.cfg.data.grayscale,
         )
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self._train_dataset(self.train_table, self.images_dir)
         batch = min(self.cfg.data.batch_size, len(self.train_table))
-        return self._loader(dataset, batch, self.train_sampler(), drop_last=True)
+        if self.pseudo_table is None:
+            return self._loader(dataset, batch, self.train_sampler(), drop_last=True)
+        pseudo = self._train_dataset(self.pseudo_table, self.test_images_dir)
+        rank, world = _rank_and_world()
+        sampler = MixedSampler(
+            self.train_sampler(),
+            len(dataset),
+            len(pseudo),
+            batch,
+            self.cfg.pseudo.fraction,
+            self.cfg.trainer.seed,
+            num_replicas=world,
+            rank=rank,
+        )
+        return self._loader(ConcatDataset([dataset, pseudo]), batch, sampler, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
         dataset = self.dataset_class(
@@ -132,7 +167,9 @@ class SteelDataModule(L.LightningDataModule):
             grayscale=self.cfg.data.grayscale,
         )
         rank, world = _rank_and_world()
-        return self._loader(dataset, self.cfg.data.valid_batch_size, ShardSampler(len(dataset), rank, world), False)
+        return self._loader(
+            dataset, self.cfg.data.valid_batch_size, ShardSampler(len(dataset), rank, world), False
+        )
 
     def valid_folds(self) -> np.ndarray:
         return self.valid_table["fold"].to_numpy()

@@ -37,7 +37,7 @@ class DefectModule(L.LightningModule):
         self.cfg = TrainConfig.model_validate(config)
         self.task_mode = "classification" if self.cfg.task == "classification" else self.cfg.mode
         n_outputs = 4 if self.cfg.task == "classification" else num_outputs_for_mode(self.cfg.mode)
-        self.model = build_model(self.cfg.model, n_outputs)
+        self.model = build_model(self.cfg.model_for_input(), n_outputs)
         self.loss = build_loss(self.cfg.loss, self.task_mode)
         self.val_score = CompetitionScore()
         if self.cfg.trainer.channels_last:
@@ -60,7 +60,7 @@ class DefectModule(L.LightningModule):
         inner_h, inner_w = images.shape[-2:]
         pad_h, pad_w = -inner_h % PAD_MULTIPLE, -inner_w % PAD_MULTIPLE
         if pad_h or pad_w:
-            images = F.pad(images, (0, pad_w, 0, pad_h), mode="reflect")
+            images = F.pad(images, (0, pad_w, 0, pad_h), mode="replicate")
         if self.cfg.trainer.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         logits = self.model(images)

@@ -32,6 +32,7 @@ def test_overrides_are_read_as_yaml(debug_config):
         (["data.scale=2"], "data.scale: Input should be less than or equal to 1"),
         (["trainer.max_epochs.x=1"], "trainer.max_epochs is not a section"),
         (["max_epochs"], "expected key.path=value"),
+        (["data.grayscale=true", "model.args.in_channels=3"], "model.args.in_channels must be 1"),
     ],
 )
 def test_bad_values_name_the_key_path(debug_config, overrides, message):
@@ -70,3 +71,13 @@ def test_every_shipped_config_builds_its_model(path):
     cfg = load_config(path, ["model.args.encoder_weights=null"])
     module = DefectModule(cfg.model_dump(mode="json"))
     assert sum(p.numel() for p in module.parameters()) > 0
+
+
+def test_grayscale_data_builds_a_one_channel_model(debug_config):
+    import torch
+
+    from common_blocks.lit_module import DefectModule
+
+    cfg = load_config(debug_config, ["data.grayscale=true"])
+    module = DefectModule(cfg.model_dump(mode="json"))
+    assert module(torch.zeros(1, 1, 64, 128)).shape == (1, 4, 64, 128)

@@ -1,0 +1,123 @@
+"""Training throughput: the full pipeline (loader + Lightning step) against the model step alone.
+
+    python benchmarks/bench_train.py --config configs/cpu_small.yaml [--steps 20]
+    python benchmarks/bench_train.py --config configs/fpn_se_resnext50.yaml --steps 4 --batch-size 4
+
+Both run in one process on the same model and batch size, on the real sample's fold-0 training
+images: first the model step alone on batches preloaded into memory, then ``Trainer.fit`` with the
+real loader and sampler. The ratio says how much the data pipeline and the loop cost on top of the
+model; the target is >= 0.85. Pretrained weights are not needed for timing (encoder_weights: null).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# isort: off
+import common_blocks  # noqa: E402, F401  (first: it makes torchvision, which lightning imports, importable)
+import lightning as L  # noqa: E402
+
+# isort: on
+from benchmarks.common import REAL_SAMPLE, peak_rss_mib, require_real_sample  # noqa: E402
+from common_blocks.config import load_config  # noqa: E402
+from common_blocks.datamodule import SteelDataModule  # noqa: E402
+from common_blocks.lit_module import DefectModule  # noqa: E402
+from common_blocks.runner import RunPaths, build_trainer  # noqa: E402
+
+
+def step_alone(module: DefectModule, batches: list[dict], steps: int) -> float:
+    """Images/s of forward + backward + optimiser step on preloaded batches."""
+    optimizer = module.configure_optimizers()
+    optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
+    module.train()
+    images = 0
+    start = time.perf_counter()
+    for step in range(steps):
+        batch = batches[step % len(batches)]
+        loss = module.loss(module(batch["image"]), module._target(batch))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        images += batch["image"].shape[0]
+    return images / (time.perf_counter() - start)
+
+
+def full_pipeline(cfg, datamodule: SteelDataModule, steps: int) -> float:
+    """Images/s of Trainer.fit over the real loader, timed from the first to the last batch."""
+    module = DefectModule(cfg.model_dump(mode="json"), 0)
+    timer = BatchTimer()
+    with tempfile.TemporaryDirectory() as folder:
+        trainer, _ = build_trainer(cfg, RunPaths(Path(folder)), "cpu", 1, [timer])
+        trainer.limit_train_batches = steps + 1
+        trainer.limit_val_batches = 0
+        trainer.fit_loop.max_epochs = 1
+        trainer.fit(module, datamodule=datamodule)
+    return timer.images / (timer.finished - timer.first_done)
+
+
+class BatchTimer(L.Callback):
+    """Counts images between the end of the first batch (warm-up excluded) and the end of the last."""
+
+    def __init__(self) -> None:
+        self.first_done = 0.0
+        self.finished = 0.0
+        self.images = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        if batch_idx == 0:
+            self.first_done = now
+        else:
+            self.images += batch["image"].shape[0]
+            self.finished = now
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--data-dir", type=Path, default=REAL_SAMPLE)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, help="overrides data.batch_size")
+    parser.add_argument("--workers", type=int, help="overrides data.num_workers")
+    args = parser.parse_args()
+    require_real_sample(args.data_dir)
+    with tempfile.TemporaryDirectory() as folds_dir:
+        overrides = [
+            f"data.data_dir={args.data_dir}",
+            f"data.folds_file={Path(folds_dir) / 'folds.csv'}",
+            "model.args.encoder_weights=null",
+            "trainer.checkpoint_every_n_steps=null",
+        ]
+        if args.batch_size:
+            overrides.append(f"data.batch_size={args.batch_size}")
+        if args.workers is not None:
+            overrides.append(f"data.num_workers={args.workers}")
+        cfg = load_config(args.config, overrides)
+        datamodule = SteelDataModule(cfg, 0)
+        loader = datamodule.train_dataloader()
+        batches = [batch for batch, _ in zip(loader, range(min(args.steps, 8)))]
+        module = DefectModule(cfg.model_dump(mode="json"), 0)
+        step_alone(module, batches, 1)  # warm-up
+        alone = step_alone(module, batches, args.steps)
+        del batches, loader
+        pipeline = full_pipeline(cfg, datamodule, args.steps)
+    print(
+        f"{cfg.name}: batch {cfg.data.batch_size}, workers {cfg.data.num_workers}, threads {torch.get_num_threads()}"
+    )
+    print(f"model step alone  {alone:8.2f} img/s")
+    print(f"full pipeline     {pipeline:8.2f} img/s")
+    print(f"ratio             {pipeline / alone:8.2f} (target >= 0.85)")
+    print(f"peak RSS          {peak_rss_mib():8.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The whole mission on synthetic data, end to end (what `make demo` runs):
+# generate -> folds -> train debug segmenter on 2 folds + debug gate -> OOF thresholds and
+# leaderboard row -> submission.csv -> its score against the synthetic truth -> HTML report.
+set -euo pipefail
+python=${1:-.venv/bin/python}
+data=${2:-data/synthetic}
+runs=${3:-runs/demo}
+start=$(date +%s)
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "synthetic data in $data"
+"$python" -m common_blocks.synthetic --out "$data" --n-train 160 --n-test 60 --seed 0 --overwrite
+"$python" -m common_blocks.folds --data-dir "$data" --n-folds 4 --seed 0
+
+step "data check: the all-empty submission scored against the synthetic test labels"
+"$python" - "$data" <<'PY'
+import sys
+from pathlib import Path
+from common_blocks.formats import empty_table, list_images, write_submission
+data = Path(sys.argv[1])
+write_submission(empty_table(list_images(data / "test_images")), data / "empty_submission.csv")
+PY
+"$python" validate.py score --submission "$data/empty_submission.csv" --truth "$data/test_labels.csv" \
+  --images "$data/test_images"
+
+for fold in 0 1; do
+  step "train debug segmenter, fold $fold"
+  "$python" train.py --config configs/debug.yaml --fold "$fold" --data-dir "$data" --out-dir "$runs" \
+    --overwrite --set trainer.max_epochs=4
+  step "train debug classifier gate, fold $fold"
+  "$python" train.py --config configs/debug_classifier.yaml --fold "$fold" --data-dir "$data" \
+    --out-dir "$runs" --overwrite --set trainer.max_epochs=3
+done
+
+step "demo finished in $(( $(date +%s) - start )) s"
