@@ -35,6 +35,9 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_rle.py
 	$(PY) benchmarks/bench_metric.py
 	$(PY) benchmarks/bench_loader.py
+	$(PY) benchmarks/bench_synthetic.py
+	$(PY) benchmarks/bench_threshold_search.py
+	$(PY) benchmarks/bench_train.py --config configs/cpu_small.yaml
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -32,8 +32,10 @@ from common_blocks.viz import (
     confusion_by_class_count,
     figure_html,
     label_masks,
+    metrics_path,
     overlay,
     pair_outcomes,
+    run_label,
     save_figure,
     save_png,
     score_vs_threshold,
@@ -123,6 +125,16 @@ def _worst_html(
     return colour_legend(with_prediction=True) + "".join(figures)
 
 
+def _training_html(out_dir: Path, run_dirs: Sequence[str | os.PathLike]) -> str:
+    """The curves of every fold, naming the folds that have no log (yet)."""
+    if not run_dirs:
+        return '<p class="note">No run folders were given.</p>'
+    curves = save_figure(training_curves(run_dirs), out_dir / "training_curves.png")
+    unlogged = [run_label(Path(d)) for d in run_dirs if not metrics_path(d).is_file()]
+    note = f'<p class="note">No metrics.csv in {html.escape(", ".join(unlogged))}.</p>' if unlogged else ""
+    return note + figure_html(curves.name)
+
+
 def build_report(
     out_dir: str | os.PathLike,
     *,
@@ -140,7 +152,6 @@ def build_report(
     ``worst`` the images to draw (see ``worst_images``); returns the page."""
     out_dir = Path(out_dir)
     config = result.config
-    dice, _ = pair_outcomes(stats, config)
     folds = sorted(set(stats.folds.tolist()))
     intro = (
         f'<p class="note">{stats.n_images} out-of-fold images, folds {", ".join(map(str, folds))}; '
@@ -163,9 +174,8 @@ def build_report(
     if worst is None:
         worst_body = '<p class="note">Not rendered (no predicted masks were given).</p>'
     else:
-        class_dice = dict(zip(stats.image_ids.tolist(), dice, strict=True))
+        class_dice = dict(zip(stats.image_ids.tolist(), pair_outcomes(stats, config)[0], strict=True))
         worst_body = _worst_html(out_dir, worst, table, Path(images_dir), class_dice)
     sections.append(section_html("Worst-scored validation images", worst_body))
-    curves = save_figure(training_curves(run_dirs), out_dir / "training_curves.png")
-    sections.append(section_html("Training curves", figure_html(curves.name)))
+    sections.append(section_html("Training curves", _training_html(out_dir, run_dirs)))
     return write_page(out_dir, title, "".join(sections))

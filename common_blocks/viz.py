@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from tqdm import tqdm
 
 from common_blocks import rle
@@ -219,6 +220,11 @@ def _finished_epochs(run_dir: Path) -> int | None:
         return None
 
 
+def metrics_path(run_dir: str | os.PathLike) -> Path:
+    """Where Lightning's CSVLogger writes a fold's metrics."""
+    return Path(run_dir) / "logs" / "csv" / "metrics.csv"
+
+
 def training_history(run_dir: str | os.PathLike) -> pd.DataFrame:
     """Per-epoch means of train/loss, val/loss and val/score of one fold from its Lightning metrics.csv
     (NaN where a column was not logged; empty when there is no log yet).
@@ -226,7 +232,7 @@ def training_history(run_dir: str | os.PathLike) -> pd.DataFrame:
     The row Lightning logs when the best checkpoint is validated again after the fit carries the epoch
     after the last one; it repeats the best epoch's figures, so it is dropped."""
     run_dir = Path(run_dir)
-    path = run_dir / "logs" / "csv" / "metrics.csv"
+    path = metrics_path(run_dir)
     if not path.is_file():
         return pd.DataFrame(columns=list(TRAINING_COLUMNS), index=pd.Index([], name="epoch"))
     try:
@@ -243,7 +249,7 @@ def training_history(run_dir: str | os.PathLike) -> pd.DataFrame:
 
 def run_label(run_dir: Path) -> str:
     """'NAME/foldK', which tells apart the folds of several models."""
-    return f"{run_dir.parent.name}/{run_dir.name}"
+    return f"{run_dir.absolute().parent.name}/{run_dir.name}"
 
 
 def training_curves(run_dirs: Sequence[str | os.PathLike]) -> Figure:
@@ -267,6 +273,7 @@ def training_curves(run_dirs: Sequence[str | os.PathLike]) -> Figure:
     scores.set_title("Validation score (mean Dice)")
     for axes in (losses, scores):
         axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.grid(alpha=0.3)
         if axes.lines:
             axes.legend(fontsize=8)

@@ -149,3 +149,14 @@ def test_write_is_atomic_when_it_fails(tmp_path):
 def test_class_presence_dtype():
     table = empty_table(["a.jpg"])
     assert class_presence(table).dtype == np.bool_
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    path = tmp_path / "submission.csv"
+    write_submission(empty_table(["a.jpg"]), path)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
