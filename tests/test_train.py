@@ -217,7 +217,9 @@ def test_ddp_two_processes_cover_every_image_once_and_match_single_process(
     stats = OofStats.load(paths.oof(False))
     assert sorted(stats.image_ids.tolist()) == sorted(_fold_images(synthetic_data, 3))
     assert not list(paths.root.glob("*.rank*"))
-    assert evaluate_checkpoint(paths.best).score == pytest.approx(summary["score"], abs=1e-12)
+    # Same images and weights; only the batch composition differs, which moves a few logits in the
+    # last float bits (CPU convolution kernels depend on batch shape): a pixel may flip, nothing more.
+    assert evaluate_checkpoint(paths.best).score == pytest.approx(summary["score"], abs=1e-6)
 
 
 def test_ddp_shards_of_the_balanced_epoch_are_disjoint(synthetic_data, debug_config):
