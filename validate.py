@@ -1,4 +1,5 @@
-"""Offline validation: score a submission against labels, or a checkpoint on its validation fold."""
+"""Offline validation: score a submission against labels, a checkpoint on its validation fold, or an
+ensemble on out-of-fold images (which also tunes its post-processing)."""
 
 from __future__ import annotations
 
@@ -21,10 +22,38 @@ def build_parser() -> argparse.ArgumentParser:
         "--images", help="image folder: the set of images scored (needed for current-format truth)"
     )
     score.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    checkpoint = commands.add_parser("checkpoint", help="score a trained checkpoint on its own validation fold")
+    checkpoint = commands.add_parser(
+        "checkpoint", help="score a trained checkpoint on its own validation fold"
+    )
     checkpoint.add_argument("--checkpoint", required=True, help="best.ckpt or last.ckpt of a run")
     checkpoint.add_argument("--data-dir", help="overrides the data directory saved in the checkpoint")
     checkpoint.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    oof = commands.add_parser(
+        "oof", help="ensemble local CV on out-of-fold images; writes tuned thresholds and a leaderboard row"
+    )
+    oof.add_argument("--config", required=True, help="ensemble YAML (configs/ensemble.yaml)")
+    oof.add_argument(
+        "--data-dir", help="overrides data_dir: holds train.csv, train_images/ and the folds file"
+    )
+    oof.add_argument("--batch-size", type=int, default=4, help="images per batch (default 4)")
+    oof.add_argument(
+        "--workers", type=int, help="image-decoding processes (default: 0 on the CPU, 2 with a GPU)"
+    )
+    oof.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override an ensemble config key, e.g. --set tta=[none] (repeatable)",
+    )
+    oof.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    report = commands.add_parser("report", help="HTML report of an ensemble's out-of-fold results")
+    report.add_argument("--config", required=True, help="ensemble YAML, after `validate.py oof` ran on it")
+    report.add_argument("--out", required=True, help="output folder for index.html and its PNG files")
+    report.add_argument(
+        "--worst", type=int, default=8, help="worst-scored validation images to show (default 8)"
+    )
     return parser
 
 
@@ -37,6 +66,18 @@ def main(argv: list[str] | None = None) -> None:
         from common_blocks.runner import evaluate_checkpoint  # torch and the models only when needed
 
         summary = evaluate_checkpoint(args.checkpoint, args.data_dir)
+    elif args.command == "oof":
+        from common_blocks.ensemble import load_ensemble_config
+        from common_blocks.ensemble_oof import run_oof
+
+        overrides = [*args.overrides, *([f"data_dir={args.data_dir}"] if args.data_dir else [])]
+        summary = run_oof(load_ensemble_config(args.config, overrides), args.batch_size, args.workers)
+    elif args.command == "report":
+        from common_blocks.ensemble import load_ensemble_config
+        from common_blocks.ensemble_report import ensemble_report
+
+        print(f"report written to {ensemble_report(load_ensemble_config(args.config), args.out, args.worst)}")
+        return
     print(json.dumps(summary.to_dict()) if args.json else summary.format())
 
 

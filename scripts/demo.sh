@@ -34,4 +34,23 @@ for fold in 0 1; do
     --out-dir "$runs" --overwrite --set trainer.max_epochs=3
 done
 
-step "demo finished in $(( $(date +%s) - start )) s"
+step "out-of-fold ensemble: tuned post-processing, local CV, leaderboard row"
+"$python" validate.py oof --config configs/ensemble_debug.yaml --data-dir "$data" \
+  --set runs_dir="$runs" | tee "$runs/local_cv.txt"
+
+step "submission"
+"$python" inference.py --config configs/ensemble_debug.yaml --data-dir "$data" --set runs_dir="$runs" \
+  --out "$runs/submission.csv"
+
+step "the submission scored against the synthetic test labels"
+"$python" validate.py score --submission "$runs/submission.csv" --truth "$data/test_labels.csv" \
+  --images "$data/test_images" | tee "$runs/submission_score.txt"
+
+step "report"
+"$python" validate.py report --config configs/ensemble_debug.yaml --out "$runs/report"
+
+step "summary"
+echo "local CV (out-of-fold, tuned):"; head -n 1 "$runs/local_cv.txt"
+echo "submission score on the synthetic test set:"; head -n 1 "$runs/submission_score.txt"
+echo "report: $runs/report/index.html"
+echo "demo finished in $(( $(date +%s) - start )) s"

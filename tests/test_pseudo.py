@@ -1,20 +1,28 @@
 """Pseudo-labels: the selection rule, the storage format, batch mixing (fraction, determinism, DDP shards,
 never in validation), bad inputs, and one tiny training run that really draws pseudo-labelled images."""
 
-import subprocess
-import sys
+import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+import yaml
+from torch import nn
 
+import pseudolabel
+import train
+from common_blocks import rle
 from common_blocks.config import load_config
 from common_blocks.datamodule import SteelDataModule
 from common_blocks.datasets import SegmentationDataset
 from common_blocks.errors import ConfigError, DataError
-from common_blocks.formats import read_labels
+from common_blocks.formats import RLE_COLUMNS, read_labels
+from common_blocks.lit_module import DefectModule
+from common_blocks.predict import EnsemblePredictor, WeightedModel, write_checkpoint
 from common_blocks.pseudo import (
     MixedSampler,
     SelectionSummary,
@@ -23,10 +31,12 @@ from common_blocks.pseudo import (
     select,
     write_pseudo_labels,
 )
-from common_blocks.runner import train_fold
+from common_blocks.pseudo_round import image_loader, predict_and_select
+from common_blocks.runner import RunPaths, train_fold
 from common_blocks.sampler import BalancedSampler
 
 ROOT = Path(__file__).resolve().parents[1]
+CLASS_3_BOX = (slice(100, 140), slice(300, 500))
 
 
 def masks(*present: int) -> np.ndarray:
@@ -74,12 +84,10 @@ def test_summary_counts_kept_images_classes_and_rejections():
     assert not summary.add(np.array([0.5, 0.0, 0.0, 0.0]), masks(1))
     assert not summary.add(np.array([0.99, 0.0, 0.0, 0.0]), masks())
     d = summary.to_dict()
-    assert (d["images_considered"], d["images_kept"], d["rejected_unsure"], d["rejected_disagree"]) == (
-        4,
-        2,
-        1,
-        1,
-    )
+    counts = {
+        key: d[key] for key in ("images_considered", "images_kept", "rejected_unsure", "rejected_disagree")
+    }
+    assert counts == {"images_considered": 4, "images_kept": 2, "rejected_unsure": 1, "rejected_disagree": 1}
     assert d["kept_per_class"] == {"1": 1, "2": 0, "3": 1, "4": 0} and d["kept_defect_free"] == 1
     assert d["mean_confidence_kept"] == pytest.approx((0.95 + 0.98) / 2)
     assert "kept 2 of 4" in summary.format()
@@ -94,10 +102,13 @@ def _test_truth(data_dir: Path) -> pd.DataFrame:
 
 def test_pseudo_csv_round_trip_keeps_defect_free_images_and_only_the_listed_ones(synthetic_data, tmp_path):
     truth = _test_truth(synthetic_data)
-    kept = pd.concat(
-        [truth[truth["rle_1"] + truth["rle_3"] != ""].head(2), truth[truth["rle_3"] == ""].head(2)]
+    defect = (truth[list(RLE_COLUMNS)] != "").any(axis=1)
+    kept = (
+        pd.concat([truth[defect].head(2), truth[~defect].head(2)])
+        .sort_values("ImageId")
+        .reset_index(drop=True)
     )
-    kept = kept.sort_values("ImageId").reset_index(drop=True)
+    assert len(kept) == 4
     write_pseudo_labels(kept, tmp_path / "round1.csv")
     assert len(pd.read_csv(tmp_path / "round1.csv")) == 4 * len(kept)
     pd.testing.assert_frame_equal(
@@ -105,20 +116,18 @@ def test_pseudo_csv_round_trip_keeps_defect_free_images_and_only_the_listed_ones
     )
 
 
-def test_csv_naming_a_missing_image_is_a_one_line_data_error(synthetic_data, tmp_path):
+def test_csv_naming_a_missing_image_is_a_one_line_data_error(synthetic_data, debug_config, tmp_path, capsys):
     csv = tmp_path / "round1.csv"
     csv.write_text("ImageId,ClassId,EncodedPixels\nnot_a_test_image.jpg,1,1 5\n")
     with pytest.raises(DataError) as error:
         read_pseudo_labels(csv, synthetic_data / "test_images")
     message = str(error.value)
     assert "\n" not in message and "line 2" in message and "not_a_test_image.jpg" in message
-    result = subprocess.run(
-        [sys.executable, "train.py", "--config", "configs/debug.yaml", "--fold", "0", "--data-dir",
-         synthetic_data, "--out-dir", tmp_path / "runs", "--pseudo", csv],
-        capture_output=True, text=True, check=False, cwd=ROOT,
-    )  # fmt: skip
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert result.stderr.strip().splitlines() == [f"error: {message}"]
+    with pytest.raises(SystemExit) as exit_code:
+        train.main(["--config", str(debug_config), "--fold", "0", "--data-dir", str(synthetic_data),
+                    "--out-dir", str(tmp_path / "runs"), "--pseudo", str(csv)])  # fmt: skip
+    assert exit_code.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {message}"]
 
 
 # --- batch mixing -----------------------------------------------------------------------------------
@@ -194,14 +203,11 @@ def test_pseudo_images_are_in_training_batches_only(synthetic_data, debug_config
     data = SteelDataModule(_config(debug_config, synthetic_data, f"pseudo.labels={pseudo_csv}"), 0)
     data.setup("fit")
     pseudo_ids = set(data.pseudo_table["ImageId"])
-    train = data.train_dataloader()
-    drawn = [
-        data.pseudo_table["ImageId"][i - len(data.train_table)]
-        for i in train.sampler
-        if i >= len(data.train_table)
-    ]
-    assert set(drawn) <= pseudo_ids and len(drawn) == pytest.approx(0.3 * len(train.sampler), abs=1)
-    assert train.dataset.datasets[1].images_dir == synthetic_data / "test_images"
+    loader = data.train_dataloader()
+    n_real = len(data.train_table)
+    drawn = [data.pseudo_table["ImageId"][i - n_real] for i in loader.sampler if i >= n_real]
+    assert set(drawn) <= pseudo_ids and len(drawn) == pytest.approx(0.3 * len(loader.sampler), abs=1)
+    assert loader.dataset.datasets[1].images_dir == synthetic_data / "test_images"
     valid = data.val_dataloader().dataset
     assert valid.images_dir == synthetic_data / "train_images" and not set(valid.image_ids) & pseudo_ids
 
@@ -218,18 +224,132 @@ def test_empty_pseudo_csv_warns_and_trains_on_real_images(synthetic_data, debug_
 
 
 def test_training_run_draws_pseudo_images(synthetic_data, debug_config, pseudo_csv, tmp_path, monkeypatch):
-    loads: list[tuple[str, bool]] = []
+    loads: list[tuple[str, bool, str]] = []
     original = SegmentationDataset.load
 
     def recording(self, index):
-        loads.append((self.images_dir.name, self.transform is not None))
+        loads.append((self.images_dir.name, self.transform is not None, self.image_ids[index]))
         return original(self, index)
 
     monkeypatch.setattr(SegmentationDataset, "load", recording)
     cfg = _config(debug_config, synthetic_data, f"pseudo.labels={pseudo_csv}", "data.samples_per_epoch=12")
     summary = train_fold(cfg, 0, tmp_path)
-    counts = Counter(loads)
+    counts = Counter((folder, training) for folder, training, _ in loads)
     train_real, train_pseudo = counts[("train_images", True)], counts[("test_images", True)]
     assert train_pseudo > 0 and train_pseudo / (train_real + train_pseudo) == pytest.approx(0.3, abs=0.1)
+    listed = set(pd.read_csv(pseudo_csv)["ImageId"])
+    assert {image for folder, _, image in loads if folder == "test_images"} <= listed
     assert counts[("test_images", False)] == 0  # validation and the OOF export see real images only
     assert summary["n_valid_images"] == counts[("train_images", False)] / 2  # validation, then the OOF pass
+
+
+# --- one round with an ensemble ----------------------------------------------------------------------
+
+
+class Constant(nn.Module):
+    """A stand-in model: the same logits for every image (``(4,)`` per image, or a class-3 box)."""
+
+    def __init__(self, task_mode: str, gate_logits: list[float] | None = None) -> None:
+        super().__init__()
+        self.task_mode = task_mode
+        self.gate_logits = torch.tensor(gate_logits or [0.0] * 4)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.task_mode == "classification":
+            return self.gate_logits.expand(images.shape[0], 4)
+        logits = torch.full((images.shape[0], 4, *images.shape[-2:]), -20.0)
+        logits[:, 2, CLASS_3_BOX[0], CLASS_3_BOX[1]] = 20.0
+        return logits
+
+
+def stub_predictor(gate_logits: list[float]) -> EnsemblePredictor:
+    return EnsemblePredictor(
+        [WeightedModel(Constant("multilabel"))], [WeightedModel(Constant("classification", gate_logits))]
+    )
+
+
+@pytest.mark.parametrize(
+    ("gate_logits", "kept", "rejected_as"),
+    [
+        ([-9, -9, 9, -9], 8, None),  # sure of class 3 only, and the masks hold class 3 only
+        ([-9, -9, 0, -9], 0, "rejected_unsure"),  # p = 0.5 for class 3
+        ([9, -9, 9, -9], 0, "rejected_disagree"),  # sure of class 1, which has no mask
+    ],
+)
+def test_round_keeps_the_confident_agreeing_images_with_their_masks(
+    synthetic_data, gate_logits, kept, rejected_as
+):
+    summary = SelectionSummary()
+    predictions, unreadable = predict_and_select(
+        stub_predictor(gate_logits), image_loader(synthetic_data / "test_images", False, 3, 0), summary
+    )
+    assert summary.considered == len(predictions) == 8 and not unreadable
+    table = predictions[predictions["kept"]]
+    assert len(table) == summary.kept == kept
+    if kept:
+        box = np.zeros((256, 1600), np.uint8)
+        box[CLASS_3_BOX] = 1
+        assert (table["rle_3"] == rle.encode(box)).all()
+        assert (table[["rle_1", "rle_2", "rle_4"]] == "").all(axis=None)
+    else:
+        assert summary.to_dict()[rejected_as] == 8
+
+
+def test_round_leaves_out_unreadable_images(synthetic_data, tmp_path):
+    folder = tmp_path / "test_images"
+    shutil.copytree(synthetic_data / "test_images", folder)
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    summary = SelectionSummary()
+    predictions, unreadable = predict_and_select(
+        stub_predictor([-9, -9, 9, -9]), image_loader(folder, False, 4, 0), summary
+    )
+    assert len(predictions) == summary.kept == 8 and "broken.jpg" not in set(predictions["ImageId"])
+    assert len(unreadable) == 1 and "broken.jpg" in unreadable[0]
+
+
+@pytest.fixture(scope="module")
+def untrained_ensemble(synthetic_data, tmp_path_factory) -> Path:
+    """An ensemble config over untrained debug checkpoints (segmenter and gate, fold 0)."""
+    folder = tmp_path_factory.mktemp("ensemble")
+    refs = {}
+    for role, config in (("member", "debug.yaml"), ("gate", "debug_classifier.yaml")):
+        cfg = load_config(ROOT / "configs" / config, [f"data.data_dir={synthetic_data}"])
+        write_checkpoint(
+            DefectModule(cfg.model_dump(mode="json"), 0), RunPaths.of(folder / "runs", cfg.name, 0).best
+        )
+        refs[role] = {"config": str(ROOT / "configs" / config), "folds": [0]}
+    tree = {"runs_dir": str(folder / "runs"), "data_dir": str(synthetic_data), "members": [refs["member"]],
+            "gate": refs["gate"]}  # fmt: skip
+    path = folder / "ensemble.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def test_round_that_keeps_nothing_warns_and_writes_an_empty_csv(untrained_ensemble, tmp_path, capsys):
+    report = pseudolabel.main(["--config", str(untrained_ensemble), "--round", "1", "--out-dir", str(tmp_path),
+                               "--num-workers", "0"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert "kept 0 of 8 test images" in out and err.startswith("warning: round 1 kept no test image")
+    assert (tmp_path / "round1.csv").read_text().strip() == "ImageId,ClassId,EncodedPixels"
+    assert json.loads((tmp_path / "round1_summary.json").read_text()) == report
+    assert report["images_considered"] == 8 and report["images_kept"] == 0
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "runs_dir=/nonexistent/runs",
+            "missing: /nonexistent/runs/debug/fold0/best.ckpt",
+        ),  # the ensemble's loader
+        ("gate=null", "pseudo-labelling needs a classifier gate"),
+    ],
+)
+def test_round_input_errors_are_one_line(untrained_ensemble, tmp_path, capsys, override, message):
+    with pytest.raises(SystemExit) as exit_code:
+        pseudolabel.main(["--config", str(untrained_ensemble), "--round", "1", "--out-dir", str(tmp_path),
+                          "--set", override])  # fmt: skip
+    assert exit_code.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+    assert not list(tmp_path.iterdir())

@@ -1,0 +1,301 @@
+"""Inference throughput and memory on synthetic test images (half of them defect-free).
+
+1. End to end (JPEG decode -> members with TTA -> post-processing -> RLE -> CSV) against the members'
+   forward passes alone on preloaded tensors: same models, same images, same run. Target >= 0.85.
+2. torch.compile of the members: compile time (first call) and forward images/s against eager.
+3. The classifier gate on that half defect-free test set against no gate, end to end.
+4. Peak RSS of a whole inference run over 1,000 and 4,000 images, each in its own process (a tiny
+   untrained member, no TTA, no gate): streaming keeps it flat (target: within 10%).
+
+Models (1-3): the debug segmenter and gate of ``--runs-dir`` (fold 0; ``make demo`` trains them in
+runs/demo), else untrained debug-size ones written to the work folder. Untrained members' maps are
+noise around 0.45, so they are post-processed at threshold 0.65, which keeps their masks about as
+sparse as a trained model's; the numbers then time the pipeline, not a realistic gate.
+
+    .venv/bin/python benchmarks/bench_inference.py [--runs-dir runs/demo] [--images 48] [--batch-size 4]
+        [--workers 0 1] [--tta none hflip vflip] [--rss-images 1000 4000] [--work-dir /tmp/bench_inference]
+        [--parts 1 2 3 4] [--threads N]
+
+On a shared machine, other processes' load slows two torch threads far more than one (each parallel
+region waits for a descheduled thread), so ``--threads 1`` gives the steadier ratios there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common_blocks.config import load_config  # noqa: E402
+from common_blocks.datasets import SegmentationDataset  # noqa: E402
+from common_blocks.ensemble import EnsembleConfig  # noqa: E402
+from common_blocks.formats import list_images  # noqa: E402
+from common_blocks.lit_module import DefectModule  # noqa: E402
+from common_blocks.postprocess import ClassPostprocess, PostprocessConfig  # noqa: E402
+from common_blocks.predict import EnsemblePredictor, build_predictor, write_checkpoint  # noqa: E402
+from common_blocks.runner import RunPaths  # noqa: E402
+from common_blocks.submission import make_submission  # noqa: E402
+from common_blocks.synthetic import generate  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET_RATIO = 0.85
+RSS_TOLERANCE = 0.10
+UNTRAINED_THRESHOLD = 0.65
+
+
+def synthetic_test_images(work_dir: Path, n_images: int) -> Path:
+    """A folder of ``n_images`` synthetic test images, made once and reused."""
+    data = work_dir / f"data_{n_images}"
+    if not (data / "sample_submission.csv").is_file():
+        generate(data, n_train=0, n_test=n_images, seed=5, overwrite=True)
+    return data / "test_images"
+
+
+def models(runs_dir: Path, work_dir: Path, scale: float | None = None) -> tuple[Path, bool]:
+    """The runs folder holding debug and debug_classifier fold 0, and whether they are trained."""
+    trained = all(RunPaths.of(runs_dir, n, 0).best.is_file() for n in ("debug", "debug_classifier"))
+    if trained and scale is None:
+        return runs_dir, True
+    untrained = work_dir / f"untrained_runs_{scale or 'debug'}"
+    overrides = [] if scale is None else [f"data.scale={scale}"]
+    for config in ("debug", "debug_classifier"):
+        cfg = load_config(ROOT / "configs" / f"{config}.yaml", overrides)
+        torch.manual_seed(0)
+        write_checkpoint(
+            DefectModule(cfg.model_dump(mode="json"), 0), RunPaths.of(untrained, cfg.name, 0).best
+        )
+    return untrained, False
+
+
+def predictor(runs_dir: Path, trained: bool, tta: list[str], gate: bool) -> EnsemblePredictor:
+    cfg = EnsembleConfig.model_validate(
+        {
+            "name": "bench",
+            "runs_dir": runs_dir,
+            "members": [{"config": "debug", "folds": [0]}],
+            "tta": tta,
+            "gate": {"config": "debug_classifier", "folds": [0]} if gate else None,
+        }
+    )
+    threshold = 0.5 if trained else UNTRAINED_THRESHOLD
+    postprocess = PostprocessConfig(classes=(ClassPostprocess(threshold=threshold, gate=0.5),) * 4)
+    return build_predictor(cfg, postprocess=postprocess, device="cpu")
+
+
+def end_to_end_rate(
+    predictor: EnsemblePredictor, images_dir: Path, ids: list[str], batch: int, workers: int
+) -> float:
+    """Images/s of a whole inference run: decode, predict, post-process, encode, write the CSV."""
+    start = time.perf_counter()
+    make_submission(
+        predictor,
+        images_dir,
+        ids,
+        images_dir.parent / "bench_submission.csv",
+        batch_size=batch,
+        workers=workers,
+    )
+    return len(ids) / (time.perf_counter() - start)
+
+
+@torch.inference_mode()
+def forward_rate(predictor: EnsemblePredictor, batches: list[torch.Tensor]) -> float:
+    """Images/s of the members' forward passes alone (every TTA flip), on preloaded normalised batches."""
+    start = time.perf_counter()
+    for images in batches:
+        for model in predictor.segmenters:
+            for dims in predictor.tta:
+                model.module(images.flip(dims) if dims else images)
+    return sum(len(b) for b in batches) / (time.perf_counter() - start)
+
+
+def preload(images_dir: Path, ids: list[str], batch: int) -> list[torch.Tensor]:
+    dataset = SegmentationDataset(pd.DataFrame({"ImageId": ids}), images_dir, with_masks=False)
+    items = [dataset[i]["image"] for i in range(len(dataset))]
+    return [torch.stack(items[i : i + batch]) for i in range(0, len(items), batch)]
+
+
+def in_turns(rates: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
+    """The best of ``repeats`` runs of each measure, run in turns (A, B, A, B, ...) so that load from
+    other processes on a shared machine weighs on each alike."""
+    best = dict.fromkeys(rates, 0.0)
+    for _ in range(repeats):
+        for name, rate in rates.items():
+            best[name] = max(best[name], rate())
+    return best
+
+
+class PipelineBench:
+    """Parts 1-3: the same images, preloaded batches and member, built once."""
+
+    def __init__(self, args: argparse.Namespace, runs_dir: Path, trained: bool) -> None:
+        self.args, self.runs_dir, self.trained = args, runs_dir, trained
+        self.images_dir = synthetic_test_images(args.work_dir, args.images)
+        self.ids = list_images(self.images_dir)
+        self.batches = preload(self.images_dir, self.ids, args.batch_size)
+        self.ensemble = self.predictor(gate=False)
+        self.end_to_end(self.ensemble, 0)()  # warm-up: first calls of every kernel and of numba
+
+    def predictor(self, gate: bool) -> EnsemblePredictor:
+        return predictor(self.runs_dir, self.trained, self.args.tta, gate)
+
+    def end_to_end(self, predictor: EnsemblePredictor, workers: int) -> Callable[[], float]:
+        return lambda: end_to_end_rate(predictor, self.images_dir, self.ids, self.args.batch_size, workers)
+
+    def forward(self, predictor: EnsemblePredictor) -> Callable[[], float]:
+        return lambda: forward_rate(predictor, self.batches)
+
+    def end_to_end_vs_forward(self) -> None:
+        args = self.args
+        print(
+            f"\n1. end to end vs forward passes alone ({len(self.ids)} images, batch {args.batch_size}, "
+            f"TTA {'+'.join(args.tta)})"
+        )
+        rates = in_turns(
+            {"forward": self.forward(self.ensemble)}
+            | {f"{w} worker(s)": self.end_to_end(self.ensemble, w) for w in args.workers},
+            args.repeats,
+        )
+        forward = rates.pop("forward")
+        print(f"   forward passes alone: {forward:6.2f} img/s")
+        for name, rate in rates.items():
+            verdict = "meets" if rate / forward >= TARGET_RATIO else "is below"
+            print(
+                f"   end to end, {name}: {rate:6.2f} img/s = {rate / forward:.2f} of forward "
+                f"({verdict} {TARGET_RATIO})"
+            )
+
+    def compile(self) -> None:
+        print("\n2. torch.compile (inductor, empty compile cache) of the member, forward passes alone")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor_", dir=self.args.work_dir)
+        compiled = self.predictor(gate=False)
+        for model in compiled.segmenters:
+            model.module.model = torch.compile(model.module.model, dynamic=False)
+        try:
+            start = time.perf_counter()
+            forward_rate(compiled, self.batches[:1])
+            compile_seconds = time.perf_counter() - start
+        except Exception as error:  # noqa: BLE001 - report why compile is unavailable here, then go on
+            print(f"   unavailable here: {type(error).__name__}: {str(error).splitlines()[0]}")
+            return
+        rates = in_turns(
+            {"eager": self.forward(self.ensemble), "compiled": self.forward(compiled)}, self.args.repeats
+        )
+        compiled_rate, eager_rate = rates["compiled"], rates["eager"]
+        print(
+            f"   first batch (compiles): {compile_seconds:.1f} s; then compiled {compiled_rate:6.2f} img/s "
+            f"vs eager {eager_rate:6.2f} img/s ({compiled_rate / eager_rate:.2f}x)"
+        )
+
+    def gate(self) -> None:
+        print("\n3. the gate on a half defect-free test set, end to end")
+        gated = self.predictor(gate=True)
+        workers = self.args.workers[0]
+        self.end_to_end(gated, workers)()  # warm-up, and the count of images the gate lets through
+        segmented = gated.segmented_images
+        rates = in_turns(
+            {"no gate": self.end_to_end(self.ensemble, workers), "gate": self.end_to_end(gated, workers)},
+            self.args.repeats,
+        )
+        print(
+            f"   no gate: {rates['no gate']:6.2f} img/s; gate: {rates['gate']:6.2f} img/s "
+            f"({rates['gate'] / rates['no gate']:.2f}x); the gate let {segmented} of {len(self.ids)} "
+            "images through"
+        )
+
+
+def peak_rss_of_process_image() -> float:
+    """Peak RSS in MiB of this process since it started its program (VmHWM). Not ru_maxrss: Linux
+    carries that over exec from the forked parent, so a child would report the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def rss_child(args) -> None:
+    """One inference run over the first ``--rss-child`` images; prints its peak RSS in MiB (this
+    process, where the rows accumulate; the loader worker's memory does not depend on the count)."""
+    images_dir = synthetic_test_images(args.work_dir, max(args.rss_images))
+    runs_dir, _ = models(args.runs_dir, args.work_dir, scale=0.125)
+    ensemble = predictor(runs_dir, False, ["none"], gate=False)
+    ids = list_images(images_dir)[: args.rss_child]
+    rate = end_to_end_rate(ensemble, images_dir, ids, args.batch_size, args.workers[-1])
+    print(f"{peak_rss_of_process_image():.1f} {rate:.2f}")
+
+
+def compare_memory(args) -> None:
+    synthetic_test_images(args.work_dir, max(args.rss_images))
+    print(f"\n4. peak RSS of whole runs (tiny untrained member at 32x200, no TTA, batch {args.batch_size})")
+    for workers in args.workers:
+        peaks = {}
+        for n_images in args.rss_images:
+            command = [
+                sys.executable,
+                __file__,
+                "--rss-child",
+                str(n_images),
+                "--work-dir",
+                str(args.work_dir),
+                "--runs-dir",
+                str(args.runs_dir),
+                "--batch-size",
+                str(args.batch_size),
+                "--workers",
+                str(workers),
+                "--rss-images",
+                *map(str, args.rss_images),
+            ]
+            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout.split()
+            peaks[n_images] = float(output[0])
+            print(
+                f"   {workers} worker(s), {n_images:5d} images: peak RSS {peaks[n_images]:7.1f} MiB "
+                f"({float(output[1]):.1f} img/s)"
+            )
+        low, high = min(peaks.values()), max(peaks.values())
+        verdict = "within" if high <= low * (1 + RSS_TOLERANCE) else "NOT within"
+        print(f"   {workers} worker(s): largest / smallest = {high / low:.3f}: {verdict} {RSS_TOLERANCE:.0%}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "demo", help="trained debug runs")
+    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/bench_inference"), help="images, models")
+    parser.add_argument("--images", type=int, default=48, help="images for parts 1-3")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1], help="loader workers to time")
+    parser.add_argument("--tta", nargs="+", default=["none", "hflip", "vflip"])
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per figure (best is kept)")
+    parser.add_argument("--rss-images", type=int, nargs="+", default=[1000, 4000])
+    parser.add_argument("--parts", type=int, nargs="+", default=[1, 2, 3, 4], choices=[1, 2, 3, 4])
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
+    parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.rss_child:
+        rss_child(args)
+        return
+    runs_dir, trained = models(args.runs_dir, args.work_dir)
+    kind = "trained" if trained else "untrained"
+    print(f"{kind} debug members from {runs_dir}; {torch.get_num_threads()} torch thread(s)")
+    if {1, 2, 3} & set(args.parts):
+        bench = PipelineBench(args, runs_dir, trained)
+        parts = {1: bench.end_to_end_vs_forward, 2: bench.compile, 3: bench.gate}
+        for part in sorted({1, 2, 3} & set(args.parts)):
+            parts[part]()
+    if 4 in args.parts:
+        compare_memory(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""One pseudo-labelling round: the ensemble predicts every test image, the selection rule keeps the sure ones.
+
+Outputs ``OUT_DIR/round<R>.csv`` (format in ``common_blocks.pseudo``) and ``OUT_DIR/round<R>_summary.json``,
+both written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from common_blocks import rle
+from common_blocks.callbacks import GATE_COLUMNS
+from common_blocks.ensemble import EnsembleConfig
+from common_blocks.errors import ConfigError
+from common_blocks.files import atomic_output
+from common_blocks.formats import RLE_COLUMNS, list_images
+from common_blocks.postprocess import postprocess_image
+from common_blocks.predict import EnsemblePredictor, build_predictor
+from common_blocks.pseudo import SelectionSummary, round_path, write_pseudo_labels
+from common_blocks.submission import ReadTolerantDataset
+
+
+def image_loader(images_dir: Path, grayscale: bool, batch_size: int, num_workers: int) -> DataLoader:
+    """Every image of the folder, unaugmented and normalised as in training; unreadable ones flagged."""
+    table = pd.DataFrame({"ImageId": list_images(images_dir)})
+    dataset = ReadTolerantDataset(table, images_dir, grayscale=grayscale, with_masks=False)
+    return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+
+
+def predict_masks(predictor: EnsemblePredictor, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Gate probabilities (B, 4) and post-processed masks (B, 4, H, W) of a batch; the predictor has a gate.
+
+    As ``EnsemblePredictor.predict``, segmentation runs only on images the gate lets through; the
+    others keep empty masks, which is what post-processing would give them.
+    """
+    gate_probs = predictor.gate_probabilities(images)
+    masks = np.zeros((images.shape[0], len(RLE_COLUMNS), *images.shape[-2:]), np.uint8)
+    chosen = np.flatnonzero(predictor.passes_gate(gate_probs, images.shape[0]))
+    if chosen.size:
+        probs = predictor.probabilities(images[torch.from_numpy(chosen)]).numpy()
+        for prob, index in zip(probs, chosen, strict=True):
+            masks[index] = postprocess_image(prob, predictor.postprocess, gate_probs[index])
+    return gate_probs, masks
+
+
+def predict_and_select(
+    predictor: EnsemblePredictor, loader: DataLoader, summary: SelectionSummary
+) -> tuple[pd.DataFrame, list[str]]:
+    """Every readable image's predicted label row, gate probabilities ``p1``..``p4`` and ``kept`` (the
+    rule's verdict), and the read errors.
+
+    An unreadable image is left out, not an error: it cannot be trained on, and one bad file should
+    not cost the round.
+    """
+    rows, unreadable = [], []
+    for batch in loader:
+        readable = np.array([not error for error in batch["error"]])
+        unreadable += [error for error in batch["error"] if error]
+        if not readable.any():
+            continue
+        gate_probs, masks = predict_masks(predictor, batch["image"][torch.from_numpy(readable)])
+        image_ids = np.array(batch["image_id"])[readable]
+        for image_id, image_gate, image_masks in zip(image_ids, gate_probs, masks, strict=True):
+            kept = summary.add(image_gate, image_masks)
+            rows.append((str(image_id), *(rle.encode(mask) for mask in image_masks), *image_gate, kept))
+    return pd.DataFrame(rows, columns=["ImageId", *RLE_COLUMNS, *GATE_COLUMNS, "kept"]), unreadable
+
+
+def pseudo_label_round(
+    cfg: EnsembleConfig,
+    round_number: int,
+    out_dir: str | os.PathLike,
+    summary: SelectionSummary,
+    batch_size: int = 8,
+    num_workers: int = 2,
+    device: str | None = None,
+) -> tuple[dict, pd.DataFrame]:
+    """Run the round, write its label file and summary; returns the summary and every prediction.
+
+    The rule needs the classifier's probabilities, so an ensemble without a gate is an error (before
+    any checkpoint loads); ``build_predictor`` lists missing checkpoints.
+    """
+    if cfg.gate is None:
+        raise ConfigError(
+            f"ensemble {cfg.name}: pseudo-labelling needs a classifier gate (the `gate:` section)"
+        )
+    start = time.perf_counter()
+    postprocess, source = cfg.resolved_postprocess()
+    predictor = build_predictor(cfg, postprocess=postprocess, device=device)
+    loader = image_loader(Path(cfg.data_dir) / "test_images", predictor.grayscale, batch_size, num_workers)
+    predictions, unreadable = predict_and_select(predictor, loader, summary)
+    labels = round_path(out_dir, round_number)
+    write_pseudo_labels(predictions.loc[predictions["kept"], ["ImageId", *RLE_COLUMNS]], labels)
+    report = {
+        "round": round_number,
+        "ensemble": cfg.name,
+        "ensemble_digest": cfg.digest(),
+        "postprocess": source,
+        "labels": str(labels),
+        **summary.to_dict(),
+        "unreadable_images": unreadable,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    with atomic_output(round_path(out_dir, round_number, "_summary.json")) as temporary:
+        temporary.write_text(json.dumps(report, indent=2))
+    return report, predictions
