@@ -389,3 +389,18 @@ def test_oof_needs_the_same_folds_everywhere(tmp_path, runs, data):
     with pytest.raises(ConfigError, match=r"same folds .* debug \[0, 1\], debug_classifier \[0\]"):
         run_oof(cfg)
     assert np.all([not (tmp_path / name).exists() for name in ("thresholds.json", "leaderboard.csv")])
+
+
+def test_report_of_the_oof_run_references_only_existing_files(oof_run, tmp_path):
+    import re
+
+    _, _, args = oof_run
+    code, stdout, stderr = run_cli(
+        validate.main, "report", *args[1:3], "--out", tmp_path / "report", "--worst", 2
+    )
+    assert code == 0, stderr
+    page = (tmp_path / "report" / "index.html").read_text()
+    referenced = re.findall(r'(?:src|href)="([^"#:]+)"', page)
+    assert any(name.endswith(".png") for name in referenced)
+    assert all((tmp_path / "report" / name).is_file() for name in referenced)
+    assert "worst" in page.lower()
