@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from common_blocks.cli import add_set_option
 from common_blocks.errors import ConfigError, cli_entry
 
 
@@ -34,14 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image", type=Path, help="predict this one image instead and print its classes")
     parser.add_argument("--overlay", type=Path, help="with --image: write a PNG with the contours drawn")
     parser.add_argument("--truth", type=Path, help="with --image: label CSV whose masks are drawn in red")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override an ensemble config key, e.g. --set tta=[none] (repeatable)",
-    )
+    add_set_option(parser, "tta=[none]")
     return parser
 
 

@@ -16,6 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from common_blocks.cli import add_set_option
 from common_blocks.ensemble import load_ensemble_config
 from common_blocks.errors import cli_entry
 from common_blocks.pseudo import SelectionSummary
@@ -44,8 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--batch-size", type=int, default=8, help="test images per forward pass (default 8)")
     parser.add_argument("--num-workers", type=int, default=2, help="image-loading processes (default 2)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override an ensemble config key, e.g. --set runs_dir=runs/exp2 (repeatable)")  # fmt: skip
+    add_set_option(parser, "runs_dir=runs/exp2")
     return parser
 
 

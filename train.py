@@ -13,12 +13,15 @@ import argparse
 import json
 from pathlib import Path
 
+from common_blocks.cli import add_set_option
 from common_blocks.config import load_config
 from common_blocks.errors import cli_entry
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", required=True, type=Path, help="YAML config of the model family")
     parser.add_argument("--fold", required=True, type=int, help="validation fold (0-based)")
     parser.add_argument("--data-dir", type=Path, help="overrides data.data_dir")
@@ -28,8 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--resume", action="store_true", help="continue from OUT_DIR/NAME/foldK/last.ckpt")
     resume.add_argument("--overwrite", action="store_true", help="discard earlier checkpoints of this fold")
     parser.add_argument("--pseudo", type=Path, help="pseudo-label CSV mixed into training batches")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set trainer.max_epochs=5 (repeatable)")
+    add_set_option(parser, "trainer.max_epochs=5")
     return parser
 
 

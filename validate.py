@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from common_blocks.cli import add_set_option
 from common_blocks.errors import cli_entry
 from common_blocks.scoring import score_submission
 
@@ -39,14 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     oof.add_argument(
         "--workers", type=int, help="image-decoding processes (default: 0 on the CPU, 2 with a GPU)"
     )
-    oof.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override an ensemble config key, e.g. --set tta=[none] (repeatable)",
-    )
+    add_set_option(oof, "tta=[none]")
     oof.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     report = commands.add_parser("report", help="HTML report of an ensemble's out-of-fold results")
     report.add_argument("--config", required=True, help="ensemble YAML, after `validate.py oof` ran on it")

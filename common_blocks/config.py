@@ -32,7 +32,9 @@ class DataConfig(Section):
     """Where the data is, how folds are made, and how batches are drawn."""
 
     data_dir: Path = Path("data/severstal")
-    folds_file: Path = Path("folds.csv")  # a relative path is under data_dir; written (stratified) when missing
+    folds_file: Path = Path(
+        "folds.csv"
+    )  # a relative path is under data_dir; written (stratified) when missing
     n_folds: int = Field(10, ge=2)
     fold_seed: int = 42
     grayscale: bool = False  # feed the model one grey channel instead of three

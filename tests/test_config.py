@@ -17,7 +17,9 @@ def test_every_shipped_training_config_validates(path):
 
 
 def test_overrides_are_read_as_yaml(debug_config):
-    cfg = load_config(debug_config, ["trainer.max_epochs=7", "data.grayscale=true", "model.args.encoder_depth=4"])
+    cfg = load_config(
+        debug_config, ["trainer.max_epochs=7", "data.grayscale=true", "model.args.encoder_depth=4"]
+    )
     assert cfg.trainer.max_epochs == 7 and cfg.data.grayscale is True
     assert cfg.model.args["encoder_depth"] == 4
 

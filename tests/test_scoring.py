@@ -120,7 +120,9 @@ def test_cli_bad_submissions_give_one_line_errors(tmp_path, capsys, submission_t
     submission = tmp_path / "sub.csv"
     submission.write_text(submission_text)
     with pytest.raises(SystemExit) as exit_info:
-        validate.main(["score", "--submission", str(submission), "--truth", str(truth), "--images", str(images)])
+        validate.main(
+            ["score", "--submission", str(submission), "--truth", str(truth), "--images", str(images)]
+        )
     assert exit_info.value.code == 2
     captured = capsys.readouterr()
     assert captured.out == ""
