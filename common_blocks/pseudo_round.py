@@ -22,7 +22,6 @@ from common_blocks.ensemble import EnsembleConfig
 from common_blocks.errors import ConfigError
 from common_blocks.files import atomic_output
 from common_blocks.formats import RLE_COLUMNS, list_images
-from common_blocks.postprocess import postprocess_image
 from common_blocks.predict import EnsemblePredictor, build_predictor
 from common_blocks.pseudo import SelectionSummary, round_path, write_pseudo_labels
 from common_blocks.submission import ReadTolerantDataset
@@ -33,22 +32,6 @@ def image_loader(images_dir: Path, grayscale: bool, batch_size: int, num_workers
     table = pd.DataFrame({"ImageId": list_images(images_dir)})
     dataset = ReadTolerantDataset(table, images_dir, grayscale=grayscale, with_masks=False)
     return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
-
-
-def predict_masks(predictor: EnsemblePredictor, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Gate probabilities (B, 4) and post-processed masks (B, 4, H, W) of a batch; the predictor has a gate.
-
-    As ``EnsemblePredictor.predict``, segmentation runs only on images the gate lets through; the
-    others keep empty masks, which is what post-processing would give them.
-    """
-    gate_probs = predictor.gate_probabilities(images)
-    masks = np.zeros((images.shape[0], len(RLE_COLUMNS), *images.shape[-2:]), np.uint8)
-    chosen = np.flatnonzero(predictor.passes_gate(gate_probs, images.shape[0]))
-    if chosen.size:
-        probs = predictor.probabilities(images[torch.from_numpy(chosen)]).numpy()
-        for prob, index in zip(probs, chosen, strict=True):
-            masks[index] = postprocess_image(prob, predictor.postprocess, gate_probs[index])
-    return gate_probs, masks
 
 
 def predict_and_select(
@@ -66,7 +49,7 @@ def predict_and_select(
         unreadable += [error for error in batch["error"] if error]
         if not readable.any():
             continue
-        gate_probs, masks = predict_masks(predictor, batch["image"][torch.from_numpy(readable)])
+        gate_probs, masks = predictor.predict_masks(batch["image"][torch.from_numpy(readable)])
         image_ids = np.array(batch["image_id"])[readable]
         for image_id, image_gate, image_masks in zip(image_ids, gate_probs, masks, strict=True):
             kept = summary.add(image_gate, image_masks)
