@@ -13,8 +13,8 @@ noise around 0.45, so they are post-processed at threshold 0.65, which keeps the
 sparse as a trained model's; the numbers then time the pipeline, not a realistic gate.
 
     .venv/bin/python benchmarks/bench_inference.py [--runs-dir runs/demo] [--images 48] [--batch-size 4]
-        [--workers 0 1] [--tta none hflip vflip] [--rss-images 1000 4000] [--work-dir /tmp/bench_inference]
-        [--parts 1 2 3 4] [--threads N]
+        [--workers 0 1] [--tta none hflip vflip] [--average probabilities|logits] [--rss-images 1000 4000]
+        [--work-dir /tmp/bench_inference] [--parts 1 2 3 4] [--threads N]
 
 On a shared machine, other processes' load slows two torch threads far more than one (each parallel
 region waits for a descheduled thread), so ``--threads 1`` gives the steadier ratios there.
@@ -76,13 +76,16 @@ def models(runs_dir: Path, work_dir: Path, scale: float | None = None) -> tuple[
     return untrained, False
 
 
-def predictor(runs_dir: Path, trained: bool, tta: list[str], gate: bool) -> EnsemblePredictor:
+def predictor(
+    runs_dir: Path, trained: bool, tta: list[str], gate: bool, average: str = "probabilities"
+) -> EnsemblePredictor:
     cfg = EnsembleConfig.model_validate(
         {
             "name": "bench",
             "runs_dir": runs_dir,
             "members": [{"config": "debug", "folds": [0]}],
             "tta": tta,
+            "average": average,
             "gate": {"config": "debug_classifier", "folds": [0]} if gate else None,
         }
     )
@@ -146,7 +149,7 @@ class PipelineBench:
         self.end_to_end(self.ensemble, 0)()  # warm-up: first calls of every kernel and of numba
 
     def predictor(self, gate: bool) -> EnsemblePredictor:
-        return predictor(self.runs_dir, self.trained, self.args.tta, gate)
+        return predictor(self.runs_dir, self.trained, self.args.tta, gate, self.args.average)
 
     def end_to_end(self, predictor: EnsemblePredictor, workers: int) -> Callable[[], float]:
         return lambda: end_to_end_rate(predictor, self.images_dir, self.ids, self.args.batch_size, workers)
@@ -158,7 +161,7 @@ class PipelineBench:
         args = self.args
         print(
             f"\n1. end to end vs forward passes alone ({len(self.ids)} images, batch {args.batch_size}, "
-            f"TTA {'+'.join(args.tta)})"
+            f"TTA {'+'.join(args.tta)}, average {args.average})"
         )
         rates = in_turns(
             {"forward": self.forward(self.ensemble)}
@@ -274,6 +277,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1], help="loader workers to time")
     parser.add_argument("--tta", nargs="+", default=["none", "hflip", "vflip"])
+    parser.add_argument("--average", choices=["probabilities", "logits"], default="probabilities")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per figure (best is kept)")
     parser.add_argument("--rss-images", type=int, nargs="+", default=[1000, 4000])
     parser.add_argument("--parts", type=int, nargs="+", default=[1, 2, 3, 4], choices=[1, 2, 3, 4])

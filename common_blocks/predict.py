@@ -100,24 +100,33 @@ class EnsemblePredictor:
         """(B, 4, H, W) float32 ensemble probabilities on the CPU, for every image (no gating).
 
         Outputs are activated and summed in place: on the CPU, every new full-resolution map is a fresh
-        block of memory the kernel has to fault in, which costs as much as the arithmetic.
+        block of memory the kernel has to fault in, which costs as much as the arithmetic. The result is
+        laid out class plane by class plane, as thresholding, component labelling and RLE want it (the
+        networks' outputs are channels-last).
         """
         images = images.to(self.device, non_blocking=True)
         norm = sum(model.weight for model in self.segmenters) * len(self.tta)
         total: torch.Tensor | None = None
         for model in self.segmenters:
             for dims in self.tta:
-                value = model.module(images.flip(dims) if dims else images).float()
-                if dims:
-                    value = value.flip(dims)
-                if self.average == "probabilities":
-                    value = activate_(value, self.mode)
-                weight = model.weight / norm
-                total = value.mul_(weight) if total is None else total.add_(value, alpha=weight)
+                total = self._add_output(total, model.module, images, dims, model.weight / norm)
         if self.average == "logits":
             total = activate_(total, self.mode)
         self.segmented_images += images.shape[0]
-        return total.cpu()
+        return total.contiguous().cpu()
+
+    def _add_output(
+        self, total: torch.Tensor | None, module: nn.Module, images: torch.Tensor, dims: tuple, weight: float
+    ) -> torch.Tensor:
+        """``total`` plus ``weight`` times the module's output on the flipped images, flipped back (and
+        activated when averaging probabilities). A method so that the output is freed on return, before
+        the next forward pass allocates its own."""
+        value = module(images.flip(dims) if dims else images).float()
+        if dims:
+            value = value.flip(dims)
+        if self.average == "probabilities":
+            value = activate_(value, self.mode)
+        return value.mul_(weight) if total is None else total.add_(value, alpha=weight)
 
     def passes_gate(self, gate_probs: np.ndarray | None, n_images: int) -> np.ndarray:
         """(B,) bool: the images for which some class's gate probability reaches its threshold."""

@@ -18,6 +18,7 @@ from torch import nn
 
 import inference
 import validate
+from common_blocks import rle
 from common_blocks.config import load_config
 from common_blocks.datamodule import labelled_folds
 from common_blocks.ensemble import EnsembleConfig, load_ensemble_config
@@ -26,7 +27,7 @@ from common_blocks.formats import read_image_ids, read_label_rows
 from common_blocks.lit_module import DefectModule
 from common_blocks.metrics import score_tables, summarize
 from common_blocks.oof_stats import OofStats
-from common_blocks.postprocess import ClassPostprocess, PostprocessConfig
+from common_blocks.postprocess import ClassPostprocess, PostprocessConfig, postprocess_image
 from common_blocks.predict import (
     EMPTY_RLES,
     EnsemblePredictor,
@@ -158,6 +159,25 @@ def test_members_are_weighted():
     predictor = EnsemblePredictor([WeightedModel(low, 3.0), WeightedModel(high, 1.0)])
     expected = (3 * torch.sigmoid(torch.tensor(-1.0)) + torch.sigmoid(torch.tensor(2.0))) / 4
     assert torch.allclose(predictor.probabilities(images), expected.expand(2, 4, 32, 48))
+
+
+def test_masks_and_rles_are_those_of_postprocess_image():
+    images = asymmetric_images(3)
+    images[1] = -3.0  # most of this image's maps stay below their thresholds
+    config = PostprocessConfig(
+        classes=(
+            ClassPostprocess(threshold=0.6, min_size=40, fill_holes=True),
+            ClassPostprocess(threshold=0.3, min_area=300),
+            ClassPostprocess(threshold=0.95),
+            ClassPostprocess(threshold=0.5),
+        )
+    )
+    predictor = EnsemblePredictor([WeightedModel(Recorder("multilabel", pointwise))], postprocess=config)
+    _, masks = predictor.predict_masks(images)
+    expected = np.stack([postprocess_image(p, config) for p in predictor.probabilities(images).numpy()])
+    kept = masks.any(axis=(2, 3))
+    assert np.array_equal(masks, expected) and kept.any() and not kept.all()
+    assert predictor.predict(images) == [tuple(rle.encode(m) for m in image_masks) for image_masks in masks]
 
 
 def test_prediction_streams_one_batch_at_a_time_and_skips_unreadable_items():
