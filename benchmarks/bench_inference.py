@@ -7,13 +7,16 @@
 4. Peak RSS of a whole inference run over 1,000 and 4,000 images, each in its own process (a tiny
    untrained member, no TTA, no gate): streaming keeps it flat (target: within 10%).
 
-Models (1-3): the debug segmenter and gate of ``--runs-dir`` (fold 0; ``make demo`` trains them in
-runs/demo), else untrained debug-size ones written to the work folder. Untrained members' maps are
-noise around 0.45, so they are post-processed at threshold 0.65, which keeps their masks about as
-sparse as a trained model's; the numbers then time the pipeline, not a realistic gate.
+Models (1-3): fold 0 of the ``--member`` segmenter and ``--gate`` classifier configs (default: the
+debug ones that ``make demo`` trains) from ``--runs-dir``, else untrained ones written to the work
+folder. Untrained members' maps are noise around 0.45, so they are post-processed at threshold 0.65,
+which keeps their masks about as sparse as a trained model's; the numbers then time the pipeline, not
+a realistic gate. The non-forward work per image is about fixed, so the ratio of part 1 depends on
+how heavy the member is: the tiny debug member is the hardest case.
 
-    .venv/bin/python benchmarks/bench_inference.py [--runs-dir runs/demo] [--images 48] [--batch-size 4]
-        [--workers 0 1] [--tta none hflip vflip] [--average probabilities|logits] [--rss-images 1000 4000]
+    .venv/bin/python benchmarks/bench_inference.py [--runs-dir runs/demo] [--member configs/debug.yaml]
+        [--gate configs/debug_classifier.yaml] [--images 48] [--batch-size 4] [--workers 0 1]
+        [--tta none hflip vflip] [--average probabilities|logits] [--rss-images 1000 4000]
         [--work-dir /tmp/bench_inference] [--parts 1 2 3 4] [--threads N]
 
 On a shared machine, other processes' load slows two torch threads far more than one (each parallel
@@ -50,6 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGET_RATIO = 0.85
 RSS_TOLERANCE = 0.10
 UNTRAINED_THRESHOLD = 0.65
+DEBUG_CONFIGS = (ROOT / "configs" / "debug.yaml", ROOT / "configs" / "debug_classifier.yaml")
 
 
 def synthetic_test_images(work_dir: Path, n_images: int) -> Path:
@@ -60,15 +64,17 @@ def synthetic_test_images(work_dir: Path, n_images: int) -> Path:
     return data / "test_images"
 
 
-def models(runs_dir: Path, work_dir: Path, scale: float | None = None) -> tuple[Path, bool]:
-    """The runs folder holding debug and debug_classifier fold 0, and whether they are trained."""
-    trained = all(RunPaths.of(runs_dir, n, 0).best.is_file() for n in ("debug", "debug_classifier"))
+def models(
+    runs_dir: Path, work_dir: Path, configs: tuple[Path, Path], scale: float | None = None
+) -> tuple[Path, bool]:
+    """A runs folder holding fold 0 of the member and gate ``configs``, and whether they are trained:
+    ``runs_dir`` when it has both, else untrained ones written to the work folder."""
+    cfgs = [load_config(path, [] if scale is None else [f"data.scale={scale}"]) for path in configs]
+    trained = all(RunPaths.of(runs_dir, cfg.name, 0).best.is_file() for cfg in cfgs)
     if trained and scale is None:
         return runs_dir, True
-    untrained = work_dir / f"untrained_runs_{scale or 'debug'}"
-    overrides = [] if scale is None else [f"data.scale={scale}"]
-    for config in ("debug", "debug_classifier"):
-        cfg = load_config(ROOT / "configs" / f"{config}.yaml", overrides)
+    untrained = work_dir / f"untrained_runs_{'_'.join(cfg.name for cfg in cfgs)}_{scale or 'as_configured'}"
+    for cfg in cfgs:
         torch.manual_seed(0)
         write_checkpoint(
             DefectModule(cfg.model_dump(mode="json"), 0), RunPaths.of(untrained, cfg.name, 0).best
@@ -77,21 +83,31 @@ def models(runs_dir: Path, work_dir: Path, scale: float | None = None) -> tuple[
 
 
 def predictor(
-    runs_dir: Path, trained: bool, tta: list[str], gate: bool, average: str = "probabilities"
+    runs_dir: Path,
+    trained: bool,
+    configs: tuple[Path, Path],
+    tta: list[str],
+    gate: bool,
+    average: str = "probabilities",
 ) -> EnsemblePredictor:
+    member, gate_config = (str(path) for path in configs)
     cfg = EnsembleConfig.model_validate(
         {
             "name": "bench",
             "runs_dir": runs_dir,
-            "members": [{"config": "debug", "folds": [0]}],
+            "members": [{"config": member, "folds": [0]}],
             "tta": tta,
             "average": average,
-            "gate": {"config": "debug_classifier", "folds": [0]} if gate else None,
+            "gate": {"config": gate_config, "folds": [0]} if gate else None,
         }
     )
     threshold = 0.5 if trained else UNTRAINED_THRESHOLD
     postprocess = PostprocessConfig(classes=(ClassPostprocess(threshold=threshold, gate=0.5),) * 4)
     return build_predictor(cfg, postprocess=postprocess, device="cpu")
+
+
+def configs(args: argparse.Namespace) -> tuple[Path, Path]:
+    return args.member, args.gate
 
 
 def end_to_end_rate(
@@ -121,8 +137,10 @@ def forward_rate(predictor: EnsemblePredictor, batches: list[torch.Tensor]) -> f
     return sum(len(b) for b in batches) / (time.perf_counter() - start)
 
 
-def preload(images_dir: Path, ids: list[str], batch: int) -> list[torch.Tensor]:
-    dataset = SegmentationDataset(pd.DataFrame({"ImageId": ids}), images_dir, with_masks=False)
+def preload(images_dir: Path, ids: list[str], batch: int, grayscale: bool) -> list[torch.Tensor]:
+    dataset = SegmentationDataset(
+        pd.DataFrame({"ImageId": ids}), images_dir, with_masks=False, grayscale=grayscale
+    )
     items = [dataset[i]["image"] for i in range(len(dataset))]
     return [torch.stack(items[i : i + batch]) for i in range(0, len(items), batch)]
 
@@ -144,12 +162,13 @@ class PipelineBench:
         self.args, self.runs_dir, self.trained = args, runs_dir, trained
         self.images_dir = synthetic_test_images(args.work_dir, args.images)
         self.ids = list_images(self.images_dir)
-        self.batches = preload(self.images_dir, self.ids, args.batch_size)
         self.ensemble = self.predictor(gate=False)
+        self.batches = preload(self.images_dir, self.ids, args.batch_size, self.ensemble.grayscale)
         self.end_to_end(self.ensemble, 0)()  # warm-up: first calls of every kernel and of numba
 
     def predictor(self, gate: bool) -> EnsemblePredictor:
-        return predictor(self.runs_dir, self.trained, self.args.tta, gate, self.args.average)
+        args = self.args
+        return predictor(self.runs_dir, self.trained, configs(args), args.tta, gate, args.average)
 
     def end_to_end(self, predictor: EnsemblePredictor, workers: int) -> Callable[[], float]:
         return lambda: end_to_end_rate(predictor, self.images_dir, self.ids, self.args.batch_size, workers)
@@ -229,8 +248,8 @@ def rss_child(args) -> None:
     """One inference run over the first ``--rss-child`` images; prints its peak RSS in MiB (this
     process, where the rows accumulate; the loader worker's memory does not depend on the count)."""
     images_dir = synthetic_test_images(args.work_dir, max(args.rss_images))
-    runs_dir, _ = models(args.runs_dir, args.work_dir, scale=0.125)
-    ensemble = predictor(runs_dir, False, ["none"], gate=False)
+    runs_dir, _ = models(args.runs_dir, args.work_dir, DEBUG_CONFIGS, scale=0.125)
+    ensemble = predictor(runs_dir, False, DEBUG_CONFIGS, ["none"], gate=False)
     ids = list_images(images_dir)[: args.rss_child]
     rate = end_to_end_rate(ensemble, images_dir, ids, args.batch_size, args.workers[-1])
     print(f"{peak_rss_of_process_image():.1f} {rate:.2f}")
@@ -271,7 +290,9 @@ def compare_memory(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "demo", help="trained debug runs")
+    parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "demo", help="trained runs")
+    parser.add_argument("--member", type=Path, default=DEBUG_CONFIGS[0], help="segmenter config (parts 1-3)")
+    parser.add_argument("--gate", type=Path, default=DEBUG_CONFIGS[1], help="classifier config (part 3)")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/bench_inference"), help="images, models")
     parser.add_argument("--images", type=int, default=48, help="images for parts 1-3")
     parser.add_argument("--batch-size", type=int, default=4)
@@ -289,9 +310,12 @@ def main() -> None:
     if args.rss_child:
         rss_child(args)
         return
-    runs_dir, trained = models(args.runs_dir, args.work_dir)
+    runs_dir, trained = models(args.runs_dir, args.work_dir, configs(args))
     kind = "trained" if trained else "untrained"
-    print(f"{kind} debug members from {runs_dir}; {torch.get_num_threads()} torch thread(s)")
+    print(
+        f"{kind} member {args.member.stem} and gate {args.gate.stem} from {runs_dir}; "
+        f"{torch.get_num_threads()} torch thread(s)"
+    )
     if {1, 2, 3} & set(args.parts):
         bench = PipelineBench(args, runs_dir, trained)
         parts = {1: bench.end_to_end_vs_forward, 2: bench.compile, 3: bench.gate}

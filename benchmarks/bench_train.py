@@ -41,7 +41,7 @@ def step_alone(module: DefectModule, batches: list[dict], steps: int) -> float:
     start = time.perf_counter()
     for step in range(steps):
         batch = batches[step % len(batches)]
-        loss = module.loss(module(batch["image"]), module._target(batch))
+        loss = module._loss(module.model_logits(batch["image"]), batch)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -96,6 +96,9 @@ def main() -> None:
             f"data.folds_file={Path(folds_dir) / 'folds.csv'}",
             "model.args.encoder_weights=null",
             "trainer.checkpoint_every_n_steps=null",
+            # The timed fit runs no validation: nothing for early stopping or a plateau schedule to watch.
+            "trainer.early_stopping_patience=null",
+            "scheduler={type: none}",
         ]
         if args.batch_size:
             overrides.append(f"data.batch_size={args.batch_size}")

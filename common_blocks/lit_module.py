@@ -50,10 +50,21 @@ class DefectModule(L.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits at the input's resolution (segmentation) or (B, 4) (classification).
 
-        The model sees the image resized by ``data.scale`` and padded to a multiple of 32; the
-        segmentation logits are cropped and resized back, so callers always work at full size.
+        The model sees the image resized by ``data.scale``; the segmentation logits are resized
+        back, so callers always work at full size.
         """
-        height, width = images.shape[-2:]
+        return self._to_input_size(self.model_logits(images), images)
+
+    def _to_input_size(self, logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        if self.is_classifier or logits.shape[-2:] == images.shape[-2:]:
+            return logits
+        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+    def model_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits at the model's own resolution: the input resized by ``data.scale``.
+
+        The input is padded to a multiple of 32 for the network and the logits cropped back.
+        """
         scale = self.cfg.data.scale
         if scale != 1.0:
             images = F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False)
@@ -64,18 +75,23 @@ class DefectModule(L.LightningModule):
         if self.cfg.trainer.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         logits = self.model(images)
-        if self.is_classifier:
-            return logits
-        logits = logits[..., :inner_h, :inner_w]
-        if (inner_h, inner_w) != (height, width):
-            logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
-        return logits
+        return logits if self.is_classifier else logits[..., :inner_h, :inner_w]
 
-    def _target(self, batch: dict[str, Any]) -> torch.Tensor:
-        return batch["target"] if self.is_classifier else targets_for_mode(batch["mask"], self.task_mode)
+    def _loss(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        """The loss of model-resolution ``logits``: the (uint8) mask is area-averaged down to their size.
+
+        Losses at the model's resolution: upsampling 4 logit channels to 256x1600 and back
+        through the loss would cost more than the network itself at ``data.scale`` 0.25.
+        """
+        if self.is_classifier:
+            return self.loss(logits, batch["target"])
+        mask = batch["mask"].float()
+        if mask.shape[-2:] != logits.shape[-2:]:
+            mask = F.interpolate(mask, size=logits.shape[-2:], mode="area")
+        return self.loss(logits, targets_for_mode(mask, self.task_mode))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss = self.loss(self(batch["image"]), self._target(batch))
+        loss = self._loss(self.model_logits(batch["image"]), batch)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"training loss is {loss.item()} at epoch {self.current_epoch}, global step {self.global_step} "
@@ -88,10 +104,11 @@ class DefectModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
-        logits = self(batch["image"])
-        batch_size = batch["image"].shape[0]
-        self.log("val/loss", self.loss(logits, self._target(batch)), batch_size=batch_size, sync_dist=True)
-        probs = probabilities(logits.float(), self.task_mode)
+        images = batch["image"]
+        logits = self.model_logits(images)
+        batch_size = images.shape[0]
+        self.log("val/loss", self._loss(logits, batch), batch_size=batch_size, sync_dist=True)
+        probs = probabilities(self._to_input_size(logits, images).float(), self.task_mode)
         if self.is_classifier:
             self.val_score.update_gate(probs, batch["target"], self.cfg.validation.threshold)
         else:

@@ -43,7 +43,7 @@ class ReadTolerantDataset(SegmentationDataset):
                 "error": str(error),
             }
             if self.with_masks:
-                item["mask"] = torch.zeros(len(RLE_COLUMNS), *IMAGE_SHAPE)
+                item["mask"] = torch.zeros(len(RLE_COLUMNS), *IMAGE_SHAPE, dtype=torch.uint8)
             return item
 
 

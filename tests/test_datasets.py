@@ -62,7 +62,7 @@ def test_item_shapes_and_dtypes(synthetic, grayscale: bool, channels: int, crop:
     assert item["image"].shape == (channels, HEIGHT, width)
     assert item["image"].dtype == torch.float32
     assert item["mask"].shape == (4, HEIGHT, width)
-    assert item["mask"].dtype == torch.float32
+    assert item["mask"].dtype == torch.uint8
     assert item["image_id"] == "b.png"
     assert item["index"] == 1
 
@@ -191,5 +191,5 @@ def test_real_sample_item_matches_its_labels(real_sample: Path) -> None:
     assert item["image_id"] == row["ImageId"]
     assert torch.equal(item["image"], to_tensor(read_image(images_dir / row["ImageId"])))
     for channel, column in enumerate(RLE_COLUMNS):
-        assert torch.equal(item["mask"][channel], torch.from_numpy(rle.decode(row[column])).float())
+        assert torch.equal(item["mask"][channel], torch.from_numpy(rle.decode(row[column])))
     assert item["mask"].sum() > 0

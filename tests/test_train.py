@@ -62,6 +62,26 @@ def test_checkpoint_loads_without_the_yaml(trained_segmenter):
     assert logits.shape == (1, 4, 256, 1600)
 
 
+@pytest.mark.parametrize("mode", ["multilabel", "multiclass"])
+def test_training_loss_is_taken_at_the_model_resolution(debug_config, mode):
+    """At data.scale 0.25 the network's 64x128 logits meet the mask averaged over 4x4 blocks; a
+    block that is 3/4 defect is a soft 0.75 target (multilabel) or the defect class (multiclass)."""
+    module = DefectModule(load_config(debug_config, [f"mode={mode}"]).model_dump(mode="json"))
+    mask = torch.zeros(1, 4, 256, 512)
+    mask[0, 2, :3, :4] = 1  # class 3 on 12 of the 16 pixels of the top-left block
+    logits = module.model_logits(torch.zeros(1, 3, 256, 512))
+    assert logits.shape[-2:] == (64, 128)
+    calls = []
+    module.loss.forward = lambda output, target: calls.append((output, target)) or output.sum()
+    module._loss(logits, {"mask": mask})
+    output, target = calls[0]
+    assert output is logits
+    if mode == "multilabel":
+        assert target.shape == (1, 4, 64, 128) and target[0, 2, 0, 0] == 0.75 and target.sum() == 0.75
+    else:
+        assert target.shape == (1, 64, 128) and target[0, 0, 0] == 3 and target.sum() == 3
+
+
 def test_oof_export_covers_every_validation_image_once(trained_segmenter, synthetic_data):
     cfg, paths, summary = trained_segmenter
     stats = OofStats.load(paths.oof(False))
