@@ -28,10 +28,10 @@ PY
 for fold in 0 1; do
   step "train debug segmenter, fold $fold"
   "$python" train.py --config configs/debug.yaml --fold "$fold" --data-dir "$data" --out-dir "$runs" \
-    --overwrite --set trainer.max_epochs=4
+    --overwrite --set trainer.max_epochs=12 --set augment.crop_height=null --set augment.crop_width=null
   step "train debug classifier gate, fold $fold"
   "$python" train.py --config configs/debug_classifier.yaml --fold "$fold" --data-dir "$data" \
-    --out-dir "$runs" --overwrite --set trainer.max_epochs=3
+    --out-dir "$runs" --overwrite --set trainer.max_epochs=6
 done
 
 step "out-of-fold ensemble: tuned post-processing, local CV, leaderboard row"
