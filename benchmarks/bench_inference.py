@@ -1,7 +1,8 @@
 """Inference throughput and memory on synthetic test images (half of them defect-free).
 
 1. End to end (JPEG decode -> members with TTA -> post-processing -> RLE -> CSV) against the members'
-   forward passes alone on preloaded tensors: same models, same images, same run. Target >= 0.85.
+   networks alone on preloaded tensors (logits at the network's resolution, one pass per flip): same
+   models, same images, same run. Target >= 0.85.
 2. torch.compile of the members: compile time (first call) and forward images/s against eager.
 3. The classifier gate on that half defect-free test set against no gate, end to end.
 4. Peak RSS of a whole inference run over 1,000 and 4,000 images, each in its own process (a tiny
@@ -65,9 +66,9 @@ def synthetic_test_images(work_dir: Path, n_images: int) -> Path:
 
 
 def models(
-    runs_dir: Path, work_dir: Path, configs: tuple[Path, Path], scale: float | None = None
+    runs_dir: Path, work_dir: Path, configs: tuple[Path, ...], scale: float | None = None
 ) -> tuple[Path, bool]:
-    """A runs folder holding fold 0 of the member and gate ``configs``, and whether they are trained:
+    """A runs folder holding fold 0 of the member (and gate) ``configs``, and whether they are trained:
     ``runs_dir`` when it has both, else untrained ones written to the work folder."""
     cfgs = [load_config(path, [] if scale is None else [f"data.scale={scale}"]) for path in configs]
     trained = all(RunPaths.of(runs_dir, cfg.name, 0).best.is_file() for cfg in cfgs)
@@ -85,20 +86,20 @@ def models(
 def predictor(
     runs_dir: Path,
     trained: bool,
-    configs: tuple[Path, Path],
+    configs: tuple[Path, ...],
     tta: list[str],
     gate: bool,
     average: str = "probabilities",
 ) -> EnsemblePredictor:
-    member, gate_config = (str(path) for path in configs)
+    """The member of ``configs[0]`` alone, or gated by ``configs[1]``."""
     cfg = EnsembleConfig.model_validate(
         {
             "name": "bench",
             "runs_dir": runs_dir,
-            "members": [{"config": member, "folds": [0]}],
+            "members": [{"config": str(configs[0]), "folds": [0]}],
             "tta": tta,
             "average": average,
-            "gate": {"config": gate_config, "folds": [0]} if gate else None,
+            "gate": {"config": str(configs[1]), "folds": [0]} if gate else None,
         }
     )
     threshold = 0.5 if trained else UNTRAINED_THRESHOLD
@@ -106,8 +107,9 @@ def predictor(
     return build_predictor(cfg, postprocess=postprocess, device="cpu")
 
 
-def configs(args: argparse.Namespace) -> tuple[Path, Path]:
-    return args.member, args.gate
+def configs(args: argparse.Namespace) -> tuple[Path, ...]:
+    """The member's config, and the gate's when part 3 (the only one that uses it) runs."""
+    return (args.member, args.gate) if 3 in args.parts else (args.member,)
 
 
 def end_to_end_rate(
@@ -128,12 +130,13 @@ def end_to_end_rate(
 
 @torch.inference_mode()
 def forward_rate(predictor: EnsemblePredictor, batches: list[torch.Tensor]) -> float:
-    """Images/s of the members' forward passes alone (every TTA flip), on preloaded normalised batches."""
+    """Images/s of the members' networks alone (every TTA flip), on preloaded normalised batches: their
+    logits at the network's own resolution, nothing resized, flipped back or activated."""
     start = time.perf_counter()
     for images in batches:
         for model in predictor.segmenters:
             for dims in predictor.tta:
-                model.module(images.flip(dims) if dims else images)
+                model.module.model_logits(images.flip(dims) if dims else images)
     return sum(len(b) for b in batches) / (time.perf_counter() - start)
 
 
@@ -313,7 +316,7 @@ def main() -> None:
     runs_dir, trained = models(args.runs_dir, args.work_dir, configs(args))
     kind = "trained" if trained else "untrained"
     print(
-        f"{kind} member {args.member.stem} and gate {args.gate.stem} from {runs_dir}; "
+        f"{kind} {' and '.join(path.stem for path in configs(args))} from {runs_dir}; "
         f"{torch.get_num_threads()} torch thread(s)"
     )
     if {1, 2, 3} & set(args.parts):

@@ -53,12 +53,17 @@ class DefectModule(L.LightningModule):
         The model sees the image resized by ``data.scale``; the segmentation logits are resized
         back, so callers always work at full size.
         """
-        return self._to_input_size(self.model_logits(images), images)
+        return self.to_input_size(self.model_logits(images), images)
 
-    def _to_input_size(self, logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    def to_input_size(self, logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """Segmentation ``logits`` (or any per-pixel maps) resized to the size of ``images``, bilinearly.
+
+        The small map is made contiguous (class planes) first: resizing the network's channels-last
+        output took twice as long here and gave a channels-last result that inference copies again.
+        """
         if self.is_classifier or logits.shape[-2:] == images.shape[-2:]:
             return logits
-        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return F.interpolate(logits.contiguous(), size=images.shape[-2:], mode="bilinear", align_corners=False)
 
     def model_logits(self, images: torch.Tensor) -> torch.Tensor:
         """Logits at the model's own resolution: the input resized by ``data.scale``.
@@ -108,7 +113,7 @@ class DefectModule(L.LightningModule):
         logits = self.model_logits(images)
         batch_size = images.shape[0]
         self.log("val/loss", self._loss(logits, batch), batch_size=batch_size, sync_dist=True)
-        probs = probabilities(self._to_input_size(logits, images).float(), self.task_mode)
+        probs = probabilities(self.to_input_size(logits, images).float(), self.task_mode)
         if self.is_classifier:
             self.val_score.update_gate(probs, batch["target"], self.cfg.validation.threshold)
         else:

@@ -14,7 +14,6 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from torch import nn
 
 import inference
 import validate
@@ -43,6 +42,7 @@ from common_blocks.submission import (
     submission_image_ids,
 )
 from common_blocks.threshold_search import SearchResult, evaluate
+from tests.stand_ins import StandIn
 
 ROOT = Path(__file__).resolve().parents[1]
 DEBUG = ROOT / "configs" / "debug.yaml"
@@ -90,12 +90,11 @@ def runs(tmp_path_factory):
     return runs
 
 
-class Recorder(nn.Module):
+class Recorder(StandIn):
     """A stand-in network: ``function(images)`` as logits; counts the images it sees."""
 
     def __init__(self, task_mode: str, function) -> None:
-        super().__init__()
-        self.task_mode = task_mode
+        super().__init__(task_mode)
         self.function = function
         self.images_seen = 0
 
@@ -149,6 +148,20 @@ def test_tta_flips_predictions_back(average):
     both = [position_dependent(images), position_dependent(images.flip(-1)).flip(-1)]
     expected = (both[0].sigmoid() + both[1].sigmoid()) / 2
     assert torch.allclose(hflip.probabilities(images), expected, atol=1e-6)
+
+
+def test_a_scaled_member_averages_its_flips_at_its_own_resolution_and_resizes_once(debug_config):
+    """data.scale 0.25: the flipped-back, activated passes are averaged on the 8x12 logits of these
+    32x48 images, and that average is resized to 32x48 (not each pass's logits)."""
+    torch.manual_seed(0)
+    module = DefectModule(load_config(debug_config, ["data.scale=0.25"]).model_dump(mode="json")).eval()
+    images = asymmetric_images()
+    predictor = EnsemblePredictor([WeightedModel(module)], tta=["none", "hflip"])
+    with torch.inference_mode():
+        low = [module.model_logits(images), module.model_logits(images.flip(-1)).flip(-1)]
+        expected = module.to_input_size((low[0].sigmoid() + low[1].sigmoid()) / 2, images)
+        assert low[0].shape[-2:] == (8, 12)
+        assert torch.allclose(predictor.probabilities(images), expected, atol=1e-6)
 
 
 def test_members_are_weighted():

@@ -11,7 +11,6 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from torch import nn
 
 import pseudolabel
 import train
@@ -34,6 +33,7 @@ from common_blocks.pseudo import (
 from common_blocks.pseudo_round import image_loader, predict_and_select
 from common_blocks.runner import RunPaths, train_fold
 from common_blocks.sampler import BalancedSampler
+from tests.stand_ins import StandIn
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASS_3_BOX = (slice(100, 140), slice(300, 500))
@@ -246,12 +246,11 @@ def test_training_run_draws_pseudo_images(synthetic_data, debug_config, pseudo_c
 # --- one round with an ensemble ----------------------------------------------------------------------
 
 
-class Constant(nn.Module):
+class Constant(StandIn):
     """A stand-in model: the same logits for every image (``(4,)`` per image, or a class-3 box)."""
 
     def __init__(self, task_mode: str, gate_logits: list[float] | None = None) -> None:
-        super().__init__()
-        self.task_mode = task_mode
+        super().__init__(task_mode)
         self.gate_logits = torch.tensor(gate_logits or [0.0] * 4)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
