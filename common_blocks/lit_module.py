@@ -63,7 +63,9 @@ class DefectModule(L.LightningModule):
         """
         if self.is_classifier or logits.shape[-2:] == images.shape[-2:]:
             return logits
-        return F.interpolate(logits.contiguous(), size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return F.interpolate(
+            logits.contiguous(), size=images.shape[-2:], mode="bilinear", align_corners=False
+        )
 
     def model_logits(self, images: torch.Tensor) -> torch.Tensor:
         """Logits at the model's own resolution: the input resized by ``data.scale``.
