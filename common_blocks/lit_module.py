@@ -116,12 +116,8 @@ class DefectModule(L.LightningModule):
         batch_size = images.shape[0]
         self.log("val/loss", self._loss(logits, batch), batch_size=batch_size, sync_dist=True)
         probs = probabilities(self.to_input_size(logits, images).float(), self.task_mode)
-        if self.is_classifier:
-            self.val_score.update_gate(probs, batch["target"], self.cfg.validation.threshold)
-        else:
-            self.val_score.update(
-                probs, batch["mask"], self.cfg.validation.threshold, self.cfg.validation.min_area
-            )
+        truth = batch["target"] if self.is_classifier else batch["mask"]
+        self.val_score.update(probs, truth, self.cfg.validation.threshold, self.cfg.validation.min_area)
         return {"probs": probs}
 
     def on_validation_epoch_end(self) -> None:

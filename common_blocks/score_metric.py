@@ -24,18 +24,18 @@ class CompetitionScore(Metric):
         for name in _STATES:
             self.add_state(name, default=torch.zeros(n_classes, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update_pairs(self, dice: torch.Tensor, pred_empty: torch.Tensor, truth_empty: torch.Tensor) -> None:
-        """Add (B, 4) pair Dice values with the emptiness of prediction and truth."""
-        positive = ~truth_empty
-        self.dice += dice.double().sum(0)
-        self.pairs += dice.shape[0]
-        self.positive_dice += torch.where(positive, dice.double(), 0.0).sum(0)
-        self.positives += positive.sum(0)
-        self.false_positives += (~pred_empty & truth_empty).sum(0)
-        self.false_negatives += (pred_empty & positive).sum(0)
-
     def update(self, probs: torch.Tensor, truth: torch.Tensor, threshold: float, min_area: int = 0) -> None:
-        """Masks: probabilities (B, 4, H, W) thresholded, a mask under ``min_area`` pixels dropped."""
+        """Add a batch: segmentation probabilities (B, 4, H, W) against masks, thresholded, a predicted
+        mask under ``min_area`` pixels dropped; or a classifier gate's (B, 4) probabilities against
+        class presence, scored as its pairs would be with perfect masks.
+
+        One entry point for both, so that torchmetrics counts every update.
+        """
+        if probs.ndim == 2:
+            pred_empty = probs < threshold
+            truth_empty = truth < 0.5
+            self._add_pairs((pred_empty == truth_empty).double(), pred_empty, truth_empty)
+            return
         pred = probs > threshold
         truth = truth > 0.5
         pred_area = pred.sum((-2, -1))
@@ -45,13 +45,17 @@ class CompetitionScore(Metric):
         intersection = torch.where(pred_empty, 0, (pred & truth).sum((-2, -1)))
         total = pred_area + truth_area
         dice = torch.where(total == 0, 1.0, 2.0 * intersection / total.clamp(min=1))
-        self.update_pairs(dice, pred_empty, truth_area == 0)
+        self._add_pairs(dice, pred_empty, truth_area == 0)
 
-    def update_gate(self, gate_probs: torch.Tensor, presence: torch.Tensor, threshold: float) -> None:
-        """Image-level gate (B, 4) against class presence: the score it allows with perfect masks."""
-        pred_empty = gate_probs < threshold
-        truth_empty = presence < 0.5
-        self.update_pairs((pred_empty == truth_empty).double(), pred_empty, truth_empty)
+    def _add_pairs(self, dice: torch.Tensor, pred_empty: torch.Tensor, truth_empty: torch.Tensor) -> None:
+        """Add (B, 4) pair Dice values with the emptiness of prediction and truth."""
+        positive = ~truth_empty
+        self.dice += dice.double().sum(0)
+        self.pairs += dice.shape[0]
+        self.positive_dice += torch.where(positive, dice.double(), 0.0).sum(0)
+        self.positives += positive.sum(0)
+        self.false_positives += (~pred_empty & truth_empty).sum(0)
+        self.false_negatives += (pred_empty & positive).sum(0)
 
     def compute(self) -> dict[str, torch.Tensor]:
         return {name: getattr(self, name) for name in _STATES}
