@@ -6,6 +6,8 @@ import json
 import logging
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,6 +146,20 @@ def build_trainer(
     return trainer, best
 
 
+@contextmanager
+def lightning_warnings_that_do_not_apply() -> Iterator[None]:
+    """Silence Lightning warnings that are expected here and would only alarm the user."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
+        # The run folder holds this run's config.yaml and logs beside the checkpoints; earlier
+        # checkpoints were refused or, with --overwrite, removed by prepare_run_dir.
+        warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+        # Lightning 2.6's own call of a torch API that torch 2.13 deprecates; nothing to act on.
+        warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+        yield
+
+
 def train_fold(
     cfg: TrainConfig,
     fold: int,
@@ -167,9 +183,7 @@ def train_fold(
     module = DefectModule(cfg.model_dump(mode="json"), fold)
     oof_export = OofExport(paths.oof(module.is_classifier), fold)
     trainer, best = build_trainer(cfg, paths, accelerator, devices, [oof_export])
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
+    with lightning_warnings_that_do_not_apply():
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
         best_path = best.best_model_path or str(paths.last)
         oof_export.enabled = True
@@ -215,5 +229,6 @@ def evaluate_checkpoint(
         enable_model_summary=False,
         enable_progress_bar=False,
     )
-    trainer.validate(module, datamodule=SteelDataModule(cfg, module.fold), verbose=False)
+    with lightning_warnings_that_do_not_apply():
+        trainer.validate(module, datamodule=SteelDataModule(cfg, module.fold), verbose=False)
     return module.last_summary
