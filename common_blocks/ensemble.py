@@ -148,16 +148,20 @@ class EnsembleConfig(Section):
         text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
+    @property
+    def runs(self) -> list[RunRef]:
+        """Every trained family the ensemble loads: the members, then the gate."""
+        return [*self.members, *([self.gate] if self.gate else [])]
+
     def describe_members(self) -> str:
         """``name[folds]xweight`` of each member, ``+``-joined: the leaderboard's members column."""
         return "+".join(f"{m.name}[{','.join(map(str, m.folds))}]x{m.weight:g}" for m in self.members)
 
     def missing_checkpoints(self, folds: list[int] | None = None) -> list[Path]:
         """Checkpoints of the members and the gate (only of ``folds`` when given) that do not exist."""
-        refs: list[RunRef] = [*self.members, *([self.gate] if self.gate else [])]
         wanted = [
             ref.checkpoint(self.runs_dir, fold)
-            for ref in refs
+            for ref in self.runs
             for fold in ref.folds
             if folds is None or fold in folds
         ]

@@ -34,12 +34,11 @@ from common_blocks.threshold_search import SearchResult, evaluate, search
 def common_folds(cfg: EnsembleConfig) -> list[int]:
     """The folds to validate: every member and the gate must have the same ones, or fold scores would
     come from different ensembles."""
-    refs = [*cfg.members, *([cfg.gate] if cfg.gate else [])]
-    folds = {ref.name: sorted(ref.folds) for ref in refs}
+    folds = {ref.name: sorted(ref.folds) for ref in cfg.runs}
     if len({tuple(f) for f in folds.values()}) > 1:
         listed = ", ".join(f"{name} {f}" for name, f in folds.items())
         raise ConfigError(f"OOF validation needs the same folds for every member and the gate; got {listed}")
-    return sorted(refs[0].folds)
+    return sorted(cfg.members[0].folds)
 
 
 def _agreed(values: dict[str, object], key: str, fix: str) -> object:

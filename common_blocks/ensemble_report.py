@@ -33,8 +33,7 @@ def _require(path: Path) -> Path:
 
 def run_dirs(cfg: EnsembleConfig) -> list[Path]:
     """Every training run of the ensemble (members and gate), fold by fold."""
-    refs = [*cfg.members, *([cfg.gate] if cfg.gate else [])]
-    return [RunPaths.of(cfg.runs_dir, ref.name, fold).root for ref in refs for fold in ref.folds]
+    return [RunPaths.of(cfg.runs_dir, ref.name, fold).root for ref in cfg.runs for fold in ref.folds]
 
 
 def predict_worst(
@@ -65,8 +64,7 @@ def ensemble_report(cfg: EnsembleConfig, out_dir: str | os.PathLike, n_worst: in
     """Write ``out_dir/index.html`` for the ensemble; returns its path."""
     stats = OofStats.load(_require(cfg.oof_path))
     result = SearchResult.load(_require(cfg.thresholds_path))
-    refs = [*cfg.members, *([cfg.gate] if cfg.gate else [])]
-    data = training_data(cfg, {ref.name: load_config(ref.config) for ref in refs})
+    data = training_data(cfg, {ref.name: load_config(ref.config) for ref in cfg.runs})
     table = labelled_folds(data)
     table = table[table["ImageId"].isin(set(stats.image_ids.tolist()))].reset_index(drop=True)
     images_dir = Path(data.data.data_dir) / "train_images"
