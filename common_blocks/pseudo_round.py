@@ -24,14 +24,16 @@ from common_blocks.files import atomic_output
 from common_blocks.formats import RLE_COLUMNS, list_images
 from common_blocks.predict import EnsemblePredictor, build_predictor
 from common_blocks.pseudo import SelectionSummary, round_path, write_pseudo_labels
-from common_blocks.submission import ReadTolerantDataset
+from common_blocks.submission import ReadTolerantDataset, image_loader
 
 
-def image_loader(images_dir: Path, grayscale: bool, batch_size: int, num_workers: int) -> DataLoader:
+def folder_loader(
+    images_dir: Path, grayscale: bool, batch_size: int, num_workers: int, device: torch.device
+) -> DataLoader:
     """Every image of the folder, unaugmented and normalised as in training; unreadable ones flagged."""
     table = pd.DataFrame({"ImageId": list_images(images_dir)})
     dataset = ReadTolerantDataset(table, images_dir, grayscale=grayscale, with_masks=False)
-    return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    return image_loader(dataset, batch_size, num_workers, device)
 
 
 def predict_and_select(
@@ -78,7 +80,9 @@ def pseudo_label_round(
     start = time.perf_counter()
     postprocess, source = cfg.resolved_postprocess()
     predictor = build_predictor(cfg, postprocess=postprocess, device=device)
-    loader = image_loader(Path(cfg.data_dir) / "test_images", predictor.grayscale, batch_size, num_workers)
+    loader = folder_loader(
+        Path(cfg.data_dir) / "test_images", predictor.grayscale, batch_size, num_workers, predictor.device
+    )
     predictions, unreadable = predict_and_select(predictor, loader, summary)
     labels = round_path(out_dir, round_number)
     write_pseudo_labels(predictions.loc[predictions["kept"], ["ImageId", *RLE_COLUMNS]], labels)

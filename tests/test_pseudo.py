@@ -30,13 +30,14 @@ from common_blocks.pseudo import (
     select,
     write_pseudo_labels,
 )
-from common_blocks.pseudo_round import image_loader, predict_and_select
+from common_blocks.pseudo_round import folder_loader, predict_and_select
 from common_blocks.runner import RunPaths, train_fold
 from common_blocks.sampler import BalancedSampler
 from tests.stand_ins import StandIn
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASS_3_BOX = (slice(100, 140), slice(300, 500))
+CPU = torch.device("cpu")
 
 
 def masks(*present: int) -> np.ndarray:
@@ -280,7 +281,7 @@ def test_round_keeps_the_confident_agreeing_images_with_their_masks(
 ):
     summary = SelectionSummary()
     predictions, unreadable = predict_and_select(
-        stub_predictor(gate_logits), image_loader(synthetic_data / "test_images", False, 3, 0), summary
+        stub_predictor(gate_logits), folder_loader(synthetic_data / "test_images", False, 3, 0, CPU), summary
     )
     assert summary.considered == len(predictions) == 8 and not unreadable
     table = predictions[predictions["kept"]]
@@ -300,7 +301,7 @@ def test_round_leaves_out_unreadable_images(synthetic_data, tmp_path):
     (folder / "broken.jpg").write_bytes(b"not a jpeg")
     summary = SelectionSummary()
     predictions, unreadable = predict_and_select(
-        stub_predictor([-9, -9, 9, -9]), image_loader(folder, False, 4, 0), summary
+        stub_predictor([-9, -9, 9, -9]), folder_loader(folder, False, 4, 0, CPU), summary
     )
     assert len(predictions) == summary.kept == 8 and "broken.jpg" not in set(predictions["ImageId"])
     assert len(unreadable) == 1 and "broken.jpg" in unreadable[0]
