@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common_blocks.cli import add_set_option
+from common_blocks.cli import add_loader_options, add_set_option
 from common_blocks.errors import ConfigError, cli_entry
 
 
@@ -25,10 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", type=Path, help="overrides data_dir: holds test_images/")
     parser.add_argument("--out", type=Path, default=Path("submission.csv"), help="default submission.csv")
     parser.add_argument("--format", choices=("current", "2019"), default="current", help="submission format")
-    parser.add_argument("--batch-size", type=int, default=4, help="images per batch (default 4)")
-    parser.add_argument(
-        "--workers", type=int, help="image-decoding processes (default: 0 on the CPU, 2 with a GPU)"
-    )
+    add_loader_options(parser)
     parser.add_argument(
         "--skip-bad-images", action="store_true", help="predict no defect for unreadable images, list them"
     )

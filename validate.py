@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from common_blocks.cli import add_set_option
+from common_blocks.cli import add_loader_options, add_set_option
 from common_blocks.errors import cli_entry
 from common_blocks.scoring import score_submission
 
@@ -36,10 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     oof.add_argument(
         "--data-dir", help="overrides data_dir: holds train.csv, train_images/ and the folds file"
     )
-    oof.add_argument("--batch-size", type=int, default=4, help="images per batch (default 4)")
-    oof.add_argument(
-        "--workers", type=int, help="image-decoding processes (default: 0 on the CPU, 2 with a GPU)"
-    )
+    add_loader_options(oof)
     add_set_option(oof, "tta=[none]")
     oof.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     report = commands.add_parser("report", help="HTML report of an ensemble's out-of-fold results")
