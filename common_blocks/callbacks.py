@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import pandas as pd
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
@@ -108,7 +107,7 @@ class OofExport(L.Callback):
             frame.insert(0, "ImageId", list(batch["image_id"]))
             self._gate_rows.append(frame)
         else:
-            truth = batch["mask"].cpu().numpy().astype(np.uint8)
+            truth = batch["mask"].cpu().numpy()  # uint8 from the dataset
             self._builder.add(list(batch["image_id"]), probs, truth, folds=self.fold)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -32,9 +32,8 @@ class DataConfig(Section):
     """Where the data is, how folds are made, and how batches are drawn."""
 
     data_dir: Path = Path("data/severstal")
-    folds_file: Path = Path(
-        "folds.csv"
-    )  # a relative path is under data_dir; written (stratified) when missing
+    # A relative folds_file is under data_dir; it is written (stratified) when missing.
+    folds_file: Path = Path("folds.csv")
     n_folds: int = Field(10, ge=2)
     fold_seed: int = 42
     grayscale: bool = False  # feed the model one grey channel instead of three

@@ -14,7 +14,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
@@ -99,7 +98,7 @@ def add_fold(
         builder.add(
             list(batch["image_id"]),
             predictor.probabilities(images).numpy(),
-            batch["mask"].numpy().astype(np.uint8),
+            batch["mask"].numpy(),  # uint8 from the dataset
             folds=fold,
             gate=predictor.gate_probabilities(images),
         )
