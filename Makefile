@@ -10,11 +10,13 @@ RUNS_DIR ?= runs/demo
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt constraints.txt
+# The project itself goes in editable (the `severstal` command; tests import the installed package).
+$(STAMP): requirements.txt constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -c constraints.txt -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 test: $(STAMP)

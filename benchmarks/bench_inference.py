@@ -38,17 +38,16 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common_blocks.config import load_config  # noqa: E402
-from common_blocks.datasets import SegmentationDataset  # noqa: E402
-from common_blocks.ensemble import EnsembleConfig  # noqa: E402
-from common_blocks.formats import list_images  # noqa: E402
-from common_blocks.lit_module import DefectModule  # noqa: E402
-from common_blocks.postprocess import ClassPostprocess, PostprocessConfig  # noqa: E402
-from common_blocks.predict import EnsemblePredictor, build_predictor, write_checkpoint  # noqa: E402
-from common_blocks.runner import RunPaths  # noqa: E402
-from common_blocks.submission import make_submission  # noqa: E402
-from common_blocks.synthetic import generate  # noqa: E402
+from common_blocks.data.datasets import SegmentationDataset
+from common_blocks.data.formats import list_images
+from common_blocks.data.synthetic import generate
+from common_blocks.evaluation.postprocess import ClassPostprocess, PostprocessConfig
+from common_blocks.inference.ensemble_config import EnsembleConfig
+from common_blocks.inference.predictor import EnsemblePredictor, build_predictor
+from common_blocks.inference.submission import make_submission
+from common_blocks.training.config import load_config
+from common_blocks.training.module import DefectModule
+from common_blocks.training.run_folder import RunPaths
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_RATIO = 0.85
@@ -75,11 +74,15 @@ def models(
     if trained and scale is None:
         return runs_dir, True
     untrained = work_dir / f"untrained_runs_{'_'.join(cfg.name for cfg in cfgs)}_{scale or 'as_configured'}"
+    import lightning  # after common_blocks.training, which makes torchvision importable for it
+
     for cfg in cfgs:
         torch.manual_seed(0)
-        write_checkpoint(
-            DefectModule(cfg.model_dump(mode="json"), 0), RunPaths.of(untrained, cfg.name, 0).best
+        trainer = lightning.Trainer(
+            accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False
         )
+        trainer.strategy.connect(DefectModule(cfg.model_dump(mode="json"), 0))
+        trainer.save_checkpoint(RunPaths.of(untrained, cfg.name, 0).best)  # as training writes one
     return untrained, False
 
 
@@ -266,7 +269,8 @@ def compare_memory(args) -> None:
         for n_images in args.rss_images:
             command = [
                 sys.executable,
-                __file__,
+                "-m",
+                "benchmarks.bench_inference",
                 "--rss-child",
                 str(n_images),
                 "--work-dir",

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -31,12 +30,10 @@ import cv2
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from common_blocks.datasets import SegmentationDataset, mask_to_tensor, to_tensor  # noqa: E402
-from common_blocks.formats import read_labels  # noqa: E402
-from common_blocks.images import read_image  # noqa: E402
-from common_blocks.transforms import AugmentConfig, build_train_transform  # noqa: E402
+from common_blocks.data.datasets import SegmentationDataset, mask_to_tensor, to_tensor
+from common_blocks.data.formats import read_labels
+from common_blocks.data.images import read_image
+from common_blocks.data.transforms import AugmentConfig, build_train_transform
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "severstal-sample"
 TARGET_PER_WORKER = 150.0

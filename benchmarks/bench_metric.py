@@ -9,18 +9,16 @@ in the competition); the submission shifts, drops or invents masks so every kind
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import REAL_SAMPLE, peak_rss_mib, require_real_sample  # noqa: E402
-from common_blocks import rle  # noqa: E402
-from common_blocks.formats import RLE_COLUMNS, empty_table, read_labels, write_submission  # noqa: E402
-from common_blocks.scoring import score_submission  # noqa: E402
+from benchmarks.common import REAL_SAMPLE, peak_rss_mib, require_real_sample
+from common_blocks.data import rle
+from common_blocks.data.formats import RLE_COLUMNS, empty_table, read_labels, write_submission
+from common_blocks.evaluation.scorer import score_submission
 
 
 def build_tables(real_masks: list[str], n_images: int, seed: int = 0):

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,18 +29,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common_blocks.callbacks import GATE_COLUMNS  # noqa: E402
-from common_blocks.config import load_config  # noqa: E402
-from common_blocks.datamodule import labelled_folds  # noqa: E402
-from common_blocks.ensemble import EnsembleConfig  # noqa: E402
-from common_blocks.ensemble_oof import run_oof  # noqa: E402
-from common_blocks.formats import RLE_COLUMNS, read_labels  # noqa: E402
-from common_blocks.metrics import score_tables, summarize  # noqa: E402
-from common_blocks.pseudo import SelectionSummary  # noqa: E402
-from common_blocks.pseudo_round import pseudo_label_round  # noqa: E402
-from common_blocks.runner import RunPaths, train_fold  # noqa: E402
-from common_blocks.synthetic import generate  # noqa: E402
+from common_blocks.data.formats import RLE_COLUMNS, read_labels
+from common_blocks.data.synthetic import generate
+from common_blocks.evaluation.metric import score_tables, summarize
+from common_blocks.inference.ensemble_config import EnsembleConfig
+from common_blocks.inference.oof import run_oof
+from common_blocks.pseudo.rounds import (
+    GATE_COLUMNS,
+    pseudo_label_round,
+)
+from common_blocks.pseudo.selection import SelectionSummary
+from common_blocks.training.config import load_config
+from common_blocks.training.datamodule import labelled_folds, write_missing_folds
+from common_blocks.training.run_folder import RunPaths
+from common_blocks.training.runner import train_fold
 
 ROOT = Path(__file__).resolve().parents[1]
 SEGMENTER, GATE = ROOT / "configs" / "debug.yaml", ROOT / "configs" / "debug_classifier.yaml"
@@ -58,6 +59,7 @@ def train_round(args, data: Path, runs: Path, pseudo: Path | None) -> dict[str, 
     for config, epochs in ((SEGMENTER, args.epochs), (GATE, args.gate_epochs)):
         base = [f"data.data_dir={data}", f"trainer.max_epochs={epochs}"]
         cfg = load_config(config, base)
+        write_missing_folds(cfg)
         folds = labelled_folds(cfg)["fold"]
         scores[cfg.name] = []
         for fold in args.folds:

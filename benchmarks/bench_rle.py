@@ -6,15 +6,13 @@ python benchmarks/bench_rle.py [--data-dir ../shared/severstal-sample]
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import REAL_SAMPLE, best_time, require_real_sample  # noqa: E402
-from common_blocks import rle  # noqa: E402
+from benchmarks.common import REAL_SAMPLE, best_time, require_real_sample
+from common_blocks.data import rle
 
 
 def numpy_encode(mask: np.ndarray) -> str:

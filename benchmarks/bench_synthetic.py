@@ -6,13 +6,11 @@ python benchmarks/bench_synthetic.py [--n 200] [--workers 2]
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common_blocks.synthetic import generate  # noqa: E402
+from common_blocks.data.synthetic import generate
 
 
 def main() -> None:

@@ -14,24 +14,21 @@ from __future__ import annotations
 
 import argparse
 import functools
-import sys
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import best_time, peak_rss_mib  # noqa: E402
-from common_blocks.metrics import summarize  # noqa: E402
-from common_blocks.oof_stats import (  # noqa: E402
+from benchmarks.common import best_time, peak_rss_mib
+from common_blocks.evaluation.metric import summarize
+from common_blocks.evaluation.oof_stats import (
     DEFAULT_MIN_SIZES,
     DEFAULT_THRESHOLDS,
     N_CLASSES,
     OofStats,
     image_stats,
 )
-from common_blocks.threshold_search import evaluate, search  # noqa: E402
+from common_blocks.evaluation.threshold_search import evaluate, search
 
 IMAGE_SHAPE = (256, 1600)
 CLASS_RATES = (0.14, 0.04, 0.8, 0.13)  # share of defect images with each class

@@ -12,24 +12,23 @@ model; the target is >= 0.85. Pretrained weights are not needed for timing (enco
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # isort: off
-import common_blocks  # noqa: E402, F401  (first: it makes torchvision, which lightning imports, importable)
-import lightning as L  # noqa: E402
+import common_blocks.training  # noqa: F401  (first: declares the torchvision ops lightning needs)
+import lightning as L
 
 # isort: on
-from benchmarks.common import REAL_SAMPLE, peak_rss_mib, require_real_sample  # noqa: E402
-from common_blocks.config import load_config  # noqa: E402
-from common_blocks.datamodule import SteelDataModule  # noqa: E402
-from common_blocks.lit_module import DefectModule  # noqa: E402
-from common_blocks.runner import RunPaths, build_trainer  # noqa: E402
+from benchmarks.common import REAL_SAMPLE, peak_rss_mib, require_real_sample
+from common_blocks.training.config import load_config
+from common_blocks.training.datamodule import SteelDataModule
+from common_blocks.training.module import DefectModule
+from common_blocks.training.run_folder import RunPaths
+from common_blocks.training.runner import build_trainer
 
 
 def step_alone(module: DefectModule, batches: list[dict], steps: int) -> float:

@@ -1,5 +1,7 @@
-"""Severstal steel defect detection: data formats, training, ensembling and scoring."""
+"""Severstal steel defect detection: data formats, training, ensembling and scoring.
 
-from common_blocks.torchvision_compat import ensure_torchvision_ops
-
-ensure_torchvision_ops()
+Sub-packages, each importing only those before it: ``data`` -> ``evaluation`` -> ``training`` ->
+``inference`` -> ``pseudo`` -> ``reports``. The modules at this level (``errors``, ``files``,
+``config_io``, ``torchvision_compat``) import no sub-package; ``cli`` sits above everything and
+loads each sub-package only when a command needs it. Importing ``common_blocks`` loads nothing else.
+"""

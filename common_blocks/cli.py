@@ -1,25 +1,407 @@
-"""Command-line options shared by the entry points."""
+"""The ``severstal`` command line: one subcommand per job, each loading only what it needs.
+
+Every command checks its arguments before anything heavy loads, reports bad input as one line
+``error: ...`` with exit status 2 (130 on Ctrl-C) and never prints a traceback for it. The root
+scripts ``train.py``, ``inference.py``, ``validate.py`` and ``pseudolabel.py`` call ``main`` with
+their commands, so ``python train.py ...`` and ``severstal train ...`` are the same thing.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from common_blocks.errors import ConfigError, cli_entry
 
 
-def add_loader_options(parser: argparse.ArgumentParser) -> None:
-    """``--batch-size`` and ``--workers`` of the commands that predict a folder of images."""
-    parser.add_argument("--batch-size", type=int, default=4, help="images per batch (default 4)")
-    parser.add_argument(
-        "--workers", type=int, help="image-decoding processes (default: 0 on the CPU, 2 with a GPU)"
-    )
+def _integer(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer no smaller than ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
+        return value
+
+    return parse
 
 
-def add_set_option(parser: argparse.ArgumentParser, example: str) -> None:
-    """``--set key.path=value`` (repeatable) into ``args.overrides``; values are read as YAML."""
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {value}")
+    return value
+
+
+POSITIVE = _integer(1)
+NON_NEGATIVE = _integer(0)
+
+
+def _config_options(parser: argparse.ArgumentParser, what: str, data_dir: str, example: str) -> None:
+    """``--config``, ``--data-dir`` and ``--set`` of every command that reads a config."""
+    parser.add_argument("--config", required=True, type=Path, help=what)
+    parser.add_argument("--data-dir", type=Path, help=f"overrides the config's data directory: {data_dir}")
     parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help=f"override a config key, e.g. --set {example} (repeatable)",
+        help=f"override a config key, e.g. --set {example} (repeatable; values are YAML)",
     )
+
+
+def _loader_options(parser: argparse.ArgumentParser) -> None:
+    """``--batch-size`` and ``--workers`` of the commands that predict a folder of images."""
+    parser.add_argument("--batch-size", type=POSITIVE, default=4, help="images per batch (default 4)")
+    parser.add_argument(
+        "--workers",
+        type=NON_NEGATIVE,
+        help="image-decoding processes (default: 0 on the CPU, where a worker takes a core from the "
+        "model; 2 with a GPU)",
+    )
+
+
+def _json_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+
+def _with_data_dir(args: argparse.Namespace, key: str) -> list[str]:
+    """The ``--set`` overrides, plus ``--data-dir`` as the override of ``key``."""
+    return [*args.overrides, *([f"{key}={args.data_dir}"] if args.data_dir is not None else [])]
+
+
+def _ensemble(args: argparse.Namespace):
+    from common_blocks.inference.ensemble_config import load_ensemble_config
+
+    return load_ensemble_config(args.config, _with_data_dir(args, "data_dir"))
+
+
+ENSEMBLE_YAML = "ensemble YAML (configs/ensemble.yaml)"
+
+
+# --- train ------------------------------------------------------------------------------------------
+
+
+def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    _config_options(
+        parser, "YAML config of the model family", "train.csv, train_images/", "trainer.max_epochs=5"
+    )
+    parser.add_argument("--fold", required=True, type=NON_NEGATIVE, help="validation fold (0-based)")
+    parser.add_argument("--out-dir", type=Path, default=Path("runs"), help="runs root (default: runs)")
+    parser.add_argument("--devices", type=POSITIVE, default=1, help="processes/GPUs for DDP (default 1)")
+    resume = parser.add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_true", help="continue from OUT_DIR/NAME/foldK/last.ckpt")
+    resume.add_argument("--overwrite", action="store_true", help="discard earlier checkpoints of this fold")
+    parser.add_argument("--pseudo", type=Path, help="pseudo-label CSV mixed into training batches")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from common_blocks.training.config import load_config
+
+    overrides = _with_data_dir(args, "data.data_dir")
+    if args.pseudo is not None:
+        overrides.append(f"pseudo.labels={args.pseudo}")
+    cfg = load_config(args.config, overrides)
+    from common_blocks.training.runner import train_fold  # the model stack only once the config is valid
+
+    summary = train_fold(cfg, args.fold, args.out_dir, args.devices, args.resume, args.overwrite)
+    print(json.dumps({k: summary[k] for k in ("name", "fold", "score", "positive_dice", "best_checkpoint")}))
+
+
+# --- infer ------------------------------------------------------------------------------------------
+
+
+def _infer_arguments(parser: argparse.ArgumentParser) -> None:
+    _config_options(parser, ENSEMBLE_YAML, "test_images/, sample_submission.csv", "tta=[none]")
+    parser.add_argument("--out", type=Path, default=Path("submission.csv"), help="default submission.csv")
+    parser.add_argument("--format", choices=("current", "2019"), default="current", help="submission format")
+    _loader_options(parser)
+    parser.add_argument(
+        "--skip-bad-images", action="store_true", help="predict no defect for unreadable images, list them"
+    )
+    parser.add_argument("--image", type=Path, help="predict this one image instead and print its classes")
+    parser.add_argument("--overlay", type=Path, help="with --image: write a PNG with the masks drawn")
+    parser.add_argument("--truth", type=Path, help="with --image: label CSV whose masks are drawn in red")
+
+
+def _infer(args: argparse.Namespace) -> None:
+    if args.image is None and (args.overlay or args.truth):
+        raise ConfigError("--overlay and --truth need --image")
+    cfg = _ensemble(args)
+    from common_blocks.inference.predictor import build_predictor
+    from common_blocks.inference.submission import make_submission, submission_image_ids
+
+    image_ids = None if args.image else submission_image_ids(cfg.data_dir)  # bad data fails before loading
+    postprocess, source = cfg.resolved_postprocess()
+    print(source)
+    predictor = build_predictor(cfg, postprocess=postprocess)
+    if args.image is not None:
+        from common_blocks.reports.single_image import show_prediction
+
+        print(show_prediction(predictor, args.image, args.overlay, args.truth))
+        return
+    report = make_submission(
+        predictor,
+        cfg.data_dir / "test_images",
+        image_ids,
+        args.out,
+        args.format,
+        args.batch_size,
+        args.workers,
+        args.skip_bad_images,
+    )
+    print(report.format())
+
+
+# --- oof, score, checkpoint, report -----------------------------------------------------------------
+
+
+def _oof_arguments(parser: argparse.ArgumentParser) -> None:
+    _config_options(parser, ENSEMBLE_YAML, "train.csv, train_images/, the folds file", "tta=[none]")
+    _loader_options(parser)
+    _json_option(parser)
+
+
+def _oof(args: argparse.Namespace) -> None:
+    cfg = _ensemble(args)
+    from common_blocks.inference.oof import run_oof
+
+    report = run_oof(cfg, args.batch_size, args.workers)
+    print(json.dumps(report.to_dict()) if args.json else report.format())
+
+
+def _score_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--submission", required=True, type=Path, help="submission CSV (current or 2019)")
+    parser.add_argument("--truth", required=True, type=Path, help="label CSV (current or 2019 format)")
+    parser.add_argument(
+        "--images", type=Path, help="image folder: the set of images scored (needed for current-format truth)"
+    )
+    _json_option(parser)
+
+
+def _score(args: argparse.Namespace) -> None:
+    from common_blocks.evaluation.scorer import score_submission
+
+    summary = score_submission(args.submission, args.truth, args.images)
+    print(json.dumps(summary.to_dict()) if args.json else summary.format())
+
+
+def _checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, type=Path, help="best.ckpt or last.ckpt of a run")
+    parser.add_argument("--data-dir", type=Path, help="overrides the data directory saved in the checkpoint")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of the checkpoint's config for this evaluation, e.g. --set data.valid_batch_size=2",
+    )
+    _json_option(parser)
+
+
+def _checkpoint(args: argparse.Namespace) -> None:
+    from common_blocks.training.runner import evaluate_checkpoint
+
+    summary = evaluate_checkpoint(args.checkpoint, _with_data_dir(args, "data.data_dir"))
+    print(json.dumps(summary.to_dict()) if args.json else summary.format())
+
+
+def _report_arguments(parser: argparse.ArgumentParser) -> None:
+    _config_options(
+        parser,
+        f"{ENSEMBLE_YAML}, after `severstal oof` ran on it",
+        "train.csv, train_images/",
+        "runs_dir=runs/exp2",
+    )
+    parser.add_argument("--out", required=True, type=Path, help="output folder for index.html and its PNGs")
+    parser.add_argument(
+        "--worst", type=POSITIVE, default=8, help="worst-scored validation images to show (default 8)"
+    )
+
+
+def _report(args: argparse.Namespace) -> None:
+    cfg = _ensemble(args)
+    from common_blocks.reports.oof_report import ensemble_report
+
+    print(f"report written to {ensemble_report(cfg, args.out, args.worst)}")
+
+
+# --- pseudo -----------------------------------------------------------------------------------------
+
+
+def _pseudo_arguments(parser: argparse.ArgumentParser) -> None:
+    _config_options(parser, ENSEMBLE_YAML, "test_images/", "runs_dir=runs/exp2")
+    parser.add_argument(
+        "--round",
+        required=True,
+        type=POSITIVE,
+        dest="round_number",
+        metavar="R",
+        help="round number (1, 2, ...)",
+    )
+    parser.add_argument(
+        "--out-dir", type=Path, default=Path("pseudo"), help="where round<R>.csv goes (default: pseudo)"
+    )
+    parser.add_argument(
+        "--p-high",
+        type=_probability,
+        default=0.95,
+        help="gate probability above which a class is sure (0.95)",
+    )
+    parser.add_argument(
+        "--p-low", type=_probability, default=0.05, help="gate probability below which it is absent (0.05)"
+    )
+    _loader_options(parser)
+
+
+def _pseudo(args: argparse.Namespace) -> None:
+    from common_blocks.pseudo.selection import SelectionSummary
+
+    summary = SelectionSummary(args.p_high, args.p_low)  # checks the thresholds before anything loads
+    cfg = _ensemble(args)
+    from common_blocks.pseudo.rounds import pseudo_label_round
+
+    report, _ = pseudo_label_round(
+        cfg, args.round_number, args.out_dir, summary, args.batch_size, args.workers
+    )
+    print(summary.format())
+    print(f"wrote {report['labels']}")
+    for error in report["unreadable_images"]:
+        print(f"warning: left out, unreadable: {error}", file=sys.stderr)
+    if summary.kept == 0:
+        print(
+            f"warning: round {args.round_number} kept no test image; training with {report['labels']} "
+            "uses the real images only (lower --p-high / raise --p-low, or improve the ensemble)",
+            file=sys.stderr,
+        )
+
+
+# --- data: folds, synthetic, dataset ----------------------------------------------------------------
+
+
+def _folds_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir", required=True, type=Path, help="folder with train.csv and train_images/"
+    )
+    parser.add_argument("--n-folds", type=_integer(2), default=10, help="number of folds (default 10)")
+    parser.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    parser.add_argument("--out", type=Path, help="output CSV (default DATA_DIR/folds.csv)")
+
+
+def _folds(args: argparse.Namespace) -> None:
+    from common_blocks.data.folds import write_folds
+    from common_blocks.data.formats import read_labels
+
+    table = read_labels(args.data_dir / "train.csv", args.data_dir / "train_images")
+    out = args.out or args.data_dir / "folds.csv"
+    sizes = write_folds(table, args.n_folds, args.seed, out)["fold"].value_counts()
+    print(f"wrote {out}: {len(table)} images in {args.n_folds} folds of {sizes.min()}-{sizes.max()} images")
+
+
+def _synthetic_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, required=True, help="folder to write the data set into")
+    parser.add_argument(
+        "--n-train", type=NON_NEGATIVE, default=200, help="number of train images (default 200)"
+    )
+    parser.add_argument("--n-test", type=NON_NEGATIVE, default=50, help="number of test images (default 50)")
+    parser.add_argument("--seed", type=NON_NEGATIVE, default=0, help="random seed (default 0)")
+    parser.add_argument("--workers", type=POSITIVE, default=2, help="worker threads (default 2)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a data set already in --out")
+
+
+def _synthetic(args: argparse.Namespace) -> None:
+    from common_blocks.data.synthetic import generate
+
+    generate(args.out, args.n_train, args.n_test, args.seed, workers=args.workers, overwrite=args.overwrite)
+    print(f"wrote {args.n_train} train and {args.n_test} test images to {args.out}")
+
+
+def _dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir", type=Path, required=True, help="folder with train.csv and train_images/"
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, help="folder to write the PNGs and index.html into"
+    )
+    parser.add_argument("--per-class", type=POSITIVE, default=4, help="sample images per class (default 4)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the sample (default 0)")
+
+
+def _dataset(args: argparse.Namespace) -> None:
+    from common_blocks.reports.dataset import dataset_overview
+
+    print(f"wrote {dataset_overview(args.data_dir, args.out, args.per_class, args.seed)}")
+
+
+@dataclass(frozen=True)
+class Command:
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], None]
+
+
+COMMANDS: dict[str, Command] = {
+    "train": Command("train one fold of one model family", _train_arguments, _train),
+    "infer": Command("predict the test images with an ensemble into a submission", _infer_arguments, _infer),
+    "oof": Command(
+        "ensemble local CV on out-of-fold images; tunes post-processing, appends a leaderboard row",
+        _oof_arguments,
+        _oof,
+    ),
+    "score": Command(
+        "score a submission against labels (either format on either side)", _score_arguments, _score
+    ),
+    "checkpoint": Command(
+        "score a trained checkpoint on its own validation fold", _checkpoint_arguments, _checkpoint
+    ),
+    "report": Command("HTML report of an ensemble's out-of-fold results", _report_arguments, _report),
+    "pseudo": Command("one pseudo-label round over the test images", _pseudo_arguments, _pseudo),
+    "folds": Command("write folds.csv stratified on class combinations", _folds_arguments, _folds),
+    "synthetic": Command("write a synthetic Severstal-like data set", _synthetic_arguments, _synthetic),
+    "dataset": Command(
+        "overview of a data set: sample images per class, class distribution", _dataset_arguments, _dataset
+    ),
+}
+
+
+def build_parser(prog: str = "severstal", commands: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of ``commands`` (default: all) as subcommands; one command alone is the parser
+    itself (``python train.py --config ...`` takes no subcommand)."""
+    names = list(commands or COMMANDS)
+    if len(names) == 1:
+        command = COMMANDS[names[0]]
+        parser = argparse.ArgumentParser(prog=prog, description=command.help)
+        command.arguments(parser)
+        parser.set_defaults(run=command.run)
+        return parser
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Severstal steel defect detection: train, ensemble, score."
+    )
+    subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in names:
+        command = COMMANDS[name]
+        sub = subcommands.add_parser(name, help=command.help, description=command.help)
+        command.arguments(sub)
+        sub.set_defaults(run=command.run)
+    return parser
+
+
+@cli_entry
+def main(
+    argv: Sequence[str] | None = None, prog: str = "severstal", commands: Sequence[str] | None = None
+) -> None:
+    """Parse ``argv`` and run the chosen command (``severstal --help`` lists them)."""
+    args = build_parser(prog, commands).parse_args(argv)
+    args.run(args)

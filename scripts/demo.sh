@@ -11,14 +11,14 @@ start=$(date +%s)
 step() { printf '\n== %s\n' "$*"; }
 
 step "synthetic data in $data"
-"$python" -m common_blocks.synthetic --out "$data" --n-train 160 --n-test 60 --seed 0 --overwrite
-"$python" -m common_blocks.folds --data-dir "$data" --n-folds 4 --seed 0
+"$python" -m common_blocks.data.synthetic --out "$data" --n-train 160 --n-test 60 --seed 0 --overwrite
+"$python" -m common_blocks.data.folds --data-dir "$data" --n-folds 4 --seed 0
 
 step "data check: the all-empty submission scored against the synthetic test labels"
 "$python" - "$data" <<'PY'
 import sys
 from pathlib import Path
-from common_blocks.formats import empty_table, list_images, write_submission
+from common_blocks.data.formats import empty_table, list_images, write_submission
 data = Path(sys.argv[1])
 write_submission(empty_table(list_images(data / "test_images")), data / "empty_submission.csv")
 PY

@@ -12,7 +12,7 @@ config=${1:?usage: scripts/train_folds.sh CONFIG [train.py options...]}
 shift
 python=${PYTHON:-python}
 name=$(basename "$config" .yaml)
-n_folds=$("$python" -c "from common_blocks.config import load_config; print(load_config('$config').data.n_folds)")
+n_folds=$("$python" -c "from common_blocks.training.config import load_config; print(load_config('$config').data.n_folds)")
 folds=${FOLDS:-$(seq -s ' ' 0 $((n_folds - 1)))}
 n_gpus=$("$python" -c "import torch; print(torch.cuda.device_count())")
 mkdir -p runs_logs

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
+# The installed console script (make installs the project into the venv in editable mode).
+SEVERSTAL = str(Path(sys.executable).with_name("severstal"))
 REAL_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "severstal-sample"
 
 
@@ -20,7 +23,7 @@ def real_sample() -> Path:
 @pytest.fixture(scope="session")
 def synthetic_data(tmp_path_factory) -> Path:
     """A small synthetic data set in the Kaggle layout (24 train, 8 test images), made once per session."""
-    from common_blocks.synthetic import generate
+    from common_blocks.data.synthetic import generate
 
     folder = tmp_path_factory.mktemp("synthetic")
     generate(folder, n_train=24, n_test=8, seed=11, workers=1)

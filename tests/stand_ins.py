@@ -1,4 +1,7 @@
-"""Stand-in networks for predictor tests: the interface of ``DefectModule`` that inference uses."""
+"""Test helpers: stand-in networks with the interface of ``DefectModule`` that inference uses, and
+untrained checkpoints written the way training writes them."""
+
+import os
 
 import torch
 from torch import nn
@@ -18,3 +21,14 @@ class StandIn(nn.Module):
     def to_input_size(self, logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         assert logits.shape[-2:] == images.shape[-2:]
         return logits
+
+
+def save_untrained(module: nn.Module, path: str | os.PathLike) -> None:
+    """Write ``module`` as Lightning's trainer writes a checkpoint (untrained members for tests)."""
+    import lightning  # here: the caller has imported common_blocks.training, which lightning needs first
+
+    trainer = lightning.Trainer(
+        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(path)

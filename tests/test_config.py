@@ -2,8 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from common_blocks.config import TrainConfig, apply_overrides, load_config
+from common_blocks.config_io import apply_overrides
 from common_blocks.errors import ConfigError
+from common_blocks.training.config import TrainConfig, load_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 TRAIN_CONFIGS = [path for path in CONFIGS if not path.stem.startswith("ensemble")]
@@ -68,7 +69,7 @@ def test_resolved_config_round_trips_and_digest_tracks_changes(debug_config):
 
 @pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=lambda p: p.stem)
 def test_every_shipped_config_builds_its_model(path):
-    from common_blocks.lit_module import DefectModule
+    from common_blocks.training.module import DefectModule
 
     cfg = load_config(path, ["model.args.encoder_weights=null"])
     module = DefectModule(cfg.model_dump(mode="json"))
@@ -78,7 +79,7 @@ def test_every_shipped_config_builds_its_model(path):
 def test_grayscale_data_builds_a_one_channel_model(debug_config):
     import torch
 
-    from common_blocks.lit_module import DefectModule
+    from common_blocks.training.module import DefectModule
 
     cfg = load_config(debug_config, ["data.grayscale=true"])
     module = DefectModule(cfg.model_dump(mode="json"))

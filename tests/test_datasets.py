@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from common_blocks import images, rle
-from common_blocks.datasets import (
+from common_blocks.data import images, rle
+from common_blocks.data.datasets import (
     GREY_MEAN,
     GREY_STD,
     IMAGENET_MEAN,
@@ -19,10 +19,10 @@ from common_blocks.datasets import (
     SegmentationDataset,
     to_tensor,
 )
+from common_blocks.data.formats import RLE_COLUMNS, class_presence, read_labels
+from common_blocks.data.images import read_image
+from common_blocks.data.transforms import AugmentConfig, build_train_transform
 from common_blocks.errors import DataError
-from common_blocks.formats import RLE_COLUMNS, class_presence, read_labels
-from common_blocks.images import read_image
-from common_blocks.transforms import AugmentConfig, build_train_transform
 
 HEIGHT, WIDTH = rle.IMAGE_SHAPE
 

@@ -6,11 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common_blocks.ensemble import load_ensemble_config
 from common_blocks.errors import ConfigError
-from common_blocks.oof_stats import OofStats
-from common_blocks.postprocess import ClassPostprocess, PostprocessConfig
-from common_blocks.threshold_search import SearchResult, search
+from common_blocks.evaluation.oof_stats import OofStats
+from common_blocks.evaluation.postprocess import ClassPostprocess, PostprocessConfig
+from common_blocks.evaluation.threshold_search import SearchResult, search
+from common_blocks.inference.ensemble_config import load_ensemble_config
 
 ROOT = Path(__file__).resolve().parents[1]
 ENSEMBLE_CONFIGS = sorted((ROOT / "configs").glob("ensemble*.yaml"))

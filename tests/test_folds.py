@@ -1,13 +1,13 @@
 import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from common_blocks.data.folds import assign_folds, read_folds
+from common_blocks.data.formats import class_presence, empty_table, read_labels
 from common_blocks.errors import DataError
-from common_blocks.folds import assign_folds, read_folds
-from common_blocks.formats import class_presence, empty_table, read_labels
+from tests.conftest import SEVERSTAL
 
 
 def _skewed_table(n=200, seed=0):
@@ -45,9 +45,8 @@ def test_too_few_images():
 def test_cli_on_real_sample(real_sample, tmp_path):
     out = tmp_path / "folds.csv"
     command = [
-        sys.executable,
-        "-m",
-        "common_blocks.folds",
+        SEVERSTAL,
+        "folds",
         "--data-dir",
         str(real_sample),
         "--n-folds",
@@ -69,7 +68,7 @@ def test_cli_on_real_sample(real_sample, tmp_path):
 
 def test_cli_missing_data_dir(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "common_blocks.folds", "--data-dir", str(tmp_path / "missing")],
+        [SEVERSTAL, "folds", "--data-dir", str(tmp_path / "missing")],
         capture_output=True,
         text=True,
         check=False,

@@ -2,8 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common_blocks.errors import DataError
-from common_blocks.formats import (
+from common_blocks.data.formats import (
     class_presence,
     empty_table,
     read_image_ids,
@@ -12,6 +11,7 @@ from common_blocks.formats import (
     write_labels,
     write_submission,
 )
+from common_blocks.errors import DataError
 
 
 def _write(path, text):

@@ -15,34 +15,32 @@ import pytest
 import torch
 import yaml
 
-import inference
-import validate
-from common_blocks import rle
-from common_blocks.config import load_config
-from common_blocks.datamodule import labelled_folds
-from common_blocks.ensemble import EnsembleConfig, load_ensemble_config
+from common_blocks.cli import main as cli_main
+from common_blocks.data import rle
+from common_blocks.data.formats import read_image_ids, read_label_rows
 from common_blocks.errors import ConfigError
-from common_blocks.formats import read_image_ids, read_label_rows
-from common_blocks.lit_module import DefectModule
-from common_blocks.metrics import score_tables, summarize
-from common_blocks.oof_stats import OofStats
-from common_blocks.postprocess import ClassPostprocess, PostprocessConfig, postprocess_image
-from common_blocks.predict import (
+from common_blocks.evaluation.metric import score_tables, summarize
+from common_blocks.evaluation.oof_stats import OofStats
+from common_blocks.evaluation.postprocess import ClassPostprocess, PostprocessConfig, postprocess_image
+from common_blocks.evaluation.threshold_search import SearchResult, evaluate
+from common_blocks.inference.ensemble_config import EnsembleConfig, load_ensemble_config
+from common_blocks.inference.predictor import (
     EMPTY_RLES,
     EnsemblePredictor,
     WeightedModel,
     build_predictor,
-    write_checkpoint,
 )
-from common_blocks.runner import RunPaths
-from common_blocks.submission import (
+from common_blocks.inference.submission import (
     ReadTolerantDataset,
     make_submission,
     predict_stream,
     submission_image_ids,
 )
-from common_blocks.threshold_search import SearchResult, evaluate
-from tests.stand_ins import StandIn
+from common_blocks.training.config import load_config
+from common_blocks.training.datamodule import labelled_folds, write_missing_folds
+from common_blocks.training.module import DefectModule
+from common_blocks.training.run_folder import RunPaths
+from tests.stand_ins import StandIn, save_untrained
 
 ROOT = Path(__file__).resolve().parents[1]
 DEBUG = ROOT / "configs" / "debug.yaml"
@@ -54,7 +52,7 @@ def write_untrained(runs: Path, config: Path, fold: int, *overrides: str) -> Non
     """An untrained checkpoint of ``config``; the models see 32x200 images, to keep the tests fast."""
     cfg = load_config(config, ["data.scale=0.125", *overrides])
     torch.manual_seed(fold)
-    write_checkpoint(DefectModule(cfg.model_dump(mode="json"), fold), RunPaths.of(runs, cfg.name, fold).best)
+    save_untrained(DefectModule(cfg.model_dump(mode="json"), fold), RunPaths.of(runs, cfg.name, fold).best)
 
 
 def ensemble(out: Path, runs: Path, data: Path, *overrides: str) -> EnsembleConfig:
@@ -75,9 +73,7 @@ def ensemble(out: Path, runs: Path, data: Path, *overrides: str) -> EnsembleConf
 
 @pytest.fixture(scope="module")
 def data(synthetic_data):
-    labelled_folds(
-        load_config(DEBUG, [f"data.data_dir={synthetic_data}"])
-    )  # folds.csv, as training writes it
+    write_missing_folds(load_config(DEBUG, [f"data.data_dir={synthetic_data}"]))  # as training does
     return synthetic_data
 
 
@@ -259,7 +255,8 @@ def run_cli(main, *args) -> tuple[int, str, str]:
 
 def run_inference(cfg_dir: Path, runs: Path, data: Path, *args) -> tuple[int, str, str]:
     return run_cli(
-        inference.main,
+        cli_main,
+        "infer",
         "--config", ENSEMBLE,
         "--set", f"runs_dir={runs}",
         "--set", f"members=[{{config: {DEBUG}, folds: [0, 1]}}]",
@@ -363,7 +360,7 @@ def oof_run(tmp_path_factory, runs, data):
     config = out / "ensemble_debug.yaml"
     config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     args = ["oof", "--config", config, "--workers", 0]
-    code, stdout, stderr = run_cli(validate.main, *args)
+    code, stdout, stderr = run_cli(cli_main, *args)
     assert code == 0, stderr
     return cfg, stdout, args
 
@@ -382,7 +379,7 @@ def test_oof_writes_thresholds_and_a_leaderboard_row_with_the_evaluated_cv(oof_r
     assert row["score"] == pytest.approx(summary.score, abs=1e-6)
     for class_id, score in summary.per_class.items():
         assert row[f"score_{class_id}"] == pytest.approx(score, abs=1e-6)
-    code, _, stderr = run_cli(validate.main, *args, "--set", "tta=[none]")
+    code, _, stderr = run_cli(cli_main, *args, "--set", "tta=[none]")
     assert code == 0, stderr
     board = pd.read_csv(cfg.leaderboard_path)
     assert len(board) == 2 and board["tta"].tolist() == ["none+hflip", "none"]
@@ -416,7 +413,7 @@ def test_tuned_thresholds_give_inference_the_score_the_search_promised(oof_run, 
 
 
 def test_oof_needs_the_same_folds_everywhere(tmp_path, runs, data):
-    from common_blocks.ensemble_oof import run_oof
+    from common_blocks.inference.oof import run_oof
 
     cfg = ensemble(tmp_path, runs, data, f"gate={{config: {DEBUG_GATE}, folds: [0]}}")
     with pytest.raises(ConfigError, match=r"same folds .* debug \[0, 1\], debug_classifier \[0\]"):
@@ -428,9 +425,7 @@ def test_report_of_the_oof_run_references_only_existing_files(oof_run, tmp_path)
     import re
 
     _, _, args = oof_run
-    code, stdout, stderr = run_cli(
-        validate.main, "report", *args[1:3], "--out", tmp_path / "report", "--worst", 2
-    )
+    code, stdout, stderr = run_cli(cli_main, "report", *args[1:3], "--out", tmp_path / "report", "--worst", 2)
     assert code == 0, stderr
     page = (tmp_path / "report" / "index.html").read_text()
     referenced = re.findall(r'(?:src|href)="([^"#:]+)"', page)

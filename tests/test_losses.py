@@ -6,12 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from common_blocks.data.formats import N_CLASSES
 from common_blocks.errors import ConfigError
-from common_blocks.losses import (
+from common_blocks.training.losses import (
     CLASSIFICATION_MODE,
     LOSSES,
     MODES,
-    NUM_CLASSES,
     SEGMENTATION_MODES,
     LossTerm,
     build_loss,
@@ -27,7 +27,7 @@ SUPPORTED = [(name, mode) for name, (_, modes) in LOSSES.items() for mode in mod
 def mask() -> torch.Tensor:
     """(2, 4, 16, 24) masks of 0/1, classes overlapping in places, one class absent."""
     generator = torch.Generator().manual_seed(0)
-    mask = (torch.rand(2, NUM_CLASSES, 16, 24, generator=generator) > 0.7).float()
+    mask = (torch.rand(2, N_CLASSES, 16, 24, generator=generator) > 0.7).float()
     mask[:, 1] = 0
     return mask
 
@@ -85,7 +85,7 @@ def test_targets_have_the_shape_and_type_of_each_mode(mask: torch.Tensor) -> Non
 
 
 def test_multiclass_target_gives_overlaps_to_the_higher_class() -> None:
-    mask = torch.zeros(1, NUM_CLASSES, 1, 3)
+    mask = torch.zeros(1, N_CLASSES, 1, 3)
     mask[0, 0, 0, :2] = 1  # class 1 at pixels 0 and 1
     mask[0, 2, 0, 1] = 1  # class 3 at pixel 1
     assert targets_for_mode(mask, "multiclass").tolist() == [[[1, 3, 0]]]
@@ -96,7 +96,7 @@ def test_multiclass_target_gives_overlaps_to_the_higher_class() -> None:
 def test_probabilities_have_one_channel_per_class(mode: str) -> None:
     spatial = (8, 12) if mode in SEGMENTATION_MODES else ()
     probability = probabilities(torch.randn(2, num_outputs_for_mode(mode), *spatial), mode)
-    assert probability.shape == (2, NUM_CLASSES, *spatial)
+    assert probability.shape == (2, N_CLASSES, *spatial)
     assert ((probability >= 0) & (probability <= 1)).all()
 
 
@@ -106,7 +106,7 @@ def test_binary_probability_is_shared_by_all_classes() -> None:
 
 
 def test_multiclass_probabilities_leave_out_the_background() -> None:
-    logits = torch.randn(2, NUM_CLASSES + 1, 8, 12)
+    logits = torch.randn(2, N_CLASSES + 1, 8, 12)
     torch.testing.assert_close(
         probabilities(logits, "multiclass").sum(dim=1), 1 - logits.softmax(dim=1)[:, 0]
     )

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from common_blocks import rle
-from common_blocks.formats import empty_table
-from common_blocks.metrics import dice_from_areas, mask_dice, rle_dice, score_tables, summarize
+from common_blocks.data import rle
+from common_blocks.data.formats import empty_table
+from common_blocks.evaluation.metric import dice_from_areas, mask_dice, rle_dice, score_tables, summarize
 
 
 def _masks(shape=(8, 10)):

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from pydantic import ValidationError
 from torch import nn
 
 from common_blocks.errors import ConfigError
-from common_blocks.models import ModelConfig, build_model
-from common_blocks.optim import (
+from common_blocks.training.models import ModelConfig, build_model
+from common_blocks.training.optim import (
     OptimizerConfig,
     SchedulerConfig,
     build_optimizer,
@@ -59,31 +57,59 @@ def test_model_without_encoder_is_rejected() -> None:
         split_parameters(nn.Sequential(nn.Linear(2, 2)))
 
 
-def test_warmup_then_cosine_per_group() -> None:
-    optimizer = build_optimizer(EncoderDecoder(), OptimizerConfig(encoder_lr=1e-4, decoder_lr=1e-3))
-    cfg = SchedulerConfig(type="cosine", warmup_epochs=2, min_lr=1e-6)
-    lr_scheduler = build_scheduler(optimizer, cfg, max_epochs=6)
-    assert lr_scheduler["interval"] == "epoch" and "monitor" not in lr_scheduler
+def _schedule(optimizer, lr_scheduler, epochs):
     seen = []
-    for _ in range(6):
+    for _ in range(epochs):
         seen.append(learning_rates(optimizer))
         optimizer.step()
         lr_scheduler["scheduler"].step()
+    return seen
+
+
+def test_warmup_then_cosine_per_group() -> None:
+    """Two warm-up epochs at 1/3 and 2/3 of each group's rate, then the cosine over the 4 epochs left:
+    the full rate, the midpoint between rate and floor at half-way, and near the floor at the end."""
+    optimizer = build_optimizer(EncoderDecoder(), OptimizerConfig(encoder_lr=1e-4, decoder_lr=1e-3))
+    cfg = SchedulerConfig(type="cosine", warmup_epochs=2, min_lr=1e-6)
+    lr_scheduler = build_scheduler(optimizer, cfg, max_epochs=6, monitor="val/score")
+    assert lr_scheduler["interval"] == "epoch" and "monitor" not in lr_scheduler
+    seen = _schedule(optimizer, lr_scheduler, 6)
     for name, base in (("encoder", 1e-4), ("decoder", 1e-3)):
-        cosine = [1e-6 + (base - 1e-6) * 0.5 * (1 + math.cos(math.pi * step / 4)) for step in range(4)]
-        expected = [base / 3, 2 * base / 3, *cosine]
-        assert [rates[name] for rates in seen] == pytest.approx(expected)
+        rates = [epoch[name] for epoch in seen]
+        middle = (base + 1e-6) / 2
+        step_down = 1e-6 + (base - 1e-6) * (1 + 0.5**0.5) / 2  # cos(pi/4) one epoch into the decay
+        assert rates == pytest.approx(
+            [base / 3, 2 * base / 3, base, step_down, middle, base + 1e-6 - step_down]
+        )
+
+
+def test_cosine_without_warmup_starts_at_the_full_rate() -> None:
+    optimizer = build_optimizer(EncoderDecoder(), OptimizerConfig(encoder_lr=1e-4, decoder_lr=1e-3))
+    lr_scheduler = build_scheduler(optimizer, SchedulerConfig(type="cosine", min_lr=0.0), 2, "val/score")
+    assert [epoch["decoder"] for epoch in _schedule(optimizer, lr_scheduler, 3)] == pytest.approx(
+        [1e-3, 5e-4, 0.0]
+    )
+
+
+def test_cosine_floor_must_lie_below_every_rate() -> None:
+    optimizer = build_optimizer(EncoderDecoder(), OptimizerConfig(encoder_lr=1e-4, decoder_lr=1e-3))
+    with pytest.raises(ConfigError, match=r"scheduler\.min_lr"):
+        build_scheduler(optimizer, SchedulerConfig(type="cosine", min_lr=1e-4), 5, "val/score")
 
 
 def test_cosine_needs_an_epoch_after_warmup() -> None:
     optimizer = build_optimizer(EncoderDecoder(), OptimizerConfig())
     with pytest.raises(ConfigError, match=r"scheduler\.warmup_epochs"):
-        build_scheduler(optimizer, SchedulerConfig(type="cosine", warmup_epochs=3), max_epochs=3)
+        build_scheduler(
+            optimizer, SchedulerConfig(type="cosine", warmup_epochs=3), max_epochs=3, monitor="val/score"
+        )
 
 
 def test_plateau_maximises_the_validation_score() -> None:
     optimizer = build_optimizer(EncoderDecoder(), OptimizerConfig(encoder_lr=1e-4, decoder_lr=1e-3))
-    lr_scheduler = build_scheduler(optimizer, SchedulerConfig(patience=1, factor=0.5), max_epochs=10)
+    lr_scheduler = build_scheduler(
+        optimizer, SchedulerConfig(patience=1, factor=0.5), max_epochs=10, monitor="val/score"
+    )
     assert lr_scheduler["monitor"] == "val/score" and lr_scheduler["interval"] == "epoch"
     scheduler = lr_scheduler["scheduler"]
     assert isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and scheduler.mode == "max"
@@ -96,7 +122,9 @@ def test_plateau_maximises_the_validation_score() -> None:
 
 def test_no_scheduler() -> None:
     optimizer = build_optimizer(EncoderDecoder(), OptimizerConfig())
-    assert build_scheduler(optimizer, SchedulerConfig(type="none"), max_epochs=10) is None
+    assert (
+        build_scheduler(optimizer, SchedulerConfig(type="none"), max_epochs=10, monitor="val/score") is None
+    )
 
 
 def test_warmup_is_only_for_cosine() -> None:

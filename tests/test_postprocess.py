@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from common_blocks.postprocess import (
+from common_blocks.evaluation.postprocess import (
     ClassPostprocess,
     PostprocessConfig,
     binary_mask,

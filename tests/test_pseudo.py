@@ -12,28 +12,21 @@ import pytest
 import torch
 import yaml
 
-import pseudolabel
-import train
-from common_blocks import rle
-from common_blocks.config import load_config
-from common_blocks.datamodule import SteelDataModule
-from common_blocks.datasets import SegmentationDataset
+from common_blocks.cli import main as cli_main
+from common_blocks.data import rle
+from common_blocks.data.datasets import SegmentationDataset
+from common_blocks.data.formats import RLE_COLUMNS, read_labels, read_pseudo_labels, write_pseudo_labels
+from common_blocks.data.samplers import BalancedSampler, MixedSampler, pseudo_counts
 from common_blocks.errors import ConfigError, DataError
-from common_blocks.formats import RLE_COLUMNS, read_labels
-from common_blocks.lit_module import DefectModule
-from common_blocks.predict import EnsemblePredictor, WeightedModel, write_checkpoint
-from common_blocks.pseudo import (
-    MixedSampler,
-    SelectionSummary,
-    pseudo_counts,
-    read_pseudo_labels,
-    select,
-    write_pseudo_labels,
-)
-from common_blocks.pseudo_round import folder_loader, predict_and_select
-from common_blocks.runner import RunPaths, train_fold
-from common_blocks.sampler import BalancedSampler
-from tests.stand_ins import StandIn
+from common_blocks.inference.predictor import EnsemblePredictor, WeightedModel
+from common_blocks.pseudo.rounds import folder_loader, predict_and_select
+from common_blocks.pseudo.selection import SelectionSummary, select
+from common_blocks.training.config import load_config
+from common_blocks.training.datamodule import SteelDataModule
+from common_blocks.training.module import DefectModule
+from common_blocks.training.run_folder import RunPaths
+from common_blocks.training.runner import train_fold
+from tests.stand_ins import StandIn, save_untrained
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASS_3_BOX = (slice(100, 140), slice(300, 500))
@@ -125,7 +118,7 @@ def test_csv_naming_a_missing_image_is_a_one_line_data_error(synthetic_data, deb
     message = str(error.value)
     assert "\n" not in message and "line 2" in message and "not_a_test_image.jpg" in message
     with pytest.raises(SystemExit) as exit_code:
-        train.main(["--config", str(debug_config), "--fold", "0", "--data-dir", str(synthetic_data),
+        cli_main(["train", "--config", str(debug_config), "--fold", "0", "--data-dir", str(synthetic_data),
                     "--out-dir", str(tmp_path / "runs"), "--pseudo", str(csv)])  # fmt: skip
     assert exit_code.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"error: {message}"]
@@ -314,7 +307,7 @@ def untrained_ensemble(synthetic_data, tmp_path_factory) -> Path:
     refs = {}
     for role, config in (("member", "debug.yaml"), ("gate", "debug_classifier.yaml")):
         cfg = load_config(ROOT / "configs" / config, [f"data.data_dir={synthetic_data}"])
-        write_checkpoint(
+        save_untrained(
             DefectModule(cfg.model_dump(mode="json"), 0), RunPaths.of(folder / "runs", cfg.name, 0).best
         )
         refs[role] = {"config": str(ROOT / "configs" / config), "folds": [0]}
@@ -326,12 +319,12 @@ def untrained_ensemble(synthetic_data, tmp_path_factory) -> Path:
 
 
 def test_round_that_keeps_nothing_warns_and_writes_an_empty_csv(untrained_ensemble, tmp_path, capsys):
-    report = pseudolabel.main(["--config", str(untrained_ensemble), "--round", "1", "--out-dir", str(tmp_path),
-                               "--num-workers", "0"])  # fmt: skip
+    cli_main(["pseudo", "--config", str(untrained_ensemble), "--round", "1", "--out-dir", str(tmp_path),
+              "--workers", "0"])  # fmt: skip
     out, err = capsys.readouterr()
+    report = json.loads((tmp_path / "round1_summary.json").read_text())
     assert "kept 0 of 8 test images" in out and err.startswith("warning: round 1 kept no test image")
     assert (tmp_path / "round1.csv").read_text().strip() == "ImageId,ClassId,EncodedPixels"
-    assert json.loads((tmp_path / "round1_summary.json").read_text()) == report
     assert report["images_considered"] == 8 and report["images_kept"] == 0
 
 
@@ -347,7 +340,7 @@ def test_round_that_keeps_nothing_warns_and_writes_an_empty_csv(untrained_ensemb
 )
 def test_round_input_errors_are_one_line(untrained_ensemble, tmp_path, capsys, override, message):
     with pytest.raises(SystemExit) as exit_code:
-        pseudolabel.main(["--config", str(untrained_ensemble), "--round", "1", "--out-dir", str(tmp_path),
+        cli_main(["pseudo", "--config", str(untrained_ensemble), "--round", "1", "--out-dir", str(tmp_path),
                           "--set", override])  # fmt: skip
     assert exit_code.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()

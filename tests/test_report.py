@@ -2,14 +2,14 @@ import cv2
 import numpy as np
 import pytest
 
+from common_blocks.data.formats import read_labels
 from common_blocks.errors import ConfigError
-from common_blocks.formats import read_labels
-from common_blocks.metrics import mask_dice, summarize
-from common_blocks.oof_stats import OofStatsBuilder
-from common_blocks.postprocess import ClassPostprocess, PostprocessConfig, postprocess_image
-from common_blocks.report import WorstImage, build_report, worst_images
-from common_blocks.threshold_search import evaluate, search
-from common_blocks.viz import confusion_by_class_count, label_masks, pair_outcomes
+from common_blocks.evaluation.metric import mask_dice, summarize
+from common_blocks.evaluation.oof_stats import OofStatsBuilder
+from common_blocks.evaluation.postprocess import ClassPostprocess, PostprocessConfig, postprocess_image
+from common_blocks.evaluation.threshold_search import evaluate, pair_outcomes, search
+from common_blocks.reports.figures import confusion_by_class_count, label_masks
+from common_blocks.reports.page import WorstImage, build_report, worst_images
 from tests.test_viz import linked_files, make_runs
 
 N_IMAGES = 10

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common_blocks import rle
+from common_blocks.data import rle
 
 
 def test_round_trip_on_every_real_mask(real_sample):

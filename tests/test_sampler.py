@@ -5,7 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from common_blocks.sampler import BalancedSampler, presence_groups
+from common_blocks.data.samplers import BalancedSampler, presence_groups
 
 
 def skewed_presence(counts: dict[int, int]) -> np.ndarray:

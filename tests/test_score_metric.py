@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from common_blocks.metrics import mask_dice, pair_sums, summarize
-from common_blocks.score_metric import CompetitionScore
+from common_blocks.evaluation.metric import mask_dice, pair_sums, summarize
+from common_blocks.training.competition_score import CompetitionScore
 
 
 def test_masks_in_two_batches_score_as_the_metric_on_all_images():

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-import validate
+from common_blocks.cli import main as cli_main
+from common_blocks.data.formats import read_labels, write_labels, write_submission
 from common_blocks.errors import DataError
-from common_blocks.formats import read_labels, write_labels, write_submission
-from common_blocks.scoring import score_submission
+from common_blocks.evaluation.scorer import score_submission
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,9 +120,7 @@ def test_cli_bad_submissions_give_one_line_errors(tmp_path, capsys, submission_t
     submission = tmp_path / "sub.csv"
     submission.write_text(submission_text)
     with pytest.raises(SystemExit) as exit_info:
-        validate.main(
-            ["score", "--submission", str(submission), "--truth", str(truth), "--images", str(images)]
-        )
+        cli_main(["score", "--submission", str(submission), "--truth", str(truth), "--images", str(images)])
     assert exit_info.value.code == 2
     captured = capsys.readouterr()
     assert captured.out == ""

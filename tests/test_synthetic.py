@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -12,8 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common_blocks.rle import decode
-from common_blocks.synthetic import generate, image_ids, make_sample, render_sample
+from common_blocks.data.rle import decode
+from common_blocks.data.synthetic import generate, image_ids, make_sample, render_sample
+from tests.conftest import SEVERSTAL
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SEED, N_TRAIN, N_TEST = 5, 60, 8
@@ -133,7 +133,7 @@ def test_overwrite_replaces_the_earlier_data_set(tmp_path: Path) -> None:
 
 def test_cli_refuses_to_overwrite_with_one_line_error(tmp_path: Path) -> None:
     generate(tmp_path, 1, 1, seed=0, workers=1)
-    command = [sys.executable, "-m", "common_blocks.synthetic", "--out", str(tmp_path), "--n-train", "1"]
+    command = [SEVERSTAL, "synthetic", "--out", str(tmp_path), "--n-train", "1"]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

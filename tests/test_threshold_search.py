@@ -5,10 +5,15 @@ import numpy as np
 import pytest
 
 from common_blocks.errors import ConfigError, DataError
-from common_blocks.metrics import mask_dice, summarize
-from common_blocks.oof_stats import OofStats, OofStatsBuilder, image_stats
-from common_blocks.postprocess import ClassPostprocess, PostprocessConfig, postprocess_image, postprocess_mask
-from common_blocks.threshold_search import SearchResult, evaluate, search
+from common_blocks.evaluation.metric import mask_dice, summarize
+from common_blocks.evaluation.oof_stats import OofStats, OofStatsBuilder, image_stats
+from common_blocks.evaluation.postprocess import (
+    ClassPostprocess,
+    PostprocessConfig,
+    postprocess_image,
+    postprocess_mask,
+)
+from common_blocks.evaluation.threshold_search import SearchResult, evaluate, search
 
 SHAPE = (32, 64)
 THRESHOLDS = (0.3, 0.5, 0.7)

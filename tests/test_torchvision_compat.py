@@ -2,9 +2,9 @@ import subprocess
 import sys
 
 
-def test_torchvision_timm_and_smp_import_after_the_package():
+def test_torchvision_timm_smp_and_lightning_import_after_the_training_package():
     code = (
-        "import common_blocks, torchvision, timm, segmentation_models_pytorch;"
+        "import common_blocks.training, torchvision, timm, segmentation_models_pytorch, lightning;"
         "from common_blocks.torchvision_compat import ensure_torchvision_ops;"
         "import torch; print(ensure_torchvision_ops(), hasattr(torch.ops.torchvision, 'nms'))"
     )

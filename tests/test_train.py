@@ -14,11 +14,12 @@ import pytest
 import torch
 import yaml
 
-from common_blocks.config import load_config
-from common_blocks.lit_module import DefectModule, NonFiniteLossError
-from common_blocks.losses import WeightedLoss
-from common_blocks.oof_stats import OofStats
-from common_blocks.runner import RunPaths, evaluate_checkpoint, train_fold
+from common_blocks.training.checkpoints import load_checkpoint
+from common_blocks.training.config import load_config
+from common_blocks.training.losses import WeightedLoss
+from common_blocks.training.module import DefectModule, NonFiniteLossError
+from common_blocks.training.run_folder import RunPaths
+from common_blocks.training.runner import evaluate_checkpoint, train_fold
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["trainer.max_epochs=1"]
@@ -43,10 +44,9 @@ def trained_segmenter(synthetic_data, debug_config, tmp_path_factory):
 
 def test_fold_outputs(trained_segmenter, synthetic_data):
     cfg, paths, summary = trained_segmenter
-    for path in (paths.best, paths.last, paths.config, paths.summary, paths.oof(False)):
+    for path in (paths.best, paths.last, paths.config, paths.summary, paths.metrics):
         assert path.is_file(), path
-    assert (paths.root / "logs" / "csv" / "metrics.csv").is_file()
-    assert any((paths.root / "logs" / "tensorboard").glob("events.out.tfevents.*"))
+    assert any((paths.logs / "tensorboard").glob("events.out.tfevents.*"))
     assert json.loads(paths.summary.read_text())["score"] == summary["score"]
     assert 0.0 <= summary["score"] <= 1.0
     assert yaml.safe_load(paths.config.read_text()) == cfg.model_dump(mode="json")
@@ -82,13 +82,9 @@ def test_training_loss_is_taken_at_the_model_resolution(debug_config, mode):
         assert target.shape == (1, 64, 128) and target[0, 0, 0] == 3 and target.sum() == 3
 
 
-def test_oof_export_covers_every_validation_image_once(trained_segmenter, synthetic_data):
-    cfg, paths, summary = trained_segmenter
-    stats = OofStats.load(paths.oof(False))
-    assert sorted(stats.image_ids.tolist()) == sorted(_fold_images(synthetic_data, 1))
-    assert set(stats.folds.tolist()) == {1}
-    assert list(stats.thresholds) == pytest.approx(cfg.oof.thresholds)
-    assert summary["n_valid_images"] == stats.n_images
+def test_validation_scores_every_image_of_the_fold_once(trained_segmenter, synthetic_data):
+    _, _, summary = trained_segmenter
+    assert summary["n_images"] == summary["n_valid_images"] == len(_fold_images(synthetic_data, 1))
 
 
 def test_single_process_evaluation_matches_the_run(trained_segmenter):
@@ -104,15 +100,13 @@ def test_existing_run_is_not_overwritten_silently(trained_segmenter):
     assert paths.best.stat().st_mtime_ns == before
 
 
-def test_classifier_gate_trains_and_exports_probabilities(synthetic_data, tmp_path):
+def test_classifier_gate_trains_and_scores_its_fold(synthetic_data, tmp_path):
     cfg = _config(ROOT / "configs" / "debug_classifier.yaml", synthetic_data)
     summary = train_fold(cfg, 0, tmp_path)
-    gate = pd.read_csv(RunPaths.of(tmp_path, cfg.name, 0).oof(True))
-    assert set(gate["ImageId"]) == _fold_images(synthetic_data, 0)
-    assert gate["ImageId"].is_unique
-    probs = gate[["p1", "p2", "p3", "p4"]].to_numpy()
-    assert ((probs >= 0) & (probs <= 1)).all()
-    assert 0.0 <= summary["score"] <= 1.0
+    assert summary["n_images"] == len(_fold_images(synthetic_data, 0))
+    module = load_checkpoint(summary["best_checkpoint"])
+    assert module.is_classifier and module.fold == 0
+    assert evaluate_checkpoint(summary["best_checkpoint"]).score == pytest.approx(summary["score"], abs=1e-12)
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
@@ -212,7 +206,7 @@ def test_resume_after_kill_mid_epoch(synthetic_data, debug_config, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     final = torch.load(paths.last, weights_only=False, map_location="cpu")
     assert final["global_step"] == 20 and final["epoch"] >= 1
-    assert paths.summary.is_file() and paths.oof(False).is_file()
+    assert paths.summary.is_file()
 
 
 def test_ddp_two_processes_cover_every_image_once_and_match_single_process(
@@ -234,20 +228,28 @@ def test_ddp_two_processes_cover_every_image_once_and_match_single_process(
     assert result.returncode == 0, result.stderr[-3000:]
     paths = RunPaths.of(tmp_path, "debug", 3)
     summary = json.loads(paths.summary.read_text())
-    stats = OofStats.load(paths.oof(False))
-    assert sorted(stats.image_ids.tolist()) == sorted(_fold_images(synthetic_data, 3))
-    assert not list(paths.root.glob("*.rank*"))
+    assert summary["n_images"] == len(_fold_images(synthetic_data, 3))  # summed over both ranks
     # Same images and weights; only the batch composition differs, which moves a few logits in the
     # last float bits (CPU convolution kernels depend on batch shape): a pixel may flip, nothing more.
     assert evaluate_checkpoint(paths.best).score == pytest.approx(summary["score"], abs=1e-6)
 
 
-def test_ddp_shards_of_the_balanced_epoch_are_disjoint(synthetic_data, debug_config):
-    from common_blocks.datamodule import SteelDataModule
-    from common_blocks.sampler import BalancedSampler
+def test_data_module_gives_each_ddp_rank_a_disjoint_shard(synthetic_data, debug_config, monkeypatch):
+    """The data module's own samplers on two ranks: the balanced training epoch is split without
+    overlap or loss, and validation covers every image of the fold exactly once, without padding."""
+    import common_blocks.training.datamodule as datamodule_module
+    from common_blocks.data.samplers import BalancedSampler
 
-    data = SteelDataModule(_config(debug_config, synthetic_data), 0)
+    data = datamodule_module.SteelDataModule(_config(debug_config, synthetic_data, "data.num_workers=0"), 0)
+    data.prepare_data()
+    data.setup("fit")
+    shards, validated = [], []
+    for rank in (0, 1):
+        monkeypatch.setattr(datamodule_module, "_rank_and_world", lambda rank=rank: (rank, 2))
+        shards.append(list(data.train_sampler()))
+        validated += [image_id for batch in data.val_dataloader() for image_id in batch["image_id"]]
     presence = np.stack([data.train_table[c] != "" for c in ("rle_1", "rle_2", "rle_3", "rle_4")], axis=1)
-    shards = [list(BalancedSampler(presence, 40, seed=1, num_replicas=2, rank=r)) for r in (0, 1)]
-    epoch = BalancedSampler(presence, 40, seed=1, num_replicas=1, rank=0).epoch_indices()
+    epoch = BalancedSampler(presence, len(data.train_table), seed=data.cfg.trainer.seed).epoch_indices()
+    assert shards[0] and shards[1]
     assert sorted(shards[0] + shards[1]) == sorted(epoch.tolist())
+    assert sorted(validated) == sorted(_fold_images(synthetic_data, 0))

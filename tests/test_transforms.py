@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from common_blocks.rle import IMAGE_SHAPE
-from common_blocks.transforms import (
+from common_blocks.data.rle import IMAGE_SHAPE
+from common_blocks.data.transforms import (
     AugmentConfig,
     DefectCrop,
     build_train_transform,

@@ -6,15 +6,15 @@ from urllib.parse import unquote
 import numpy as np
 import pytest
 
-from common_blocks.formats import read_labels
-from common_blocks.viz import (
+from common_blocks.cli import main as cli_main
+from common_blocks.data.formats import read_labels
+from common_blocks.reports.figures import (
     LABEL_WIDTH,
     PRED_COLOUR,
     ROW_GAP,
     TRUTH_COLOUR,
     class_distribution,
     image_groups,
-    main,
     overlay,
     training_curves,
     training_history,
@@ -135,7 +135,7 @@ def test_class_distribution_counts(synthetic_data):
 
 def test_dataset_cli_writes_a_page_whose_links_exist(synthetic_data, tmp_path, capsys):
     out = tmp_path / "overview"
-    main(["dataset", "--data-dir", str(synthetic_data), "--out", str(out), "--per-class", "2"])
+    cli_main(["dataset", "--data-dir", str(synthetic_data), "--out", str(out), "--per-class", "2"])
     assert capsys.readouterr().out.strip() == f"wrote {out / 'index.html'}"
     links = linked_files(out / "index.html")
     assert all(link.is_file() for link in links)
@@ -147,7 +147,7 @@ def test_dataset_cli_writes_a_page_whose_links_exist(synthetic_data, tmp_path, c
 
 def test_dataset_cli_reports_a_missing_folder_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["dataset", "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")])
+        cli_main(["dataset", "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert (
@@ -155,5 +155,5 @@ def test_dataset_cli_reports_a_missing_folder_in_one_line(tmp_path, capsys):
     )
     (tmp_path / "labels_missing").mkdir()
     with pytest.raises(SystemExit):
-        main(["dataset", "--data-dir", str(tmp_path / "labels_missing"), "--out", str(tmp_path / "out")])
+        cli_main(["dataset", "--data-dir", str(tmp_path / "labels_missing"), "--out", str(tmp_path / "out")])
     assert "train.csv: file not found" in capsys.readouterr().err

@@ -11,8 +11,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from common_blocks.errors import ConfigError
-from common_blocks.models import ModelConfig, build_model
-from common_blocks.optim import split_parameters
+from common_blocks.training.models import ModelConfig, build_model
+from common_blocks.training.optim import split_parameters
 
 HEIGHT, WIDTH = 64, 128
 

@@ -1,0 +1,166 @@
+"""Torch datasets over a label table: images with their 4 defect masks, or with image-level labels.
+
+The label table is the one of ``common_blocks.data.formats``: one row per image, ``ImageId`` and the RLE
+columns ``rle_1`` .. ``rle_4`` ('' = no defect of that class).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import albumentations as A
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset, get_worker_info
+
+from common_blocks.data import rle
+from common_blocks.data.formats import RLE_COLUMNS
+from common_blocks.data.images import read_image
+from common_blocks.data.transforms import seed_transform
+from common_blocks.errors import DataError
+
+# Pretrained encoders (timm / segmentation_models_pytorch) were trained on ImageNet RGB scaled to
+# [0, 1] and normalised with these statistics; feeding them inputs with the same statistics keeps
+# their first layers in the regime they were trained for.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# A 1-channel encoder built from RGB weights (smp/timm ``in_channels=1``) sums the three input
+# filters, i.e. it expects a grey image normalised as each RGB channel would be. The steel images
+# are grey replicated over 3 channels, so the channel average of the ImageNet statistics gives the
+# grey input the same values the 3-channel input has, up to the small spread between channels.
+GREY_MEAN = (float(np.mean(IMAGENET_MEAN)),)
+GREY_STD = (float(np.mean(IMAGENET_STD)),)
+
+_NORMALISATION = {
+    channels: (
+        torch.tensor([1 / (255 * s) for s in std], dtype=torch.float32).view(-1, 1, 1),
+        torch.tensor([m / s for m, s in zip(mean, std, strict=True)], dtype=torch.float32).view(-1, 1, 1),
+    )
+    for channels, mean, std in ((3, IMAGENET_MEAN, IMAGENET_STD), (1, GREY_MEAN, GREY_STD))
+}
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 HxWx3 (RGB) or HxW / HxWx1 (grey) image -> normalised float32 CxHxW tensor.
+
+    ``(x / 255 - mean) / std``, computed as one multiply-subtract in float32 after moving the
+    channels first on the uint8 data (a quarter of the bytes to copy); shared by training and
+    inference so both see identical inputs.
+    """
+    if image.dtype != np.uint8:
+        raise ValueError(f"to_tensor expects a uint8 image, got {image.dtype}")
+    channels_first = image[None] if image.ndim == 2 else image.transpose(2, 0, 1)
+    channels = channels_first.shape[0]
+    if channels not in _NORMALISATION:
+        raise ValueError(f"to_tensor expects 1 or 3 channels, got image shape {image.shape}")
+    scale, offset = _NORMALISATION[channels]
+    tensor = torch.from_numpy(np.ascontiguousarray(channels_first)).float()
+    return tensor.mul_(scale).sub_(offset)
+
+
+def mask_to_tensor(mask: np.ndarray) -> torch.Tensor:
+    """uint8 HxWx4 mask of 0/1 -> uint8 4xHxW tensor.
+
+    uint8, not float: a 256x1600 mask is 1.6 MB instead of 6.6 MB to pass from a loader worker to
+    the training process; the module converts it where a loss needs floats.
+    """
+    return torch.from_numpy(np.ascontiguousarray(mask.transpose(2, 0, 1)))
+
+
+class SegmentationDataset(Dataset):
+    """Items ``image`` (float32 CxHxW, normalised), ``mask`` (uint8 4xHxW of 0/1, when
+    ``with_masks``), ``image_id`` and ``index``.
+
+    ``transform`` is an albumentations pipeline applied to the uint8 image and the HxWx4 mask
+    together, so crops and flips move both alike; normalisation comes after it (``to_tensor``).
+    ``with_masks=False`` serves unlabelled images (inference); the table then only needs ``ImageId``.
+    """
+
+    def __init__(
+        self,
+        table: pd.DataFrame,
+        images_dir: str | os.PathLike,
+        transform: A.Compose | None = None,
+        grayscale: bool = False,
+        with_masks: bool = True,
+    ) -> None:
+        needed = ["ImageId", *RLE_COLUMNS] if with_masks else ["ImageId"]
+        missing = [column for column in needed if column not in table.columns]
+        if missing:
+            raise DataError(f"label table lacks column(s) {', '.join(missing)}")
+        self.images_dir = Path(images_dir)
+        self.transform = transform
+        self.grayscale = grayscale
+        self.with_masks = with_masks
+        # Plain lists: indexing a DataFrame per item costs more than decoding its masks.
+        self.image_ids: list[str] = table["ImageId"].tolist()
+        self.rles: list[tuple[str, ...]] = (
+            list(table[list(RLE_COLUMNS)].itertuples(index=False, name=None)) if with_masks else []
+        )
+        self._worker_seed: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, index: int) -> dict:
+        self._prepare_worker()
+        image, mask = self.load(index)
+        item = {"image": to_tensor(image), "image_id": self.image_ids[index], "index": index}
+        if mask is not None:
+            item.update(self.mask_targets(mask))
+        return item
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The augmented uint8 image and HxWx4 mask (None without masks), before normalisation."""
+        image = read_image(self.images_dir / self.image_ids[index], grayscale=self.grayscale)
+        mask = self.decode_masks(index, image.shape[:2]) if self.with_masks else None
+        if self.transform is None:
+            return image, mask
+        if mask is None:
+            return self.transform(image=image)["image"], None
+        augmented = self.transform(image=image, mask=mask)
+        return augmented["image"], augmented["mask"]
+
+    def decode_masks(self, index: int, shape: tuple[int, int]) -> np.ndarray:
+        """HxWx4 uint8 mask of 0/1; classes without a defect are not decoded.
+
+        ``cv2.merge`` interleaves the channels ~3x faster than assigning into ``mask[..., c]``.
+        """
+        empty = np.zeros(shape, dtype=np.uint8)
+        return cv2.merge([rle.decode(encoded, shape) if encoded else empty for encoded in self.rles[index]])
+
+    def mask_targets(self, mask: np.ndarray) -> dict[str, torch.Tensor]:
+        """Training targets made from the augmented mask; subclasses choose what the model learns."""
+        return {"mask": mask_to_tensor(mask)}
+
+    def _prepare_worker(self) -> None:
+        """Reseed the augmentations once per DataLoader worker (and per epoch) and quiet OpenCV threads.
+
+        albumentations 2.x keeps its random state inside the Compose object, and forked or pickled
+        workers all start from a copy of the same state: without this every worker, in every epoch,
+        would replay the same sequence of crops and flips. The worker's seed differs per worker and
+        per epoch and follows ``torch.manual_seed`` in the main process, so runs stay reproducible.
+        """
+        worker = get_worker_info()
+        if worker is None or worker.seed == self._worker_seed:
+            return
+        self._worker_seed = worker.seed
+        cv2.setNumThreads(0)  # workers are the parallelism; OpenCV threads on top only contend
+        if self.transform is not None:
+            seed_transform(self.transform, worker.seed)
+
+
+class ClassificationDataset(SegmentationDataset):
+    """The same images, with ``target``: float32 (4,) labels, 1 where a class is present.
+
+    Labels are taken from the augmented mask, so a crop that leaves a defect out is labelled
+    without it: the label describes what the model sees. Without augmentation this is exactly
+    ``formats.class_presence`` of the table.
+    """
+
+    def mask_targets(self, mask: np.ndarray) -> dict[str, torch.Tensor]:
+        present = mask.reshape(-1, mask.shape[-1]).any(axis=0)
+        return {"target": torch.from_numpy(present.astype(np.float32))}

@@ -1,0 +1,65 @@
+"""Cross-validation folds stratified on each image's combination of defect classes.
+
+``severstal folds --data-dir D --n-folds 10 --seed S`` writes ``D/folds.csv`` (``ImageId,fold``):
+every image in exactly one fold, the same file for the same labels and seed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from common_blocks.data.formats import class_presence
+from common_blocks.errors import DataError
+from common_blocks.files import atomic_output
+
+
+def assign_folds(table: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFrame:
+    """Deal each class-combination stratum, shuffled, round-robin over the folds.
+
+    The deal continues from one stratum to the next, so fold sizes differ by at most one and even a
+    combination rarer than ``n_folds`` images lands in different folds.
+    """
+    if n_folds < 2:
+        raise DataError(f"--n-folds must be at least 2, got {n_folds}")
+    if len(table) < n_folds:
+        raise DataError(f"{len(table)} images cannot fill {n_folds} folds")
+    presence = class_presence(table)
+    strata = presence @ (1 << np.arange(presence.shape[1]))
+    rng = np.random.default_rng(seed)
+    folds = np.empty(len(table), dtype=np.int64)
+    dealt = 0
+    for stratum in np.unique(strata):
+        members = rng.permutation(np.flatnonzero(strata == stratum))
+        folds[members] = (dealt + np.arange(members.size)) % n_folds
+        dealt += members.size
+    return pd.DataFrame({"ImageId": table["ImageId"].to_numpy(), "fold": folds})
+
+
+def read_folds(path: str | os.PathLike, image_ids: pd.Series | None = None) -> pd.DataFrame:
+    """Read folds.csv; with ``image_ids``, every labelled image must have exactly one fold."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: folds file not found; make it with python -m common_blocks.data.folds")
+    folds = pd.read_csv(path, dtype={"ImageId": str})
+    if list(folds.columns) != ["ImageId", "fold"]:
+        raise DataError(f"{path}: expected columns ImageId,fold, found {','.join(folds.columns)}")
+    duplicated = folds["ImageId"].duplicated()
+    if duplicated.any():
+        raise DataError(f"{path}, line {int(np.flatnonzero(duplicated)[0]) + 2}: image listed twice")
+    if image_ids is not None:
+        missing = sorted(set(image_ids) - set(folds["ImageId"]))
+        if missing:
+            raise DataError(f"{path}: {len(missing)} labelled image(s) have no fold, e.g. {missing[0]}")
+    return folds
+
+
+def write_folds(table: pd.DataFrame, n_folds: int, seed: int, path: str | os.PathLike) -> pd.DataFrame:
+    """Assign the label table's images to folds and write ``path`` atomically; returns the folds."""
+    folds = assign_folds(table, n_folds, seed)
+    with atomic_output(path) as temporary:
+        folds.to_csv(temporary, index=False)
+    return folds

@@ -1,0 +1,229 @@
+"""Kaggle label and submission files, both formats, read into one table.
+
+Formats:
+- current (Kaggle today): ``ImageId,ClassId,EncodedPixels``; train.csv lists only defect rows, so the
+  list of images comes from the image folder. Submissions use the header ``ImageId,EncodedPixels,ClassId``
+  with four rows per image (empty EncodedPixels = no defect).
+- 2019: ``ImageId_ClassId,EncodedPixels``, four rows per image (``abc.jpg_3``), empty = no defect.
+
+Everything downstream works on the *label table*: one row per image, columns ``ImageId`` and
+``rle_1`` .. ``rle_4`` ('' = no defect of that class), sorted by ImageId.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from common_blocks.data import rle
+from common_blocks.errors import DataError
+from common_blocks.files import atomic_output
+
+CLASS_IDS = (1, 2, 3, 4)
+N_CLASSES = len(CLASS_IDS)
+RLE_COLUMNS = ("rle_1", "rle_2", "rle_3", "rle_4")
+CURRENT_COLUMNS = ("ImageId", "ClassId", "EncodedPixels")
+SUBMISSION_COLUMNS = ("ImageId", "EncodedPixels", "ClassId")
+COLUMNS_2019 = ("ImageId_ClassId", "EncodedPixels")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+SubmissionFormat = Literal["current", "2019"]
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: not a readable CSV ({str(error).splitlines()[0]})") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: empty file, expected a CSV header") from None
+
+
+def detect_format(columns: Iterable[str], path: Path) -> SubmissionFormat:
+    """Tell the format from the header; the error names the missing columns."""
+    present = set(columns)
+    if set(COLUMNS_2019) <= present:
+        return "2019"
+    if set(CURRENT_COLUMNS) <= present:
+        return "current"
+    if "ImageId_ClassId" in present:
+        missing = sorted(set(COLUMNS_2019) - present)
+    else:
+        missing = sorted(set(CURRENT_COLUMNS) - present)
+    raise DataError(
+        f"{path}: missing column(s) {', '.join(missing)}; expected {','.join(CURRENT_COLUMNS)} "
+        f"or {','.join(COLUMNS_2019)}, found {','.join(columns)}"
+    )
+
+
+def read_label_rows(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a label or submission CSV of either format into long rows, fully validated.
+
+    Returns columns ``ImageId``, ``ClassId`` (int), ``EncodedPixels`` and ``line`` (the line number
+    in the file, for error messages). Rows with empty EncodedPixels are kept: they list an image.
+    """
+    path = Path(path)
+    frame = _read_csv(path)
+    fmt = detect_format(frame.columns, path)
+    lines = np.arange(len(frame)) + 2
+    if fmt == "2019":
+        parts = frame["ImageId_ClassId"].str.rsplit("_", n=1, expand=True)
+        if parts.shape[1] < 2 or parts[1].isna().any():
+            bad = int(np.flatnonzero(parts.reindex(columns=[0, 1])[1].isna().to_numpy())[0])
+            raise DataError(
+                f"{path}, line {lines[bad]}: ImageId_ClassId {frame['ImageId_ClassId'].iloc[bad]!r} "
+                "is not of the form <image>_<class>"
+            )
+        image_ids, class_text = parts[0], parts[1]
+    else:
+        image_ids, class_text = frame["ImageId"], frame["ClassId"]
+    class_ids = pd.to_numeric(class_text, errors="coerce")
+    bad_class = ~class_ids.isin(CLASS_IDS)
+    if bad_class.any():
+        bad = int(np.flatnonzero(bad_class.to_numpy())[0])
+        raise DataError(f"{path}, line {lines[bad]}: class {class_text.iloc[bad]!r} is not one of 1, 2, 3, 4")
+    empty_image = image_ids.str.strip() == ""
+    if empty_image.any():
+        raise DataError(
+            f"{path}, line {lines[int(np.flatnonzero(empty_image.to_numpy())[0])]}: empty ImageId"
+        )
+    rows = pd.DataFrame(
+        {
+            "ImageId": image_ids.to_numpy(),
+            "ClassId": class_ids.astype(int).to_numpy(),
+            "EncodedPixels": frame["EncodedPixels"].str.strip().to_numpy(),
+            "line": lines,
+        }
+    )
+    duplicated = rows.duplicated(["ImageId", "ClassId"], keep=False)
+    if duplicated.any():
+        first, second = rows.loc[duplicated, ["ImageId", "ClassId", "line"]].head(2).itertuples(index=False)
+        raise DataError(
+            f"{path}, line {second.line}: duplicate row for image {second.ImageId} class {second.ClassId} "
+            f"(first at line {first.line})"
+        )
+    for image_id, class_id, encoded, line in rows.itertuples(index=False):
+        try:
+            rle.check(encoded)
+        except ValueError as error:
+            raise DataError(f"{path}, line {line}: image {image_id} class {class_id}: {error}") from None
+    return rows
+
+
+def list_images(images_dir: str | os.PathLike) -> list[str]:
+    """Sorted image file names of a folder; an error when it is missing or holds no image."""
+    folder = Path(images_dir)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: image folder not found")
+    names = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not names:
+        raise DataError(f"{folder}: no images (.jpg, .jpeg, .png) in the folder")
+    return names
+
+
+def rows_to_table(rows: pd.DataFrame, image_ids: Sequence[str], source: str, universe: str) -> pd.DataFrame:
+    """Spread long rows over the given images; a row for an image outside them is an error."""
+    table = pd.DataFrame({"ImageId": sorted(image_ids)})
+    known = set(table["ImageId"])
+    unknown = ~rows["ImageId"].isin(known)
+    if unknown.any():
+        row = rows.loc[unknown].iloc[0]
+        raise DataError(f"{source}, line {row['line']}: image {row['ImageId']} is not in {universe}")
+    for class_id, column in zip(CLASS_IDS, RLE_COLUMNS, strict=True):
+        of_class = rows[rows["ClassId"] == class_id]
+        table[column] = table["ImageId"].map(dict(zip(of_class["ImageId"], of_class["EncodedPixels"])))
+    return table.fillna("").astype(str)
+
+
+def read_labels(csv_path: str | os.PathLike, images_dir: str | os.PathLike | None = None) -> pd.DataFrame:
+    """Read labels of either format into the label table.
+
+    With ``images_dir`` the images are those of the folder (defect-free ones included) and a label
+    for an image not in it is an error. Without it they are the images the file names, which for
+    the current format are only the images with a row.
+    """
+    rows = read_label_rows(csv_path)
+    if images_dir is None:
+        return rows_to_table(rows, rows["ImageId"].unique(), str(csv_path), "the file")
+    return rows_to_table(rows, list_images(images_dir), str(csv_path), f"the image folder {images_dir}")
+
+
+def empty_table(image_ids: Sequence[str]) -> pd.DataFrame:
+    """A label table with no defect on any of the images."""
+    return pd.DataFrame({"ImageId": list(image_ids), **{column: "" for column in RLE_COLUMNS}}).astype(str)
+
+
+def class_presence(table: pd.DataFrame) -> np.ndarray:
+    """(N, 4) bool: which classes each image has."""
+    return np.stack([table[column].to_numpy() != "" for column in RLE_COLUMNS], axis=1)
+
+
+def table_to_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """Long rows ``ImageId, ClassId, EncodedPixels``, four per image, image-major."""
+    long = table.melt(
+        id_vars="ImageId", value_vars=list(RLE_COLUMNS), var_name="ClassId", value_name="EncodedPixels"
+    )
+    long["ClassId"] = long["ClassId"].str.removeprefix("rle_").astype(int)
+    return long.sort_values(["ImageId", "ClassId"], kind="stable").reset_index(drop=True)
+
+
+def write_labels(table: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write a label table as a current-format train.csv (defect rows only), atomically."""
+    rows = table_to_rows(table)
+    rows = rows[rows["EncodedPixels"] != ""]
+    with atomic_output(path) as temporary:
+        rows.to_csv(temporary, columns=list(CURRENT_COLUMNS), index=False)
+
+
+def write_submission(table: pd.DataFrame, path: str | os.PathLike, fmt: SubmissionFormat = "current") -> None:
+    """Write a label table as a submission, four rows per image, atomically."""
+    rows = table_to_rows(table)
+    with atomic_output(path) as temporary:
+        if fmt == "current":
+            rows.to_csv(temporary, columns=list(SUBMISSION_COLUMNS), index=False)
+        elif fmt == "2019":
+            pd.DataFrame(
+                {
+                    "ImageId_ClassId": rows["ImageId"] + "_" + rows["ClassId"].astype(str),
+                    "EncodedPixels": rows["EncodedPixels"],
+                }
+            ).to_csv(temporary, index=False)
+        else:
+            raise ValueError(f"unknown submission format {fmt!r}; expected 'current' or '2019'")
+
+
+def read_image_ids(sample_submission: str | os.PathLike) -> list[str]:
+    """Test image ids in the order of a Kaggle sample_submission.csv (either format, any ClassId)."""
+    path = Path(sample_submission)
+    frame = _read_csv(path)
+    if "ImageId" in frame.columns:
+        ids = frame["ImageId"]
+    elif "ImageId_ClassId" in frame.columns:
+        ids = frame["ImageId_ClassId"].str.rsplit("_", n=1).str[0]
+    else:
+        raise DataError(f"{path}: missing column ImageId (or ImageId_ClassId)")
+    return list(dict.fromkeys(ids))
+
+
+def write_pseudo_labels(table: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write the kept images' label table, four rows per image (header only when none), atomically."""
+    with atomic_output(path) as temporary:
+        table_to_rows(table).to_csv(temporary, columns=list(CURRENT_COLUMNS), index=False)
+
+
+def read_pseudo_labels(csv_path: str | os.PathLike, images_dir: str | os.PathLike) -> pd.DataFrame:
+    """The label table of the images the file lists; a row naming an image missing from ``images_dir``
+    is a DataError naming its line.
+
+    Not ``formats.read_labels(csv, images_dir)``: that labels every image of the folder, and would
+    take the test images the selection rejected for defect-free ones.
+    """
+    rows = read_label_rows(csv_path)
+    table = rows_to_table(rows, list_images(images_dir), str(csv_path), f"the image folder {images_dir}")
+    return table[table["ImageId"].isin(set(rows["ImageId"]))].reset_index(drop=True)

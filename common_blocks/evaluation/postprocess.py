@@ -1,0 +1,108 @@
+"""Turn per-pixel class probabilities into the binary masks a submission holds.
+
+Per class, in this order: (1) pixel threshold ``prob > threshold``, (2) optional hole filling,
+(3) removal of connected components (8-connectivity) smaller than ``min_size`` pixels, (4) the whole
+mask is dropped when fewer than ``min_area`` pixels survive, (5) the mask is dropped when the image
+classifier's probability for the class is below ``gate``. The out-of-fold statistics
+(``common_blocks.evaluation.oof_stats``) reproduce these steps exactly, so the searched score is the score
+inference gets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from common_blocks.data.formats import CLASS_IDS, N_CLASSES
+
+
+class ClassPostprocess(BaseModel):
+    """Post-processing of one class; the defaults keep every pixel above 0.5."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: float = Field(0.5, ge=0, le=1)
+    min_size: int = Field(0, ge=0)
+    min_area: int = Field(0, ge=0)
+    gate: float = Field(0.0, ge=0, le=1)
+    fill_holes: bool = False
+
+
+def _default_classes() -> tuple[ClassPostprocess, ...]:
+    return tuple(ClassPostprocess() for _ in CLASS_IDS)
+
+
+class PostprocessConfig(BaseModel):
+    """Post-processing of the four classes, in class order 1..4 (``model_dump()`` gives YAML/JSON)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    classes: tuple[ClassPostprocess, ClassPostprocess, ClassPostprocess, ClassPostprocess] = Field(
+        default_factory=_default_classes
+    )
+
+
+def fill_mask_holes(mask: np.ndarray) -> np.ndarray:
+    """Fill the background regions that do not reach the image border (4-connected, as scipy's
+    ``binary_fill_holes``): flood the border-connected background and keep everything else."""
+    height, width = mask.shape
+    canvas = np.zeros((height + 2, width + 2), np.uint8)
+    canvas[1:-1, 1:-1] = mask
+    cv2.floodFill(canvas, None, (0, 0), 2, flags=4)
+    return (canvas[1:-1, 1:-1] != 2).view(np.uint8)
+
+
+def binary_mask(prob: np.ndarray, threshold: float, fill_holes: bool) -> np.ndarray:
+    """Steps 1-2 as an (H, W) uint8 0/1 mask.
+
+    The threshold is compared in the dtype of ``prob``, so that a float32 map gives the same mask
+    whether the threshold arrives as a Python float (inference) or a float64 grid value (statistics).
+    """
+    mask = (prob > prob.dtype.type(threshold)).view(np.uint8)
+    return fill_mask_holes(mask) if fill_holes else mask
+
+
+def _check_probs(probs: np.ndarray, ndim: int) -> None:
+    if probs.ndim != ndim or not np.issubdtype(probs.dtype, np.floating):
+        raise ValueError(f"expected a floating {ndim}-d probability array, got {probs.dtype} {probs.shape}")
+
+
+def postprocess_mask(prob: np.ndarray, cfg: ClassPostprocess, gate_prob: float | None = None) -> np.ndarray:
+    """Apply steps 1-5 to an (H, W) probability map; (H, W) uint8 0/1.
+
+    ``gate_prob`` None (or NaN) means no classifier, so the gate never drops the mask. It is compared
+    in float64, as the statistics compare it.
+    """
+    _check_probs(prob, 2)
+    empty = np.zeros(prob.shape, np.uint8)
+    if gate_prob is not None and float(gate_prob) < cfg.gate:
+        return empty
+    mask = binary_mask(prob, cfg.threshold, cfg.fill_holes)
+    if cfg.min_size > 0:
+        _, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        keep = (stats[:, cv2.CC_STAT_AREA] >= cfg.min_size).view(np.uint8)
+        keep[0] = 0  # label 0 is the background
+        mask = keep[labels]
+    if cv2.countNonZero(mask) < cfg.min_area:
+        return empty
+    return mask
+
+
+def postprocess_image(
+    probs: np.ndarray, config: PostprocessConfig, gate_probs: Sequence[float] | np.ndarray | None = None
+) -> np.ndarray:
+    """Apply each class's post-processing to (4, H, W) probabilities; (4, H, W) uint8 0/1."""
+    _check_probs(probs, 3)
+    if probs.shape[0] != N_CLASSES:
+        raise ValueError(f"expected {N_CLASSES} class maps, got shape {probs.shape}")
+    if gate_probs is not None and len(gate_probs) != N_CLASSES:
+        raise ValueError(f"expected {N_CLASSES} gate probabilities, got {len(gate_probs)}")
+    return np.stack(
+        [
+            postprocess_mask(prob, cfg, None if gate_probs is None else float(gate_probs[k]))
+            for k, (prob, cfg) in enumerate(zip(probs, config.classes, strict=True))
+        ]
+    )

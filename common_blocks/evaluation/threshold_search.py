@@ -1,0 +1,267 @@
+"""Exact grid search of the post-processing on out-of-fold statistics.
+
+Classes are scored independently (every (image, class) pair counts once in the competition mean),
+so the best setting overall is the best setting of each class. For a class, every combination of
+pixel threshold t, minimum component size m, minimum area a and gate g is scored: a pair keeps its
+predicted mask iff ``A[t, m] >= a`` and the classifier probability is not below g, and then scores
+``2 I / (A + G)``; otherwise its prediction is empty and it scores 1 when the truth is empty too,
+else 0. Scores are exact sums over the images, not estimates.
+
+Ties go to the earliest grid values, in the priority threshold, min_size, min_area, gate (the
+first maximum of the score table in that order). Each score is a plain sum down one column of an
+(images x settings) array, so settings that keep the same masks get bit-identical scores and tie.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from common_blocks.data.formats import CLASS_IDS
+from common_blocks.errors import ConfigError, DataError
+from common_blocks.evaluation.metric import PairSums, dice_from_areas, pair_sums
+from common_blocks.evaluation.oof_stats import (
+    DEFAULT_GATES,
+    DEFAULT_MIN_AREAS,
+    N_CLASSES,
+    OofStats,
+    as_grid,
+    min_size_grid,
+    threshold_grid,
+)
+from common_blocks.evaluation.postprocess import ClassPostprocess, PostprocessConfig
+from common_blocks.files import atomic_output
+
+RESULT_FORMAT_VERSION = 1
+
+
+@dataclass(eq=False)
+class SearchResult:
+    """The best post-processing per class, its scores, and the score of every setting on the grid."""
+
+    config: PostprocessConfig
+    class_scores: np.ndarray  # (4,) mean Dice of each class at its chosen setting
+    score: float  # competition score: mean of class_scores
+    n_images: int
+    thresholds: np.ndarray  # (T,)
+    min_sizes: np.ndarray  # (M,)
+    min_areas: np.ndarray  # (A,)
+    gates: np.ndarray  # (G,)
+    scores: np.ndarray  # (4, T, M, A, G) mean Dice of each class for every setting
+
+    def threshold_curves(self) -> np.ndarray:
+        """(4, T): each class's best score at each pixel threshold, over the other parameters (for plots)."""
+        return self.scores.max(axis=(2, 3, 4))
+
+    def to_dict(self) -> dict:
+        return {
+            "format_version": RESULT_FORMAT_VERSION,
+            "score": self.score,
+            "class_scores": self.class_scores.tolist(),
+            "n_images": self.n_images,
+            "config": self.config.model_dump(mode="json"),
+            "grid": {
+                "thresholds": self.thresholds.tolist(),
+                "min_sizes": self.min_sizes.tolist(),
+                "min_areas": self.min_areas.tolist(),
+                "gates": self.gates.tolist(),
+            },
+            "scores": self.scores.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SearchResult:
+        """Inverse of ``to_dict``; a malformed dict raises DataError."""
+        try:
+            if data["format_version"] != RESULT_FORMAT_VERSION:
+                raise DataError(
+                    f"search result format version {data['format_version']}, "
+                    f"this code reads {RESULT_FORMAT_VERSION}"
+                )
+            grid = data["grid"]
+            result = cls(
+                config=PostprocessConfig.model_validate(data["config"]),
+                class_scores=np.asarray(data["class_scores"], dtype=np.float64),
+                score=float(data["score"]),
+                n_images=int(data["n_images"]),
+                thresholds=threshold_grid(grid["thresholds"]),
+                min_sizes=min_size_grid(grid["min_sizes"]),
+                min_areas=min_area_grid(grid["min_areas"]),
+                gates=gate_grid(grid["gates"]),
+                scores=np.asarray(data["scores"], dtype=np.float64),
+            )
+        except (KeyError, TypeError, ValueError, ConfigError) as error:
+            raise DataError(f"not a search result ({type(error).__name__}: {error})") from None
+        expected = (
+            N_CLASSES,
+            *(g.size for g in (result.thresholds, result.min_sizes, result.min_areas, result.gates)),
+        )
+        if result.scores.shape != expected or result.class_scores.shape != (N_CLASSES,):
+            raise DataError(f"search result: score table of shape {result.scores.shape}, expected {expected}")
+        return result
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write as JSON, atomically."""
+        with atomic_output(path) as temporary:
+            temporary.write_text(json.dumps(self.to_dict()))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> SearchResult:
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"{path}: search result not found")
+        try:
+            data = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise DataError(f"{path}: not JSON ({error})") from None
+        try:
+            return cls.from_dict(data)
+        except DataError as error:
+            raise DataError(f"{path}: {error}") from None
+
+
+def min_area_grid(values: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Minimum mask areas in pixels; 0 never drops a mask."""
+    return as_grid(values, "min_areas", np.int64, 0, np.iinfo(np.uint32).max)
+
+
+def gate_grid(values: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Gate thresholds on the classifier probability; 0 never drops a mask."""
+    return as_grid(values, "gates", np.float64, 0.0, 1.0)
+
+
+def _kept(area: np.ndarray, gate: np.ndarray, min_area: float, min_gate: float) -> np.ndarray:
+    """Steps 4-5: whether a mask survives; a NaN gate probability (no classifier) never drops it.
+
+    The gate is compared in float64, as ``postprocess_mask`` compares it.
+    """
+    return (area >= min_area) & ~(gate.astype(np.float64) < float(min_gate))
+
+
+def _class_score_sums(
+    area: np.ndarray,
+    intersection: np.ndarray,
+    truth_area: np.ndarray,
+    gate: np.ndarray,
+    min_areas: np.ndarray,
+    gates: np.ndarray,
+) -> np.ndarray:
+    """(A, G, K) sums of Dice over the N images for K = T*M columns of (N, K) area and intersection."""
+    truth_area = truth_area.astype(np.int64)[:, None]
+    kept_dice = dice_from_areas(intersection.astype(np.int64), area.astype(np.int64), truth_area)
+    dropped_dice = np.broadcast_to((truth_area == 0).astype(np.float64), kept_dice.shape)
+    sums = np.empty((min_areas.size, gates.size, area.shape[1]))
+    for i, min_area in enumerate(min_areas):
+        for j, min_gate in enumerate(gates):
+            kept = _kept(area, gate[:, None], min_area, min_gate)
+            sums[i, j] = np.where(kept, kept_dice, dropped_dice).sum(axis=0)
+    return sums
+
+
+def _searched_gates(stats: OofStats, gates: Sequence[float] | np.ndarray) -> np.ndarray:
+    """The gate grid, reduced to 0 when there is no classifier (every gate would tie)."""
+    missing = np.isnan(stats.gate)
+    if missing.all():
+        return np.zeros(1)
+    if missing.any():
+        raise DataError(
+            f"gate probabilities are missing for {int(missing.any(axis=1).sum())} of {stats.n_images} "
+            "images; attach them to all images or to none"
+        )
+    return gate_grid(gates)
+
+
+def search(
+    stats: OofStats,
+    min_areas: Sequence[int] | np.ndarray = DEFAULT_MIN_AREAS,
+    gates: Sequence[float] | np.ndarray = DEFAULT_GATES,
+) -> SearchResult:
+    """Score every setting of the grid (the stats' thresholds and min sizes x ``min_areas`` x ``gates``)
+    and pick each class's best; without classifier probabilities only gate 0 is searched."""
+    if stats.n_images == 0:
+        raise DataError("no images in the OOF stats")
+    min_areas = min_area_grid(min_areas)
+    gates = _searched_gates(stats, gates)
+    n_thresholds, n_sizes = stats.thresholds.size, stats.min_sizes.size
+    scores = np.empty((N_CLASSES, n_thresholds, n_sizes, min_areas.size, gates.size))
+    chosen = []
+    for k in range(N_CLASSES):
+        sums = _class_score_sums(
+            stats.area[:, k].reshape(stats.n_images, -1),
+            stats.intersection[:, k].reshape(stats.n_images, -1),
+            stats.truth_area[:, k],
+            stats.gate[:, k],
+            min_areas,
+            gates,
+        )
+        scores[k] = (
+            (sums / stats.n_images)
+            .reshape(min_areas.size, gates.size, n_thresholds, n_sizes)
+            .transpose(2, 3, 0, 1)
+        )
+        t, m, a, g = np.unravel_index(np.argmax(scores[k]), scores[k].shape)
+        chosen.append(
+            ClassPostprocess(
+                threshold=float(stats.thresholds[t]),
+                min_size=int(stats.min_sizes[m]),
+                min_area=int(min_areas[a]),
+                gate=float(gates[g]),
+                fill_holes=stats.fill_holes[k],
+            )
+        )
+    class_scores = scores.reshape(N_CLASSES, -1).max(axis=1)
+    return SearchResult(
+        config=PostprocessConfig(classes=tuple(chosen)),
+        class_scores=class_scores,
+        score=float(class_scores.mean()),
+        n_images=stats.n_images,
+        thresholds=stats.thresholds,
+        min_sizes=stats.min_sizes,
+        min_areas=min_areas,
+        gates=gates,
+        scores=scores,
+    )
+
+
+def _grid_index(grid: np.ndarray, value: float, name: str, class_id: int) -> int:
+    matches = np.flatnonzero(grid == value)
+    if matches.size == 0:
+        raise ConfigError(f"class {class_id}: {name} {value} is not on the OOF stats grid {grid.tolist()}")
+    return int(matches[0])
+
+
+def pair_outcomes(stats: OofStats, config: PostprocessConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 4) Dice and (N, 4) bool 'predicted non-empty' of every (image, class) pair under ``config``,
+    exactly, from the statistics alone.
+
+    Each class's threshold and min_size must lie on the stats grid and its fill_holes match the stats.
+    """
+    dice = np.empty((stats.n_images, N_CLASSES))
+    predicted = np.empty((stats.n_images, N_CLASSES), dtype=bool)
+    for k, (class_id, cfg) in enumerate(zip(CLASS_IDS, config.classes, strict=True)):
+        if cfg.fill_holes != stats.fill_holes[k]:
+            raise ConfigError(
+                f"class {class_id}: fill_holes {cfg.fill_holes}, but the OOF stats were made with "
+                f"{stats.fill_holes[k]}"
+            )
+        t = _grid_index(stats.thresholds, cfg.threshold, "threshold", class_id)
+        m = _grid_index(stats.min_sizes, cfg.min_size, "min_size", class_id)
+        area = stats.area[:, k, t, m].astype(np.int64)
+        kept = _kept(area, stats.gate[:, k], cfg.min_area, cfg.gate)
+        pred_area = np.where(kept, area, 0)
+        intersection = np.where(kept, stats.intersection[:, k, t, m].astype(np.int64), 0)
+        dice[:, k] = dice_from_areas(intersection, pred_area, stats.truth_area[:, k].astype(np.int64))
+        predicted[:, k] = pred_area > 0
+    return dice, predicted
+
+
+def evaluate(stats: OofStats, config: PostprocessConfig) -> PairSums:
+    """Score one post-processing setting on the statistics, as ``metric.pair_sums`` of the pairs:
+    ``metric.summarize`` turns it into the score, positive-pair Dice and FP/FN pair counts."""
+    dice, predicted = pair_outcomes(stats, config)
+    return pair_sums(dice, ~predicted, stats.truth_area == 0)

@@ -1,0 +1,2 @@
+"""Ensembles of trained runs: their config, the predictor (TTA, averaging, gate), the submission
+writer and the out-of-fold local CV that tunes post-processing. Imports ``training`` and below."""

@@ -1,0 +1,204 @@
+"""The ensemble config: which trained runs to average, how, and how to post-process the average.
+
+One YAML names the member families (a training config ``configs/NAME.yaml`` or a run name), the
+folds and weight of each, the test-time augmentations, the classifier gate, and the post-processing:
+per-class defaults, overridden by the tuned values ``validate.py oof`` writes to
+``postprocess.thresholds_file`` once that file exists. Checkpoints are ``RUNS_DIR/NAME/foldK/best.ckpt``.
+Relative paths are relative to the working directory, as in the training configs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from common_blocks.config_io import Section, load_config_file, read_yaml
+from common_blocks.errors import ConfigError
+from common_blocks.evaluation.oof_stats import DEFAULT_GATES, DEFAULT_MIN_AREAS, min_size_grid, threshold_grid
+from common_blocks.evaluation.postprocess import ClassPostprocess, PostprocessConfig
+from common_blocks.evaluation.threshold_search import SearchResult, gate_grid, min_area_grid
+from common_blocks.training.runner import RunPaths
+
+TtaName = Literal["none", "hflip", "vflip"]
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+class RunRef(Section):
+    """Trained runs of one family: ``config`` is ``configs/NAME.yaml`` (its ``name``, else its stem) or
+    the run name itself."""
+
+    config: str
+    folds: list[int] = Field(min_length=1)
+
+    @field_validator("config")
+    @classmethod
+    def _config_exists(cls, value: str) -> str:
+        if value.endswith(YAML_SUFFIXES) and not Path(value).is_file():
+            raise ValueError(f"{value}: config file not found")
+        if not value.endswith(YAML_SUFFIXES) and ("/" in value or not value):
+            raise ValueError(f"expected configs/NAME.yaml or a run name, got {value!r}")
+        return value
+
+    @field_validator("folds")
+    @classmethod
+    def _distinct_folds(cls, folds: list[int]) -> list[int]:
+        if min(folds) < 0 or len(set(folds)) != len(folds):
+            raise ValueError(f"expected distinct fold numbers >= 0, got {folds}")
+        return folds
+
+    @property
+    def name(self) -> str:
+        """The run name, which is the folder of its checkpoints under the runs directory."""
+        if not self.config.endswith(YAML_SUFFIXES):
+            return self.config
+        return str(read_yaml(self.config).get("name", Path(self.config).stem))
+
+    def checkpoint(self, runs_dir: Path, fold: int) -> Path:
+        return RunPaths.of(runs_dir, self.name, fold).best
+
+
+class MemberConfig(RunRef):
+    """A segmentation family; its folds are averaged with equal weight, then weighted against the others."""
+
+    weight: float = Field(1.0, gt=0)
+
+
+class GateConfig(RunRef):
+    """The image-level classifier; ``threshold`` replaces every class's tuned gate threshold."""
+
+    threshold: float | None = Field(None, ge=0, le=1)
+
+
+class PostprocessSection(PostprocessConfig):
+    """Per-class defaults; the tuned file (default RUNS_DIR/NAME/thresholds.json) wins when it exists."""
+
+    thresholds_file: Path | None = None
+
+
+_GRID_CHECKS = {
+    "thresholds": threshold_grid,
+    "min_sizes": min_size_grid,
+    "min_areas": min_area_grid,
+    "gates": gate_grid,
+}
+
+
+class SearchConfig(Section):
+    """The threshold-search grid; thresholds, min_sizes and fill_holes default to the members' ``oof``."""
+
+    thresholds: tuple[float, ...] | None = None
+    min_sizes: tuple[int, ...] | None = None
+    fill_holes: bool | None = None
+    min_areas: tuple[int, ...] = DEFAULT_MIN_AREAS
+    gates: tuple[float, ...] = DEFAULT_GATES
+
+    @field_validator("thresholds", "min_sizes", "min_areas", "gates")
+    @classmethod
+    def _valid_grid(cls, values: tuple | None, info: ValidationInfo) -> tuple | None:
+        if values is not None:
+            try:
+                _GRID_CHECKS[info.field_name](values)
+            except ConfigError as error:  # "name: problem" -> the problem; pydantic adds the key path
+                raise ValueError(str(error).partition(": ")[2]) from None
+        return values
+
+
+class EnsembleConfig(Section):
+    """Members averaged (weighted), TTA, the gate, post-processing and its search; ``name`` defaults
+    to the file's stem and names the folder of the tuned files."""
+
+    name: str
+    runs_dir: Path = Path("runs")
+    data_dir: Path = Path("data/severstal")
+    members: list[MemberConfig] = Field(min_length=1)
+    tta: list[TtaName] = Field(default_factory=lambda: ["none"], min_length=1)
+    average: Literal["probabilities", "logits"] = "probabilities"
+    gate: GateConfig | None = None
+    postprocess: PostprocessSection = PostprocessSection()
+    search: SearchConfig = SearchConfig()
+    leaderboard: Path | None = None  # default: leaderboard.csv beside the runs directory
+
+    @field_validator("tta")
+    @classmethod
+    def _distinct_tta(cls, tta: list[str]) -> list[str]:
+        if len(set(tta)) != len(tta):
+            raise ValueError(f"each augmentation at most once, got {tta}")
+        return tta
+
+    @property
+    def thresholds_path(self) -> Path:
+        return self.postprocess.thresholds_file or self.runs_dir / self.name / "thresholds.json"
+
+    @property
+    def oof_path(self) -> Path:
+        """The ensemble's OOF statistics, beside the tuned thresholds."""
+        return self.thresholds_path.with_name("oof.npz")
+
+    @property
+    def leaderboard_path(self) -> Path:
+        return self.leaderboard or self.runs_dir.parent / "leaderboard.csv"
+
+    def digest(self) -> str:
+        """Short hash of the resolved config, to tell leaderboard rows apart."""
+        text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+    @property
+    def runs(self) -> list[RunRef]:
+        """Every trained family the ensemble loads: the members, then the gate."""
+        return [*self.members, *([self.gate] if self.gate else [])]
+
+    def describe_members(self) -> str:
+        """``name[folds]xweight`` of each member, ``+``-joined: the leaderboard's members column."""
+        return "+".join(f"{m.name}[{','.join(map(str, m.folds))}]x{m.weight:g}" for m in self.members)
+
+    def missing_checkpoints(self, folds: list[int] | None = None) -> list[Path]:
+        """Checkpoints of the members and the gate (only of ``folds`` when given) that do not exist."""
+        wanted = [
+            ref.checkpoint(self.runs_dir, fold)
+            for ref in self.runs
+            for fold in ref.folds
+            if folds is None or fold in folds
+        ]
+        return [path for path in dict.fromkeys(wanted) if not path.is_file()]
+
+    def check_checkpoints(self, folds: list[int] | None = None) -> None:
+        """One error listing every missing checkpoint, before any is loaded."""
+        missing = self.missing_checkpoints(folds)
+        if missing:
+            raise ConfigError(
+                f"{len(missing)} checkpoint(s) of ensemble {self.name} missing: "
+                f"{', '.join(map(str, missing))} (train them with train.py, or fix members, folds, runs_dir)"
+            )
+
+    def resolved_postprocess(self) -> tuple[PostprocessConfig, str]:
+        """The post-processing inference applies, and a log line saying where it comes from."""
+        path = self.thresholds_path
+        if path.is_file():
+            result = SearchResult.load(path)
+            config, source = result.config, f"tuned post-processing from {path} (local CV {result.score:.5f})"
+        else:
+            config = PostprocessConfig(classes=self.postprocess.classes)
+            source = (
+                f"the config's default post-processing ({path} not found: run validate.py oof to tune it)"
+            )
+        if self.gate is not None and self.gate.threshold is not None:
+            config = with_gate_threshold(config, self.gate.threshold)
+            source += f", gate threshold {self.gate.threshold:g} for every class"
+        return config, f"using {source}"
+
+
+def with_gate_threshold(config: PostprocessConfig, threshold: float) -> PostprocessConfig:
+    """``config`` with every class gated at ``threshold``."""
+    classes = tuple(ClassPostprocess(**{**c.model_dump(), "gate": threshold}) for c in config.classes)
+    return PostprocessConfig(classes=classes)
+
+
+def load_ensemble_config(path: str | os.PathLike, overrides: list[str] | None = None) -> EnsembleConfig:
+    """Read, override (``key.path=value``) and validate an ensemble config; ``name`` defaults to the stem."""
+    return load_config_file(EnsembleConfig, path, overrides)

@@ -1,0 +1,107 @@
+"""One pseudo-labelling round: the ensemble predicts every test image, the selection rule keeps the sure ones.
+
+Outputs ``OUT_DIR/round<R>.csv`` (format in ``common_blocks.pseudo.selection``) and ``OUT_DIR/round<R>_summary.json``,
+both written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from common_blocks.data import rle
+from common_blocks.data.formats import CLASS_IDS, RLE_COLUMNS, list_images, write_pseudo_labels
+from common_blocks.errors import ConfigError
+from common_blocks.files import atomic_output
+from common_blocks.inference.ensemble_config import EnsembleConfig
+from common_blocks.inference.predictor import EnsemblePredictor, build_predictor
+from common_blocks.inference.submission import ReadTolerantDataset, image_loader
+from common_blocks.pseudo.selection import SelectionSummary
+
+GATE_COLUMNS = tuple(f"p{class_id}" for class_id in CLASS_IDS)  # gate probabilities in the predictions
+
+
+def round_path(out_dir: str | os.PathLike, round_number: int, suffix: str = ".csv") -> Path:
+    """``OUT_DIR/round<R>.csv`` and its companions (``_summary.json``)."""
+    return Path(out_dir) / f"round{round_number}{suffix}"
+
+
+def folder_loader(
+    images_dir: Path, grayscale: bool, batch_size: int, workers: int | None, device: torch.device
+) -> DataLoader:
+    """Every image of the folder, unaugmented and normalised as in training; unreadable ones flagged."""
+    table = pd.DataFrame({"ImageId": list_images(images_dir)})
+    dataset = ReadTolerantDataset(table, images_dir, grayscale=grayscale, with_masks=False)
+    return image_loader(dataset, batch_size, workers, device)
+
+
+def predict_and_select(
+    predictor: EnsemblePredictor, loader: DataLoader, summary: SelectionSummary
+) -> tuple[pd.DataFrame, list[str]]:
+    """Every readable image's predicted label row, gate probabilities ``p1``..``p4`` and ``kept`` (the
+    rule's verdict), and the read errors.
+
+    An unreadable image is left out, not an error: it cannot be trained on, and one bad file should
+    not cost the round.
+    """
+    rows, unreadable = [], []
+    for batch in loader:
+        readable = np.array([not error for error in batch["error"]])
+        unreadable += [error for error in batch["error"] if error]
+        if not readable.any():
+            continue
+        gate_probs, masks = predictor.predict_masks(batch["image"][torch.from_numpy(readable)])
+        image_ids = np.array(batch["image_id"])[readable]
+        for image_id, image_gate, image_masks in zip(image_ids, gate_probs, masks, strict=True):
+            kept = summary.add(image_gate, image_masks)
+            rows.append((str(image_id), *(rle.encode(mask) for mask in image_masks), *image_gate, kept))
+    return pd.DataFrame(rows, columns=["ImageId", *RLE_COLUMNS, *GATE_COLUMNS, "kept"]), unreadable
+
+
+def pseudo_label_round(
+    cfg: EnsembleConfig,
+    round_number: int,
+    out_dir: str | os.PathLike,
+    summary: SelectionSummary,
+    batch_size: int = 4,
+    workers: int | None = None,
+    device: str | None = None,
+) -> tuple[dict, pd.DataFrame]:
+    """Run the round, write its label file and summary; returns the summary and every prediction.
+
+    The rule needs the classifier's probabilities, so an ensemble without a gate is an error (before
+    any checkpoint loads); ``build_predictor`` lists missing checkpoints.
+    """
+    if cfg.gate is None:
+        raise ConfigError(
+            f"ensemble {cfg.name}: pseudo-labelling needs a classifier gate (the `gate:` section)"
+        )
+    start = time.perf_counter()
+    postprocess, source = cfg.resolved_postprocess()
+    predictor = build_predictor(cfg, postprocess=postprocess, device=device)
+    loader = folder_loader(
+        Path(cfg.data_dir) / "test_images", predictor.grayscale, batch_size, workers, predictor.device
+    )
+    predictions, unreadable = predict_and_select(predictor, loader, summary)
+    labels = round_path(out_dir, round_number)
+    write_pseudo_labels(predictions.loc[predictions["kept"], ["ImageId", *RLE_COLUMNS]], labels)
+    report = {
+        "round": round_number,
+        "ensemble": cfg.name,
+        "ensemble_digest": cfg.digest(),
+        "postprocess": source,
+        "labels": str(labels),
+        **summary.to_dict(),
+        "unreadable_images": unreadable,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    with atomic_output(round_path(out_dir, round_number, "_summary.json")) as temporary:
+        temporary.write_text(json.dumps(report, indent=2))
+    return report, predictions

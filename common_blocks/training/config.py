@@ -1,0 +1,122 @@
+"""The typed training config: one schema, validated at load, saved with every run and checkpoint.
+
+A YAML file gives the values; ``--set key.path=value`` overrides any of them (the value is read as
+YAML, so ``--set trainer.max_epochs=3`` is an int). An unknown key or a wrong type is a ConfigError
+naming the key path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import Field, model_validator
+
+from common_blocks.config_io import Section, load_config_file
+from common_blocks.data.transforms import AugmentConfig
+from common_blocks.evaluation.oof_stats import DEFAULT_MIN_SIZES, DEFAULT_THRESHOLDS
+from common_blocks.training.losses import LossTerm
+from common_blocks.training.models import ModelConfig
+from common_blocks.training.optim import OptimizerConfig, SchedulerConfig
+
+
+class DataConfig(Section):
+    """Where the data is, how folds are made, and how batches are drawn."""
+
+    data_dir: Path = Path("data/severstal")
+    # A relative folds_file is under data_dir; it is written (stratified) when missing.
+    folds_file: Path = Path("folds.csv")
+    n_folds: int = Field(10, ge=2)
+    fold_seed: int = 42
+    grayscale: bool = False  # feed the model one grey channel instead of three
+    scale: float = Field(1.0, gt=0, le=1)  # the model sees images resized by this factor
+    batch_size: int = Field(8, ge=1)
+    valid_batch_size: int = Field(4, ge=1)
+    num_workers: int = Field(2, ge=0)
+    sampler: Literal["balanced", "random"] = "balanced"
+    samples_per_epoch: int | None = Field(None, ge=1)  # default: the number of training images
+    max_images: int | None = Field(None, ge=2)  # use only the first N labelled images (debug runs)
+
+
+class TrainerConfig(Section):
+    max_epochs: int = Field(30, ge=1)
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
+    accumulate_grad_batches: int = Field(1, ge=1)
+    gradient_clip_val: float | None = Field(None, gt=0)
+    channels_last: bool = True
+    find_unused_parameters: bool = False  # DDP: needed when a model has parameters outside the loss path
+    early_stopping_patience: int | None = Field(6, ge=1)
+    checkpoint_every_n_steps: int | None = Field(200, ge=1)  # refresh last.ckpt mid-epoch
+    limit_train_batches: int | float | None = None  # Lightning's limit, for quick runs
+    seed: int = 42
+    log_every_n_steps: int = Field(10, ge=1)
+
+
+class ValidationConfig(Section):
+    """Fixed, simple post-processing for the per-epoch validation score."""
+
+    threshold: float = Field(0.5, gt=0, lt=1)
+    min_area: int = Field(0, ge=0)
+
+
+class OofConfig(Section):
+    """The grid the out-of-fold export makes exact for the threshold search."""
+
+    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
+    min_sizes: tuple[int, ...] = DEFAULT_MIN_SIZES
+    fill_holes: bool = False
+
+
+class PseudoConfig(Section):
+    labels: Path | None = None  # pseudo-label CSV (train.csv format) over the test images; set by --pseudo
+    fraction: float = Field(0.3, ge=0, lt=1)  # share of every training batch drawn from pseudo-labels
+
+
+class TrainConfig(Section):
+    """Everything that defines one model family; one fold of it is one run of train.py."""
+
+    name: str
+    task: Literal["segmentation", "classification"] = "segmentation"
+    mode: Literal["multilabel", "binary", "multiclass"] = "multilabel"
+    data: DataConfig = DataConfig()
+    augment: AugmentConfig = AugmentConfig()
+    model: ModelConfig
+    loss: list[LossTerm] = Field(default_factory=lambda: [LossTerm(type="bce"), LossTerm(type="dice")])
+    optimizer: OptimizerConfig = OptimizerConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    validation: ValidationConfig = ValidationConfig()
+    oof: OofConfig = OofConfig()
+    pseudo: PseudoConfig = PseudoConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if not self.loss:
+            raise ValueError("loss needs at least one term")
+        if self.data.grayscale and self.model.args.get("in_channels", 1) != 1:
+            raise ValueError("data.grayscale feeds one channel: model.args.in_channels must be 1 or unset")
+        return self
+
+    def model_for_input(self) -> ModelConfig:
+        """The model section with ``in_channels`` matching what the data feeds it."""
+        if not self.data.grayscale:
+            return self.model
+        return self.model.model_copy(update={"args": {**self.model.args, "in_channels": 1}})
+
+    def digest(self) -> str:
+        """Short hash of the resolved config, to tell runs apart."""
+        text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> TrainConfig:
+    """Read, override and validate a training config; ``name`` defaults to the file's stem."""
+    return load_config_file(TrainConfig, path, overrides)

@@ -1,0 +1,196 @@
+"""The LightningDataModule: labels, folds, datasets and samplers of one fold, and pseudo-labels to train with."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch.distributed as dist
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
+
+from common_blocks.data.datasets import ClassificationDataset, SegmentationDataset
+from common_blocks.data.folds import read_folds, write_folds
+from common_blocks.data.formats import class_presence, read_labels, read_pseudo_labels
+from common_blocks.data.samplers import BalancedSampler, MixedSampler, ShardSampler
+from common_blocks.data.transforms import build_train_transform, build_valid_transform
+from common_blocks.errors import DataError
+from common_blocks.training.config import PseudoConfig, TrainConfig
+
+
+def folds_path(cfg: TrainConfig) -> Path:
+    """The folds file: ``data.folds_file``, relative to ``data.data_dir`` unless absolute."""
+    return Path(cfg.data.data_dir) / cfg.data.folds_file
+
+
+def _labels(cfg: TrainConfig) -> pd.DataFrame:
+    data_dir = Path(cfg.data.data_dir)
+    if not data_dir.is_dir():
+        raise DataError(f"{data_dir}: data directory not found (set --data-dir or data.data_dir)")
+    return read_labels(data_dir / "train.csv", data_dir / "train_images")
+
+
+def write_missing_folds(cfg: TrainConfig) -> None:
+    """Write the stratified folds file when it does not exist yet (once, before any rank reads it)."""
+    path = folds_path(cfg)
+    if path.is_file():
+        return
+    table = _labels(cfg)
+    if not os.access(path.parent, os.W_OK):
+        raise DataError(
+            f"{path} does not exist and {path.parent} is read-only; "
+            "set data.folds_file to a writable path (e.g. --set data.folds_file=$PWD/data/folds.csv)"
+        )
+    write_folds(table, cfg.data.n_folds, cfg.data.fold_seed, path)
+
+
+def labelled_folds(cfg: TrainConfig) -> pd.DataFrame:
+    """The label table with a ``fold`` column from the folds file, which must exist and have
+    ``data.n_folds`` folds."""
+    table = _labels(cfg)
+    path = folds_path(cfg)
+    if not path.is_file():
+        raise DataError(f"{path}: folds file not found (train.py writes it; or run `severstal folds`)")
+    folds = read_folds(path, table["ImageId"])
+    n_folds = folds["fold"].nunique()
+    if n_folds != cfg.data.n_folds:
+        raise DataError(
+            f"{path} has {n_folds} folds but data.n_folds is {cfg.data.n_folds}; "
+            "delete the file to re-split, or set data.folds_file to another name"
+        )
+    table = table.merge(folds, on="ImageId", how="left", validate="one_to_one")
+    if cfg.data.max_images is not None:
+        table = table.iloc[: cfg.data.max_images].reset_index(drop=True)
+    return table
+
+
+def load_pseudo_table(cfg: PseudoConfig, images_dir: str | os.PathLike) -> pd.DataFrame | None:
+    """The pseudo-labels to train with; None when not configured, when ``fraction`` is 0, or (with a
+    warning) when the file lists no image, e.g. after a round that kept nothing."""
+    if cfg.labels is None or cfg.fraction == 0:
+        return None
+    table = read_pseudo_labels(cfg.labels, images_dir)
+    if table.empty:
+        warnings.warn(f"{cfg.labels}: no pseudo-labelled image; training on real images only", stacklevel=2)
+        return None
+    return table
+
+
+def check_fold(table: pd.DataFrame, fold: int) -> None:
+    present = sorted(table["fold"].unique())
+    if fold not in present:
+        raise DataError(f"fold {fold} is out of range: the folds file has folds {present[0]}..{present[-1]}")
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class SteelDataModule(L.LightningDataModule):
+    """One fold's data: ``prepare_data`` writes a missing folds file (Lightning calls it on one
+    process per node), ``setup`` reads labels and folds on every rank and splits off the fold."""
+
+    def __init__(self, cfg: TrainConfig, fold: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.fold = fold
+        self.train_table: pd.DataFrame | None = None
+        self.valid_table: pd.DataFrame | None = None
+        self.pseudo_table: pd.DataFrame | None = None
+
+    def prepare_data(self) -> None:
+        write_missing_folds(self.cfg)
+
+    def setup(self, stage: str) -> None:
+        if self.valid_table is None:
+            table = labelled_folds(self.cfg)
+            check_fold(table, self.fold)
+            self.train_table = table[table["fold"] != self.fold].reset_index(drop=True)
+            self.valid_table = table[table["fold"] == self.fold].reset_index(drop=True)
+            if self.train_table.empty or self.valid_table.empty:
+                raise DataError(f"fold {self.fold} leaves no training or no validation images")
+        # Pseudo-labelled test images go into training batches only, never into validation; read at
+        # fit time, so evaluating a checkpoint later does not need the file.
+        if stage == "fit":
+            self.pseudo_table = load_pseudo_table(self.cfg.pseudo, self.test_images_dir)
+
+    @property
+    def dataset_class(self) -> type[SegmentationDataset]:
+        return ClassificationDataset if self.cfg.task == "classification" else SegmentationDataset
+
+    @property
+    def images_dir(self) -> Path:
+        return Path(self.cfg.data.data_dir) / "train_images"
+
+    @property
+    def test_images_dir(self) -> Path:
+        return Path(self.cfg.data.data_dir) / "test_images"
+
+    def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler, drop_last: bool) -> DataLoader:
+        workers = self.cfg.data.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            drop_last=drop_last,
+            persistent_workers=workers > 0,
+        )
+
+    def train_sampler(self) -> Sampler[int]:
+        rank, world = _rank_and_world()
+        data = self.cfg.data
+        n_samples = data.samples_per_epoch or len(self.train_table)
+        if data.sampler == "balanced":
+            presence = class_presence(self.train_table)
+            return BalancedSampler(presence, n_samples, self.cfg.trainer.seed, num_replicas=world, rank=rank)
+        if world > 1:
+            return DistributedSampler(range(len(self.train_table)), world, rank, seed=self.cfg.trainer.seed)
+        return RandomSampler(range(len(self.train_table)), num_samples=n_samples)
+
+    def _train_dataset(self, table: pd.DataFrame, images_dir: Path) -> SegmentationDataset:
+        return self.dataset_class(
+            table,
+            images_dir,
+            transform=build_train_transform(self.cfg.augment),
+            grayscale=self.cfg.data.grayscale,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self._train_dataset(self.train_table, self.images_dir)
+        batch = min(self.cfg.data.batch_size, len(self.train_table))
+        if self.pseudo_table is None:
+            return self._loader(dataset, batch, self.train_sampler(), drop_last=True)
+        pseudo = self._train_dataset(self.pseudo_table, self.test_images_dir)
+        rank, world = _rank_and_world()
+        sampler = MixedSampler(
+            self.train_sampler(),
+            len(dataset),
+            len(pseudo),
+            batch,
+            self.cfg.pseudo.fraction,
+            self.cfg.trainer.seed,
+            num_replicas=world,
+            rank=rank,
+        )
+        return self._loader(ConcatDataset([dataset, pseudo]), batch, sampler, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        dataset = self.dataset_class(
+            self.valid_table,
+            self.images_dir,
+            transform=build_valid_transform(self.cfg.augment),
+            grayscale=self.cfg.data.grayscale,
+        )
+        rank, world = _rank_and_world()
+        return self._loader(
+            dataset, self.cfg.data.valid_batch_size, ShardSampler(len(dataset), rank, world), False
+        )
+
+    def valid_folds(self) -> np.ndarray:
+        return self.valid_table["fold"].to_numpy()

@@ -1,0 +1,182 @@
+"""Losses as weighted sums of registered terms, and the targets / probabilities each task mode uses.
+
+Modes: the smp segmentation modes ``"multilabel"`` (4 sigmoid channels), ``"binary"`` (1 sigmoid
+channel: defect or not, the class then comes from the classifier gate) and ``"multiclass"`` (5 softmax
+channels, 0 = background), plus ``"classification"`` (image-level ``(B, 4)`` logits, float targets).
+
+In multiclass targets a pixel carries one class; where the dataset's class masks overlap, the higher
+class id wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from segmentation_models_pytorch.losses import (
+    BINARY_MODE,
+    MULTICLASS_MODE,
+    MULTILABEL_MODE,
+    DiceLoss,
+    FocalLoss,
+    LovaszLoss,
+    SoftBCEWithLogitsLoss,
+    SoftCrossEntropyLoss,
+)
+from torch import Tensor, nn
+
+from common_blocks.data.formats import N_CLASSES
+from common_blocks.errors import ConfigError
+
+CLASSIFICATION_MODE = "classification"
+SEGMENTATION_MODES = (MULTILABEL_MODE, BINARY_MODE, MULTICLASS_MODE)
+MODES = (*SEGMENTATION_MODES, CLASSIFICATION_MODE)
+_NUM_OUTPUTS = {
+    MULTILABEL_MODE: N_CLASSES,
+    BINARY_MODE: 1,
+    MULTICLASS_MODE: N_CLASSES + 1,
+    CLASSIFICATION_MODE: N_CLASSES,
+}
+
+
+class LossTerm(BaseModel):
+    """One term of the loss: ``type`` is a key of ``LOSSES``, ``args`` go to the loss class."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+    weight: float = 1.0
+    args: dict[str, Any] = {}
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ConfigError(f"mode: unknown mode '{mode}' (expected one of: {', '.join(MODES)})")
+
+
+def num_outputs_for_mode(mode: str) -> int:
+    """Logit channels a network needs for ``mode`` (4 multilabel, 1 binary, 5 multiclass, 4 classification)."""
+    _check_mode(mode)
+    return _NUM_OUTPUTS[mode]
+
+
+def _smp_mode(mode: str) -> str:
+    """Image-level labels are multilabel over 4 classes, with no spatial dimensions."""
+    return MULTILABEL_MODE if mode == CLASSIFICATION_MODE else mode
+
+
+def _bce(mode: str, **args: Any) -> nn.Module:
+    return nn.CrossEntropyLoss(**args) if mode == MULTICLASS_MODE else nn.BCEWithLogitsLoss(**args)
+
+
+def _soft_bce(mode: str, **args: Any) -> nn.Module:
+    """Label-smoothed BCE (``smooth_factor``); cross-entropy in multiclass mode.
+
+    ``smooth_factor`` defaults to 0 because smp's SoftCrossEntropyLoss fails on its own default (None).
+    """
+    args = {"smooth_factor": 0.0, **args}
+    return SoftCrossEntropyLoss(**args) if mode == MULTICLASS_MODE else SoftBCEWithLogitsLoss(**args)
+
+
+def _dice(mode: str, **args: Any) -> nn.Module:
+    return DiceLoss(_smp_mode(mode), **args)
+
+
+def _focal(mode: str, **args: Any) -> nn.Module:
+    return FocalLoss(_smp_mode(mode), **args)
+
+
+def _lovasz(mode: str, **args: Any) -> nn.Module:
+    """Lovasz hinge (sigmoid modes) or Lovasz-softmax, averaged per image unless ``per_image: false``.
+
+    In multilabel mode smp flattens the 4 channels of an image into one binary problem.
+    """
+    return LovaszLoss(_smp_mode(mode), **{"per_image": True, **args})
+
+
+# Each loss: a factory ``(mode, **args) -> nn.Module`` and the modes it supports.
+LOSSES: dict[str, tuple[Callable[..., nn.Module], tuple[str, ...]]] = {
+    "bce": (_bce, MODES),
+    "soft_bce": (_soft_bce, MODES),
+    "focal": (_focal, MODES),
+    "dice": (_dice, SEGMENTATION_MODES),
+    "lovasz": (_lovasz, SEGMENTATION_MODES),
+}
+
+
+class WeightedLoss(nn.Module):
+    """Sum of ``weight * term(logits, target)``.
+
+    ``forward`` returns the total; ``last_terms`` then holds each term's unweighted value (detached,
+    keyed by term name) for logging without a device sync per term.
+    """
+
+    def __init__(self, terms: dict[str, nn.Module], weights: dict[str, float]) -> None:
+        super().__init__()
+        self.terms = nn.ModuleDict(terms)
+        self.weights = weights
+        self.last_terms: dict[str, Tensor] = {}
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        values = {name: term(logits, target) for name, term in self.terms.items()}
+        self.last_terms = {name: value.detach() for name, value in values.items()}
+        return sum(self.weights[name] * value for name, value in values.items())
+
+
+def build_loss(terms: list[LossTerm], mode: str, key: str = "loss") -> WeightedLoss:
+    """The weighted sum of ``terms`` for ``mode``.
+
+    Terms are named by type; a repeated type gets its 1-based position appended (``dice``, ``dice_3``).
+    """
+    _check_mode(mode)
+    if not terms:
+        raise ConfigError(f"{key}: needs at least one loss term")
+    modules: dict[str, nn.Module] = {}
+    weights: dict[str, float] = {}
+    for index, term in enumerate(terms):
+        path = f"{key}[{index}]"
+        if term.type not in LOSSES:
+            raise ConfigError(f"{path}.type: unknown loss '{term.type}' (registered: {', '.join(LOSSES)})")
+        factory, modes = LOSSES[term.type]
+        if mode not in modes:
+            raise ConfigError(f"{path}.type: loss '{term.type}' does not support mode '{mode}'")
+        try:
+            module = factory(mode, **term.args)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"{path}.args: {error}") from error
+        name = term.type if term.type not in modules else f"{term.type}_{index + 1}"
+        modules[name], weights[name] = module, term.weight
+    return WeightedLoss(modules, weights)
+
+
+def targets_for_mode(mask: Tensor, mode: str) -> Tensor:
+    """The dataset's float ``(B, 4, H, W)`` mask as ``mode``'s target.
+
+    multilabel: as is; binary: ``(B, 1, H, W)`` union of the classes; multiclass: long ``(B, H, W)``
+    with 0 = background and the highest present class id where classes overlap; classification:
+    ``(B, 4)`` presence of each class.
+    """
+    _check_mode(mode)
+    if mode == MULTILABEL_MODE:
+        return mask
+    if mode == BINARY_MODE:
+        return mask.amax(dim=1, keepdim=True)
+    if mode == CLASSIFICATION_MODE:
+        return mask.amax(dim=(2, 3))
+    class_ids = torch.arange(1, mask.shape[1] + 1, device=mask.device).view(1, -1, 1, 1)
+    return ((mask > 0.5) * class_ids).amax(dim=1)
+
+
+def probabilities(logits: Tensor, mode: str) -> Tensor:
+    """Per-class probabilities ``(B, 4, H, W)`` (``(B, 4)`` for classification) from ``mode``'s logits.
+
+    Binary mode repeats its defect probability over the 4 classes: the classifier gate picks the class.
+    Multiclass drops the background channel of the softmax.
+    """
+    _check_mode(mode)
+    if mode == MULTICLASS_MODE:
+        return logits.softmax(dim=1)[:, 1:]
+    probability = logits.sigmoid()
+    return probability.repeat(1, N_CLASSES, 1, 1) if mode == BINARY_MODE else probability

@@ -1,0 +1,147 @@
+"""The LightningModule: one model of any family, its loss, its optimiser and the validation score."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from common_blocks.errors import PipelineError
+from common_blocks.training.competition_score import CompetitionScore
+from common_blocks.training.config import TrainConfig
+from common_blocks.training.losses import (
+    CLASSIFICATION_MODE,
+    build_loss,
+    num_outputs_for_mode,
+    probabilities,
+    targets_for_mode,
+)
+from common_blocks.training.models import build_model
+from common_blocks.training.optim import build_optimizer, build_scheduler
+from common_blocks.training.run_folder import TRAIN_LOSS, VAL_LOSS, VAL_SCORE
+
+PAD_MULTIPLE = 32  # FPN and Unet halve the resolution five times
+
+
+class NonFiniteLossError(PipelineError):
+    """The training loss became NaN or infinite; the run stops before the step is applied."""
+
+
+class DefectModule(L.LightningModule):
+    """Segmentation (multilabel / binary / multiclass) or the image-level classifier gate.
+
+    The resolved config is saved in every checkpoint (``hparams.config``), so
+    ``checkpoints.load_checkpoint(path)`` rebuilds the model without the YAML; ``fold`` is saved
+    too, so a checkpoint knows which images it may be validated on. ``pretrained=False`` builds the
+    encoder without its ``encoder_weights`` (not saved: the weights about to be loaded replace them).
+    """
+
+    def __init__(self, config: dict[str, Any], fold: int | None = None, pretrained: bool = True) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["pretrained"])
+        self.fold = fold
+        self.cfg = TrainConfig.model_validate(config)
+        self.task_mode = CLASSIFICATION_MODE if self.is_classifier else self.cfg.mode
+        model_cfg = self.cfg.model_for_input()
+        if not pretrained:
+            model_cfg = model_cfg.model_copy(update={"args": {**model_cfg.args, "encoder_weights": None}})
+        self.model = build_model(model_cfg, num_outputs_for_mode(self.task_mode))
+        self.loss = build_loss(self.cfg.loss, self.task_mode)
+        self.val_score = CompetitionScore()
+        if self.cfg.trainer.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.cfg.task == "classification"
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits at the input's resolution (segmentation) or (B, 4) (classification).
+
+        The model sees the image resized by ``data.scale``; the segmentation logits are resized
+        back, so callers always work at full size.
+        """
+        return self.to_input_size(self.model_logits(images), images)
+
+    def to_input_size(self, logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """Segmentation ``logits`` (or any per-pixel maps) resized to the size of ``images``, bilinearly.
+
+        The small map is made contiguous (class planes) first: resizing the network's channels-last
+        output took twice as long here and gave a channels-last result that inference copies again.
+        """
+        if self.is_classifier or logits.shape[-2:] == images.shape[-2:]:
+            return logits
+        return F.interpolate(
+            logits.contiguous(), size=images.shape[-2:], mode="bilinear", align_corners=False
+        )
+
+    def model_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits at the model's own resolution: the input resized by ``data.scale``.
+
+        The input is padded to a multiple of 32 for the network and the logits cropped back.
+        """
+        scale = self.cfg.data.scale
+        if scale != 1.0:
+            images = F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False)
+        inner_h, inner_w = images.shape[-2:]
+        pad_h, pad_w = -inner_h % PAD_MULTIPLE, -inner_w % PAD_MULTIPLE
+        if pad_h or pad_w:
+            images = F.pad(images, (0, pad_w, 0, pad_h), mode="replicate")
+        if self.cfg.trainer.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        logits = self.model(images)
+        return logits if self.is_classifier else logits[..., :inner_h, :inner_w]
+
+    def _loss(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        """The loss of model-resolution ``logits``: the (uint8) mask is area-averaged down to their size.
+
+        Losses at the model's resolution: upsampling 4 logit channels to 256x1600 and back
+        through the loss would cost more than the network itself at ``data.scale`` 0.25.
+        """
+        if self.is_classifier:
+            return self.loss(logits, batch["target"])
+        mask = batch["mask"].float()
+        if mask.shape[-2:] != logits.shape[-2:]:
+            mask = F.interpolate(mask, size=logits.shape[-2:], mode="area")
+        return self.loss(logits, targets_for_mode(mask, self.task_mode))
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self._loss(self.model_logits(batch["image"]), batch)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"training loss is {loss.item()} at epoch {self.current_epoch}, global step {self.global_step} "
+                f"(batch {batch_idx}); the run stopped before applying it, the last good checkpoint is kept"
+            )
+        batch_size = batch["image"].shape[0]
+        self.log(TRAIN_LOSS, loss, prog_bar=True, batch_size=batch_size)
+        for name, value in self.loss.last_terms.items():
+            self.log(f"train/loss_{name}", value, batch_size=batch_size)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        images = batch["image"]
+        logits = self.model_logits(images)
+        batch_size = images.shape[0]
+        self.log(VAL_LOSS, self._loss(logits, batch), batch_size=batch_size, sync_dist=True)
+        probs = probabilities(self.to_input_size(logits, images).float(), self.task_mode)
+        truth = batch["target"] if self.is_classifier else batch["mask"]
+        self.val_score.update(probs, truth, self.cfg.validation.threshold, self.cfg.validation.min_area)
+        return {"probs": probs}
+
+    def on_validation_epoch_end(self) -> None:
+        summary = self.val_score.summary()
+        self.val_score.reset()
+        self.log(VAL_SCORE, summary.score, prog_bar=True)
+        self.log("val/positive_dice", summary.positive_dice)
+        for class_id, value in summary.per_class.items():
+            self.log(f"val/score_class{class_id}", value)
+        self.last_summary = summary
+
+    def configure_optimizers(self) -> Any:
+        optimizer = build_optimizer(self.model, self.cfg.optimizer)
+        scheduler = build_scheduler(optimizer, self.cfg.scheduler, self.cfg.trainer.max_epochs, VAL_SCORE)
+        if scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}

@@ -1,0 +1,54 @@
+"""The run folder of one fold, ``OUT_DIR/NAME/foldK/``: where each output goes and the names of the
+metrics logged into it. Every reader and writer of a run folder takes its paths from here."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+TRAIN_LOSS = "train/loss"
+VAL_LOSS = "val/loss"
+VAL_SCORE = "val/score"  # maximised: picks best.ckpt, drives the plateau schedule and early stopping
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where one fold's outputs go: ``OUT_DIR/NAME/foldK/``."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, out_dir: str | os.PathLike, name: str, fold: int) -> RunPaths:
+        return cls(Path(out_dir) / name / f"fold{fold}")
+
+    @property
+    def label(self) -> str:
+        """``NAME/foldK``, which tells apart the folds of several models."""
+        return f"{self.root.absolute().parent.name}/{self.root.name}"
+
+    @property
+    def best(self) -> Path:
+        return self.root / "best.ckpt"
+
+    @property
+    def last(self) -> Path:
+        return self.root / "last.ckpt"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def logs(self) -> Path:
+        """Lightning's loggers write ``logs/tensorboard/`` and ``logs/csv/`` here."""
+        return self.root / "logs"
+
+    @property
+    def metrics(self) -> Path:
+        """The CSV logger's per-step and per-epoch metrics."""
+        return self.logs / "csv" / "metrics.csv"
