@@ -18,6 +18,13 @@ from pathlib import Path
 from common_blocks.errors import ConfigError, cli_entry
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the pipeline's contract: a usage mistake is one ``error: ...`` line, exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def _integer(minimum: int) -> Callable[[str], int]:
     """An argparse type: an integer no smaller than ``minimum``."""
 
@@ -382,13 +389,11 @@ def build_parser(prog: str = "severstal", commands: Sequence[str] | None = None)
     names = list(commands or COMMANDS)
     if len(names) == 1:
         command = COMMANDS[names[0]]
-        parser = argparse.ArgumentParser(prog=prog, description=command.help)
+        parser = _Parser(prog=prog, description=command.help)
         command.arguments(parser)
         parser.set_defaults(run=command.run)
         return parser
-    parser = argparse.ArgumentParser(
-        prog=prog, description="Severstal steel defect detection: train, ensemble, score."
-    )
+    parser = _Parser(prog=prog, description="Severstal steel defect detection: train, ensemble, score.")
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in names:
         command = COMMANDS[name]

@@ -6,13 +6,14 @@ set -euo pipefail
 python=${1:-.venv/bin/python}
 data=${2:-data/synthetic}
 runs=${3:-runs/demo}
+severstal="$(dirname "$python")/severstal"  # the console script `make` installs beside the venv's python
 start=$(date +%s)
 
 step() { printf '\n== %s\n' "$*"; }
 
 step "synthetic data in $data"
-"$python" -m common_blocks.data.synthetic --out "$data" --n-train 160 --n-test 60 --seed 0 --overwrite
-"$python" -m common_blocks.data.folds --data-dir "$data" --n-folds 4 --seed 0
+"$severstal" synthetic --out "$data" --n-train 160 --n-test 60 --seed 0 --overwrite
+"$severstal" folds --data-dir "$data" --n-folds 4 --seed 0
 
 step "data check: the all-empty submission scored against the synthetic test labels"
 "$python" - "$data" <<'PY'
@@ -47,7 +48,8 @@ step "the submission scored against the synthetic test labels"
   --images "$data/test_images" | tee "$runs/submission_score.txt"
 
 step "report"
-"$python" validate.py report --config configs/ensemble_debug.yaml --out "$runs/report"
+"$python" validate.py report --config configs/ensemble_debug.yaml --data-dir "$data" --set runs_dir="$runs" \
+  --out "$runs/report"
 
 step "summary"
 echo "local CV (out-of-fold, tuned):"; head -n 1 "$runs/local_cv.txt"

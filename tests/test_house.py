@@ -6,7 +6,9 @@ import subprocess
 import sys
 import textwrap
 
-from common_blocks.cli import COMMANDS
+import pytest
+
+from common_blocks.cli import COMMANDS, main
 from tests.conftest import SEVERSTAL
 
 HEAVY = ("torch", "lightning", "segmentation_models_pytorch", "timm", "torchmetrics")
@@ -54,3 +56,45 @@ def test_data_commands_and_the_evaluation_package_load_no_torch(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert '"score"' in result.stdout and (tmp_path / "folds.csv").is_file()
     assert result.stdout.strip().splitlines()[-1] == "loaded: []"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["trian"], "invalid choice: 'trian'"),
+        ([], "required: COMMAND"),
+        (["train", "--config", "c.yaml", "--fold", "-1"], "--fold: must be an integer >= 0, got -1"),
+        (
+            ["train", "--config", "c.yaml", "--fold", "0", "--resume", "--overwrite"],
+            "not allowed with argument",
+        ),
+        (
+            ["infer", "--config", "c.yaml", "--batch-size", "0"],
+            "--batch-size: must be an integer >= 1, got 0",
+        ),
+        (["infer", "--config", "c.yaml", "--overlay", "o.png"], "--overlay and --truth need --image"),
+        (["oof", "--config", "c.yaml", "--workers", "-1"], "--workers: must be an integer >= 0, got -1"),
+        (["score", "--submission", "s.csv"], "required: --truth"),
+        (["checkpoint", "--checkpoint", "nowhere.ckpt"], "nowhere.ckpt: checkpoint not found"),
+        (["report", "--config", "c.yaml", "--out", "r", "--worst", "0"], "--worst: must be an integer >= 1"),
+        (["pseudo", "--config", "c.yaml", "--round", "1", "--p-high", "2"], "--p-high: must lie in [0, 1]"),
+        (["pseudo", "--config", "c.yaml", "--round", "0"], "--round: must be an integer >= 1"),
+        (["pseudo", "--config", "c.yaml", "--round", "1", "--num-workers", "2"], "unrecognized arguments"),
+        (["folds", "--data-dir", "d", "--n-folds", "1"], "--n-folds: must be an integer >= 2"),
+        (["synthetic", "--out", "d", "--n-train", "x"], "--n-train: expected an integer, got 'x'"),
+        (
+            ["dataset", "--data-dir", "d", "--out", "o", "--per-class", "0"],
+            "--per-class: must be an integer >= 1",
+        ),
+        (["infer", "--config", "nowhere.yaml"], "nowhere.yaml: config file not found"),
+    ],
+)
+def test_bad_arguments_are_one_error_line(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], captured.err
+    assert not list(tmp_path.iterdir())  # nothing written

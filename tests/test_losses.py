@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,7 +13,6 @@ from common_blocks.errors import ConfigError
 from common_blocks.training.losses import (
     CLASSIFICATION_MODE,
     LOSSES,
-    MODES,
     SEGMENTATION_MODES,
     LossTerm,
     build_loss,
@@ -92,12 +93,28 @@ def test_multiclass_target_gives_overlaps_to_the_higher_class() -> None:
     assert targets_for_mode(mask, "binary").flatten().tolist() == [1.0, 1.0, 0.0]
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_probabilities_have_one_channel_per_class(mode: str) -> None:
+SURE = 1 / (1 + math.exp(-10))  # sigmoid(10)
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        ("multilabel", [0.5, 0.5, 0.5, SURE]),  # one sigmoid per class
+        ("classification", [0.5, 0.5, 0.5, SURE]),
+        ("binary", [SURE] * 4),  # the one defect channel, shared by every class
+        # softmax over background + 4 classes, the background dropped
+        ("multiclass", [1 / (4 + math.exp(10))] * 3 + [math.exp(10) / (4 + math.exp(10))]),
+    ],
+)
+def test_probabilities_of_each_mode(mode: str, expected: list[float]) -> None:
+    """Zero logits but a 10 in the last channel: the probabilities each mode's activation gives."""
     spatial = (8, 12) if mode in SEGMENTATION_MODES else ()
-    probability = probabilities(torch.randn(2, num_outputs_for_mode(mode), *spatial), mode)
+    logits = torch.zeros(2, num_outputs_for_mode(mode), *spatial)
+    logits[:, -1] = 10.0
+    probability = probabilities(logits, mode)
     assert probability.shape == (2, N_CLASSES, *spatial)
-    assert ((probability >= 0) & (probability <= 1)).all()
+    per_class = probability.reshape(2, N_CLASSES, -1)
+    assert torch.allclose(per_class, torch.tensor(expected)[None, :, None].expand_as(per_class), atol=1e-7)
 
 
 def test_binary_probability_is_shared_by_all_classes() -> None:

@@ -302,14 +302,17 @@ def test_round_leaves_out_unreadable_images(synthetic_data, tmp_path):
 
 @pytest.fixture(scope="module")
 def untrained_ensemble(synthetic_data, tmp_path_factory) -> Path:
-    """An ensemble config over untrained debug checkpoints (segmenter and gate, fold 0)."""
+    """An ensemble config over untrained debug checkpoints (segmenter and gate, fold 0); the gate's head
+    is zeroed, so it says 0.5 for every class of every image: unsure by any thresholds."""
     folder = tmp_path_factory.mktemp("ensemble")
     refs = {}
     for role, config in (("member", "debug.yaml"), ("gate", "debug_classifier.yaml")):
         cfg = load_config(ROOT / "configs" / config, [f"data.data_dir={synthetic_data}"])
-        save_untrained(
-            DefectModule(cfg.model_dump(mode="json"), 0), RunPaths.of(folder / "runs", cfg.name, 0).best
-        )
+        module = DefectModule(cfg.model_dump(mode="json"), 0)
+        if module.is_classifier:
+            torch.nn.init.zeros_(module.model.get_classifier().weight)
+            torch.nn.init.zeros_(module.model.get_classifier().bias)
+        save_untrained(module, RunPaths.of(folder / "runs", cfg.name, 0).best)
         refs[role] = {"config": str(ROOT / "configs" / config), "folds": [0]}
     tree = {"runs_dir": str(folder / "runs"), "data_dir": str(synthetic_data), "members": [refs["member"]],
             "gate": refs["gate"]}  # fmt: skip
@@ -325,7 +328,8 @@ def test_round_that_keeps_nothing_warns_and_writes_an_empty_csv(untrained_ensemb
     report = json.loads((tmp_path / "round1_summary.json").read_text())
     assert "kept 0 of 8 test images" in out and err.startswith("warning: round 1 kept no test image")
     assert (tmp_path / "round1.csv").read_text().strip() == "ImageId,ClassId,EncodedPixels"
-    assert report["images_considered"] == 8 and report["images_kept"] == 0
+    assert report["images_considered"] == report["rejected_unsure"] == 8 and report["images_kept"] == 0
+    assert report["mean_confidence"] == pytest.approx(0.5)  # every probability is 0.5
 
 
 @pytest.mark.parametrize(

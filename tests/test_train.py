@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from common_blocks.cli import main as cli_main
 from common_blocks.training.checkpoints import load_checkpoint
 from common_blocks.training.config import load_config
 from common_blocks.training.losses import WeightedLoss
@@ -54,12 +56,42 @@ def test_fold_outputs(trained_segmenter, synthetic_data):
 
 def test_checkpoint_loads_without_the_yaml(trained_segmenter):
     cfg, paths, _ = trained_segmenter
-    module = DefectModule.load_from_checkpoint(paths.best, map_location="cpu")
-    assert module.cfg == cfg and module.fold == 1
-    module.eval()
+    module = load_checkpoint(paths.best)
+    assert module.cfg == cfg and module.fold == 1 and not module.training
     with torch.inference_mode():
         logits = module(torch.zeros(1, 3, 256, 1600))
     assert logits.shape == (1, 4, 256, 1600)
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No network and empty weight caches: whatever tries to download fails at once."""
+
+    def refuse(*args, **kwargs):
+        raise OSError("network unreachable (test)")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    for variable in ("HF_HOME", "TORCH_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.setenv(variable, str(tmp_path / "empty-cache"))
+
+
+def test_checkpoints_of_imagenet_configs_load_offline(trained_segmenter, tmp_path, offline, capsys):
+    """A checkpoint whose config says ``encoder_weights: imagenet`` (as every real config does) is
+    read, scored and used without fetching those weights: the checkpoint holds the trained ones."""
+    cfg, paths, summary = trained_segmenter
+    checkpoint = torch.load(paths.best, map_location="cpu", weights_only=True)
+    checkpoint["hyper_parameters"]["config"]["model"]["args"]["encoder_weights"] = "imagenet"
+    path = tmp_path / "imagenet.ckpt"
+    torch.save(checkpoint, path)
+    with pytest.raises(Exception):  # noqa: B017 - whatever the hub client raises when it cannot connect
+        DefectModule(checkpoint["hyper_parameters"]["config"])  # building it fresh would download
+    module = load_checkpoint(path)
+    assert module.cfg.model.args["encoder_weights"] == "imagenet"  # the record stays as trained
+    assert evaluate_checkpoint(path).score == pytest.approx(summary["score"], abs=1e-12)
+    cli_main(["checkpoint", "--checkpoint", str(path), "--json"])
+    assert json.loads(capsys.readouterr().out)["score"] == pytest.approx(summary["score"], abs=1e-12)
 
 
 @pytest.mark.parametrize("mode", ["multilabel", "multiclass"])
@@ -253,3 +285,19 @@ def test_data_module_gives_each_ddp_rank_a_disjoint_shard(synthetic_data, debug_
     assert shards[0] and shards[1]
     assert sorted(shards[0] + shards[1]) == sorted(epoch.tolist())
     assert sorted(validated) == sorted(_fold_images(synthetic_data, 0))
+
+
+def test_validation_sees_full_unaugmented_images(synthetic_data, debug_config):
+    """Validation batches are the images as inference normalises them: full size, never cropped or
+    flipped, whatever the training augmentation."""
+    from common_blocks.data.datasets import to_tensor
+    from common_blocks.data.images import read_image
+    from common_blocks.training.datamodule import SteelDataModule
+
+    data = SteelDataModule(_config(debug_config, synthetic_data, "augment.hflip=1.0", "augment.vflip=1.0"), 0)
+    data.prepare_data()
+    data.setup("validate")
+    batch = next(iter(data.val_dataloader()))
+    first = Path(synthetic_data) / "train_images" / batch["image_id"][0]
+    assert batch["image"].shape[-2:] == (256, 1600)
+    assert torch.equal(batch["image"][0], to_tensor(read_image(first)))

@@ -12,7 +12,6 @@ from common_blocks.data.transforms import (
     AugmentConfig,
     DefectCrop,
     build_train_transform,
-    build_valid_transform,
     seed_transform,
 )
 
@@ -137,7 +136,3 @@ def test_crop_preference_extremes_build_a_single_crop() -> None:
     for preference, crop_type in ((1.0, DefectCrop), (0.0, A.RandomCrop)):
         one_of = build_train_transform(AugmentConfig(crop_prefer_defect=preference)).transforms[0]
         assert [type(t) for t in one_of.transforms] == [crop_type]
-
-
-def test_validation_is_full_size_without_augmentation() -> None:
-    assert build_valid_transform(AugmentConfig()) is None

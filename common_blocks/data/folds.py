@@ -43,7 +43,7 @@ def read_folds(path: str | os.PathLike, image_ids: pd.Series | None = None) -> p
     """Read folds.csv; with ``image_ids``, every labelled image must have exactly one fold."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: folds file not found; make it with python -m common_blocks.data.folds")
+        raise DataError(f"{path}: folds file not found; make it with `severstal folds`")
     folds = pd.read_csv(path, dtype={"ImageId": str})
     if list(folds.columns) != ["ImageId", "fold"]:
         raise DataError(f"{path}: expected columns ImageId,fold, found {','.join(folds.columns)}")

@@ -133,11 +133,3 @@ def seed_transform(transform: A.Compose, seed: int) -> None:
     the same value, so e.g. a horizontal and a vertical flip of equal probability always fire together.
     """
     transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
-
-
-def build_valid_transform(cfg: AugmentConfig) -> A.Compose | None:
-    """Validation runs on full, unaugmented images, so there is nothing to apply: None.
-
-    It takes the config so that callers build both pipelines the same way.
-    """
-    return None

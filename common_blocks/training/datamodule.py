@@ -16,7 +16,7 @@ from common_blocks.data.datasets import ClassificationDataset, SegmentationDatas
 from common_blocks.data.folds import read_folds, write_folds
 from common_blocks.data.formats import class_presence, read_labels, read_pseudo_labels
 from common_blocks.data.samplers import BalancedSampler, MixedSampler, ShardSampler
-from common_blocks.data.transforms import build_train_transform, build_valid_transform
+from common_blocks.data.transforms import build_train_transform
 from common_blocks.errors import DataError
 from common_blocks.training.config import PseudoConfig, TrainConfig
 
@@ -184,7 +184,7 @@ class SteelDataModule(L.LightningDataModule):
         dataset = self.dataset_class(
             self.valid_table,
             self.images_dir,
-            transform=build_valid_transform(self.cfg.augment),
+            transform=None,  # validation sees full, unaugmented images, as inference does
             grayscale=self.cfg.data.grayscale,
         )
         rank, world = _rank_and_world()
