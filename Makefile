@@ -34,12 +34,12 @@ fixup: $(STAMP)
 	$(PY) -m ruff format .
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_rle.py
-	$(PY) benchmarks/bench_metric.py
-	$(PY) benchmarks/bench_loader.py
-	$(PY) benchmarks/bench_synthetic.py
-	$(PY) benchmarks/bench_threshold_search.py
-	$(PY) benchmarks/bench_train.py --config configs/cpu_small.yaml
+	$(PY) -m benchmarks.bench_rle
+	$(PY) -m benchmarks.bench_metric
+	$(PY) -m benchmarks.bench_loader
+	$(PY) -m benchmarks.bench_synthetic
+	$(PY) -m benchmarks.bench_threshold_search
+	$(PY) -m benchmarks.bench_train --config configs/cpu_small.yaml
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -15,7 +15,7 @@ which keeps their masks about as sparse as a trained model's; the numbers then t
 a realistic gate. The non-forward work per image is about fixed, so the ratio of part 1 depends on
 how heavy the member is: the tiny debug member is the hardest case.
 
-    .venv/bin/python benchmarks/bench_inference.py [--runs-dir runs/demo] [--member configs/debug.yaml]
+    .venv/bin/python -m benchmarks.bench_inference [--runs-dir runs/demo] [--member configs/debug.yaml]
         [--gate configs/debug_classifier.yaml] [--images 48] [--batch-size 4] [--workers 0 1]
         [--tta none hflip vflip] [--average probabilities|logits] [--rss-images 1000 4000]
         [--work-dir /tmp/bench_inference] [--parts 1 2 3 4] [--threads N]

@@ -11,7 +11,7 @@ Two measures per num_workers setting:
   Insensitive to other load, so it is the figure to compare between changes.
 A per-stage breakdown of one item, in this process, shows where the time goes.
 
-    .venv/bin/python benchmarks/bench_loader.py [--data-dir DIR] [--images 400] [--workers 0 1 2] [--repeats 3]
+    .venv/bin/python -m benchmarks.bench_loader [--data-dir DIR] [--images 400] [--workers 0 1 2] [--repeats 3]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Scoring speed at the full competition scale: 12,568 images x 4 classes, end to end from CSV files.
 
-    python benchmarks/bench_metric.py [--data-dir ../shared/severstal-sample] [--images 12568]
+    python -m benchmarks.bench_metric [--data-dir ../shared/severstal-sample] [--images 12568]
 
 The truth reuses the real sample's masks over 12,568 image ids (about half of them defect-free, as
 in the competition); the submission shifts, drops or invents masks so every kind of pair occurs.

@@ -1,6 +1,6 @@
 """Pseudo-labelling, measured on synthetic data, whose test labels are known.
 
-    python benchmarks/bench_pseudo.py [--n-train 120] [--n-test 60] [--folds 0] [--epochs 6]
+    python -m benchmarks.bench_pseudo [--n-train 120] [--n-test 60] [--folds 0] [--epochs 6]
                                       [--gate-epochs 6] [--p-high 0.95] [--p-low 0.05] [--work-dir DIR]
 
 1. Round 0: train the debug segmenter and debug gate on ``--folds`` (4-fold split); the ensemble's

@@ -1,6 +1,6 @@
 """RLE codec speed: the numba codec against the usual numpy implementation, on the real masks.
 
-python benchmarks/bench_rle.py [--data-dir ../shared/severstal-sample]
+python -m benchmarks.bench_rle [--data-dir ../shared/severstal-sample]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Synthetic data generator speed, JPEG writing and label files included (target: 20 images/s or more).
 
-python benchmarks/bench_synthetic.py [--n 200] [--workers 2]
+python -m benchmarks.bench_synthetic [--n 200] [--workers 2]
 """
 
 from __future__ import annotations

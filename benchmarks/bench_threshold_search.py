@@ -1,6 +1,6 @@
 """Post-processing search at the full competition scale, and the per-image cost of the OOF statistics.
 
-    python benchmarks/bench_threshold_search.py [--images 12568] [--repeats 3]
+    python -m benchmarks.bench_threshold_search [--images 12568] [--repeats 3]
 
 The search runs on synthetic OOF statistics of 12,568 images (47% defect-free, class rates as in
 the competition, areas shrinking with the threshold and the minimum component size) with classifier

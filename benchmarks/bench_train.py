@@ -1,7 +1,7 @@
 """Training throughput: the full pipeline (loader + Lightning step) against the model step alone.
 
-    python benchmarks/bench_train.py --config configs/cpu_small.yaml [--steps 20]
-    python benchmarks/bench_train.py --config configs/fpn_se_resnext50.yaml --steps 4 --batch-size 4
+    python -m benchmarks.bench_train --config configs/cpu_small.yaml [--steps 20]
+    python -m benchmarks.bench_train --config configs/fpn_se_resnext50.yaml --steps 4 --batch-size 4
 
 Both run in one process on the same model and batch size, on the real sample's fold-0 training
 images: first the model step alone on batches preloaded into memory, then ``Trainer.fit`` with the

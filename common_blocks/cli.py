@@ -58,13 +58,18 @@ def _config_options(parser: argparse.ArgumentParser, what: str, data_dir: str, e
     """``--config``, ``--data-dir`` and ``--set`` of every command that reads a config."""
     parser.add_argument("--config", required=True, type=Path, help=what)
     parser.add_argument("--data-dir", type=Path, help=f"overrides the config's data directory: {data_dir}")
+    _set_option(parser, f"override a config key, e.g. --set {example}")
+
+
+def _set_option(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """``--set key.path=value``, repeatable, into ``args.overrides``."""
     parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help=f"override a config key, e.g. --set {example} (repeatable; values are YAML)",
+        help=f"{help_text} (repeatable; values are YAML)",
     )
 
 
@@ -207,13 +212,8 @@ def _score(args: argparse.Namespace) -> None:
 def _checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, type=Path, help="best.ckpt or last.ckpt of a run")
     parser.add_argument("--data-dir", type=Path, help="overrides the data directory saved in the checkpoint")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a key of the checkpoint's config for this evaluation, e.g. --set data.valid_batch_size=2",
+    _set_option(
+        parser, "override a key of the saved config for this evaluation, e.g. --set data.valid_batch_size=2"
     )
     _json_option(parser)
 

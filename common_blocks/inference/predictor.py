@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from common_blocks.data import rle
+from common_blocks.data.formats import N_CLASSES
 from common_blocks.errors import ConfigError
 from common_blocks.evaluation.postprocess import PostprocessConfig, postprocess_image
 from common_blocks.inference.ensemble_config import EnsembleConfig, RunRef
@@ -24,7 +25,7 @@ from common_blocks.training.losses import BINARY_MODE, CLASSIFICATION_MODE, MULT
 from common_blocks.training.module import DefectModule
 
 TTA_FLIPS: dict[str, tuple[int, ...]] = {"none": (), "hflip": (-1,), "vflip": (-2,)}
-EMPTY_RLES = ("", "", "", "")
+EMPTY_RLES = ("",) * N_CLASSES
 
 
 @dataclass(frozen=True)
