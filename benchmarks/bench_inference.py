@@ -45,9 +45,9 @@ from common_blocks.evaluation.postprocess import ClassPostprocess, PostprocessCo
 from common_blocks.inference.ensemble_config import EnsembleConfig
 from common_blocks.inference.predictor import EnsemblePredictor, build_predictor
 from common_blocks.inference.submission import make_submission
+from common_blocks.run_folder import RunPaths
 from common_blocks.training.config import load_config
 from common_blocks.training.module import DefectModule
-from common_blocks.training.run_folder import RunPaths
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_RATIO = 0.85

@@ -24,10 +24,10 @@ import lightning as L
 
 # isort: on
 from benchmarks.common import REAL_SAMPLE, peak_rss_mib, require_real_sample
+from common_blocks.run_folder import RunPaths
 from common_blocks.training.config import load_config
 from common_blocks.training.datamodule import SteelDataModule
 from common_blocks.training.module import DefectModule
-from common_blocks.training.run_folder import RunPaths
 from common_blocks.training.runner import build_trainer
 
 

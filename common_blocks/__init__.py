@@ -2,6 +2,7 @@
 
 Sub-packages, each importing only those before it: ``data`` -> ``evaluation`` -> ``training`` ->
 ``inference`` -> ``pseudo`` -> ``reports``. The modules at this level (``errors``, ``files``,
-``config_io``, ``torchvision_compat``) import no sub-package; ``cli`` sits above everything and
-loads each sub-package only when a command needs it. Importing ``common_blocks`` loads nothing else.
+``config_io``, ``run_folder``, ``torchvision_compat``) import no sub-package; ``cli`` sits above
+everything and loads each sub-package only when a command needs it. Importing ``common_blocks``
+loads nothing else.
 """

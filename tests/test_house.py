@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -98,3 +100,37 @@ def test_bad_arguments_are_one_error_line(argv, message, tmp_path, monkeypatch, 
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], captured.err
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+LAYERS = ("data", "evaluation", "training", "inference", "pseudo", "reports")
+PACKAGE = Path(__file__).resolve().parents[1] / "common_blocks"
+
+
+def _imports(path: Path) -> list[tuple[str, list[str]]]:
+    """``(module, names)`` of every ``from common_blocks... import names`` / ``import common_blocks...``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("common_blocks"):
+            found.append((node.module, [alias.name for alias in node.names]))
+        elif isinstance(node, ast.Import):
+            found += [(alias.name, []) for alias in node.names if alias.name.startswith("common_blocks")]
+    return found
+
+
+def _layer(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in LAYERS else None
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_imports_run_one_way_and_no_private_name_crosses_modules(path):
+    """A sub-package imports only those before it in LAYERS; the top-level modules import none but
+    the command line, which sits above everything; nothing imports another module's private names."""
+    own = _layer("common_blocks." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts))
+    for module, names in _imports(path):
+        assert not [name for name in names if name.startswith("_")], f"{module} private names {names}"
+        target = _layer(module)
+        if path.name == "cli.py" or target is None:
+            continue
+        assert own is not None, f"top-level module imports {module}"
+        assert LAYERS.index(target) <= LAYERS.index(own), f"{own} imports {module}"

@@ -36,10 +36,10 @@ from common_blocks.inference.submission import (
     predict_stream,
     submission_image_ids,
 )
+from common_blocks.run_folder import RunPaths
 from common_blocks.training.config import load_config
 from common_blocks.training.datamodule import labelled_folds, write_missing_folds
 from common_blocks.training.module import DefectModule
-from common_blocks.training.run_folder import RunPaths
 from tests.stand_ins import StandIn, save_untrained
 
 ROOT = Path(__file__).resolve().parents[1]

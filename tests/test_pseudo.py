@@ -21,10 +21,10 @@ from common_blocks.errors import ConfigError, DataError
 from common_blocks.inference.predictor import EnsemblePredictor, WeightedModel
 from common_blocks.pseudo.rounds import folder_loader, predict_and_select
 from common_blocks.pseudo.selection import SelectionSummary, select
+from common_blocks.run_folder import RunPaths
 from common_blocks.training.config import load_config
 from common_blocks.training.datamodule import SteelDataModule
 from common_blocks.training.module import DefectModule
-from common_blocks.training.run_folder import RunPaths
 from common_blocks.training.runner import train_fold
 from tests.stand_ins import StandIn, save_untrained
 

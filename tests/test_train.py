@@ -16,11 +16,11 @@ import torch
 import yaml
 
 from common_blocks.cli import main as cli_main
+from common_blocks.run_folder import RunPaths
 from common_blocks.training.checkpoints import load_checkpoint
 from common_blocks.training.config import load_config
 from common_blocks.training.losses import WeightedLoss
 from common_blocks.training.module import DefectModule, NonFiniteLossError
-from common_blocks.training.run_folder import RunPaths
 from common_blocks.training.runner import evaluate_checkpoint, train_fold
 
 ROOT = Path(__file__).resolve().parents[1]

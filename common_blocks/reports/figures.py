@@ -31,7 +31,7 @@ from common_blocks.evaluation.oof_stats import OofStats
 from common_blocks.evaluation.postprocess import PostprocessConfig
 from common_blocks.evaluation.threshold_search import SearchResult, pair_outcomes
 from common_blocks.files import atomic_output
-from common_blocks.training.run_folder import TRAIN_LOSS, VAL_LOSS, VAL_SCORE, RunPaths
+from common_blocks.run_folder import TRAIN_LOSS, VAL_LOSS, VAL_SCORE, RunPaths
 
 TRUTH_COLOUR = (255, 0, 0)
 PRED_COLOUR = (0, 255, 0)

@@ -40,7 +40,7 @@ from common_blocks.reports.figures import (
     training_curves,
     write_page,
 )
-from common_blocks.training.run_folder import RunPaths
+from common_blocks.run_folder import RunPaths
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """One fold of one model family: config, models, losses, optimisers, the LightningModule and
-DataModule, callbacks, the run folder, checkpoints. Imports ``data`` and ``evaluation``.
+DataModule, callbacks, checkpoints. Imports ``data`` and ``evaluation``.
 
 Importing this package declares torchvision's missing operators first (``torchvision_compat``), so
 that its modules may load Lightning, smp and timm next to PyPI's CUDA-built torchvision.

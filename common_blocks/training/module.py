@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from common_blocks.errors import PipelineError
+from common_blocks.run_folder import TRAIN_LOSS, VAL_LOSS, VAL_SCORE
 from common_blocks.training.competition_score import CompetitionScore
 from common_blocks.training.config import TrainConfig
 from common_blocks.training.losses import (
@@ -20,7 +21,6 @@ from common_blocks.training.losses import (
 )
 from common_blocks.training.models import build_model
 from common_blocks.training.optim import build_optimizer, build_scheduler
-from common_blocks.training.run_folder import TRAIN_LOSS, VAL_LOSS, VAL_SCORE
 
 PAD_MULTIPLE = 32  # FPN and Unet halve the resolution five times
 

@@ -20,12 +20,12 @@ from common_blocks.config_io import apply_overrides, validate_tree
 from common_blocks.errors import ConfigError, PipelineError
 from common_blocks.evaluation.metric import ScoreSummary
 from common_blocks.files import atomic_output
+from common_blocks.run_folder import VAL_SCORE, RunPaths
 from common_blocks.training.callbacks import AtomicCheckpointIO, ProgressBar, Throughput
 from common_blocks.training.checkpoints import load_checkpoint
 from common_blocks.training.config import TrainConfig
 from common_blocks.training.datamodule import SteelDataModule
 from common_blocks.training.module import DefectModule
-from common_blocks.training.run_folder import VAL_SCORE, RunPaths
 
 # Lightning's start-up chatter (accelerator availability, tips) says nothing a user acts on.
 for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
