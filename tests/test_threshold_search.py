@@ -215,20 +215,10 @@ def test_bad_files_raise_data_errors(case, tmp_path):
         SearchResult.load(tmp_path / "search.json")
 
 
-def test_concat_and_with_gate(case):
-    ids, probs, truths, gate, stats = case
-    first = build_stats(ids[:6], probs[:6], truths[:6])
-    second = build_stats(ids[6:], probs[6:], truths[6:])
-    merged = OofStats.concat([first, second]).with_gate(ids[::-1], gate[::-1])
-    assert merged.image_ids.tolist() == ids
-    assert np.array_equal(merged.area, stats.area) and np.array_equal(merged.gate, stats.gate)
+def test_stats_refuse_duplicate_images(case):
+    ids, probs, truths, _, _ = case
     with pytest.raises(DataError, match="duplicate image id.*img00.jpg"):
-        OofStats.concat([first, first])
-    other_grid = OofStatsBuilder(THRESHOLDS[:2], MIN_SIZES, FILL).build()
-    with pytest.raises(DataError, match="different grid"):
-        OofStats.concat([first, other_grid])
-    with pytest.raises(DataError, match="missing for 1 image"):
-        stats.with_gate(ids[1:], gate[1:])
+        build_stats([ids[0], *ids[:3]], probs[:4], truths[:4])
 
 
 def test_builder_edge_cases():

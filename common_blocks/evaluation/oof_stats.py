@@ -16,7 +16,6 @@ size are kept up to date at each merge and read off when a level is complete.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import zipfile
 from collections.abc import Sequence
@@ -322,64 +321,6 @@ class OofStats:
     def has_gate(self) -> bool:
         """Whether any classifier probability is attached."""
         return bool(np.isfinite(self.gate).any())
-
-    def same_grid(self, other: OofStats) -> bool:
-        return (
-            np.array_equal(self.thresholds, other.thresholds)
-            and np.array_equal(self.min_sizes, other.min_sizes)
-            and self.fill_holes == other.fill_holes
-        )
-
-    def grid_text(self) -> str:
-        return (
-            f"thresholds {self.thresholds.tolist()}, min_sizes {self.min_sizes.tolist()}, "
-            f"fill_holes {list(self.fill_holes)}"
-        )
-
-    @classmethod
-    def concat(cls, parts: Sequence[OofStats]) -> OofStats:
-        """Merge the statistics of several folds or ranks; they must share the grid and no image."""
-        if not parts:
-            raise ValueError("concat needs at least one OofStats")
-        first = parts[0]
-        for index, part in enumerate(parts[1:], start=1):
-            if not first.same_grid(part):
-                raise DataError(
-                    f"part {index} has a different grid ({part.grid_text()}) than part 0 ({first.grid_text()})"
-                )
-        return cls(
-            image_ids=np.concatenate([p.image_ids for p in parts]),
-            folds=np.concatenate([p.folds for p in parts]),
-            thresholds=first.thresholds,
-            min_sizes=first.min_sizes,
-            fill_holes=first.fill_holes,
-            area=np.concatenate([p.area for p in parts]),
-            intersection=np.concatenate([p.intersection for p in parts]),
-            truth_area=np.concatenate([p.truth_area for p in parts]),
-            gate=np.concatenate([p.gate for p in parts]),
-        )
-
-    def with_gate(self, image_ids: Sequence[str], probabilities: np.ndarray) -> OofStats:
-        """A copy with the classifier's (K, 4) probabilities attached; every image here must be among them."""
-        image_ids = np.asarray(image_ids, dtype=str)
-        probabilities = np.asarray(probabilities, dtype=np.float32)
-        if probabilities.shape != (image_ids.size, N_CLASSES):
-            raise DataError(
-                f"gate probabilities: expected shape {(image_ids.size, N_CLASSES)}, got {probabilities.shape}"
-            )
-        if not np.isfinite(probabilities).all():
-            raise DataError("gate probabilities: NaN or infinite values")
-        duplicated = _duplicates(image_ids)
-        if duplicated.size:
-            raise DataError(f"gate probabilities: duplicate image id(s) {_describe_ids(duplicated)}")
-        row = dict(zip(image_ids.tolist(), range(image_ids.size)))
-        missing = [i for i in self.image_ids.tolist() if i not in row]
-        if missing:
-            raise DataError(
-                f"gate probabilities missing for {len(missing)} image(s): {_describe_ids(missing)}"
-            )
-        rows = np.fromiter((row[i] for i in self.image_ids.tolist()), np.int64, self.n_images)
-        return dataclasses.replace(self, gate=probabilities[rows])
 
     def save(self, path: str | os.PathLike) -> None:
         """Write a compressed .npz (one array per field plus ``format_version``), atomically."""

@@ -7,7 +7,6 @@ import warnings
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import pandas as pd
 import torch.distributed as dist
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
@@ -191,6 +190,3 @@ class SteelDataModule(L.LightningDataModule):
         return self._loader(
             dataset, self.cfg.data.valid_batch_size, ShardSampler(len(dataset), rank, world), False
         )
-
-    def valid_folds(self) -> np.ndarray:
-        return self.valid_table["fold"].to_numpy()
