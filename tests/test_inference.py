@@ -6,9 +6,11 @@ plumbing, which does not depend on how good the models are.
 
 import contextlib
 import io
+import re
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,7 +19,7 @@ import yaml
 
 from common_blocks.cli import main as cli_main
 from common_blocks.data import rle
-from common_blocks.data.formats import read_image_ids, read_label_rows
+from common_blocks.data.formats import CLASS_IDS, RLE_COLUMNS, read_image_ids, read_label_rows, read_labels
 from common_blocks.errors import ConfigError
 from common_blocks.evaluation.metric import score_tables, summarize
 from common_blocks.evaluation.oof_stats import OofStats
@@ -36,6 +38,7 @@ from common_blocks.inference.submission import (
     predict_stream,
     submission_image_ids,
 )
+from common_blocks.reports.figures import LABEL_WIDTH, ROW_GAP, TRUTH_COLOUR
 from common_blocks.run_folder import RunPaths
 from common_blocks.training.config import load_config
 from common_blocks.training.datamodule import labelled_folds, write_missing_folds
@@ -341,13 +344,22 @@ def test_a_crash_mid_run_leaves_the_existing_submission_untouched(tmp_path, data
 
 
 def test_one_image_overlay(tmp_path, runs, data):
-    image = sorted((data / "test_images").iterdir())[0]
+    """The overlay is the report's picture: a labelled row per class with a true or predicted defect,
+    the truth drawn red outside its mask."""
+    truth = read_labels(data / "test_labels.csv", data / "test_images")
+    row = truth[truth[list(RLE_COLUMNS)].ne("").any(axis=1)].iloc[0]
+    image = data / "test_images" / row["ImageId"]
     overlay = tmp_path / "overlay.png"
     args = ["--image", image, "--overlay", overlay, "--truth", data / "test_labels.csv"]
     code, stdout, stderr = run_inference(tmp_path, runs, data, *args)
     assert code == 0, stderr
-    assert f"{image.name} predicted: " in stdout and f"{image.name} truth: " in stdout
-    assert overlay.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"{image.name} predicted: " in stdout and f"{image.name} truth: class " in stdout
+    predicted_classes = {int(c) for c in re.findall(r"class (\d): ", stdout.splitlines()[1])}
+    true_classes = {c for c, column in zip(CLASS_IDS, RLE_COLUMNS, strict=True) if row[column]}
+    rows = len(true_classes | predicted_classes)
+    picture = cv2.cvtColor(cv2.imread(str(overlay)), cv2.COLOR_BGR2RGB)
+    assert picture.shape == (rows * 256 + (rows - 1) * ROW_GAP, LABEL_WIDTH + 1600, 3)
+    assert (picture == TRUTH_COLOUR).all(axis=-1).any()
 
 
 # --- validate.py oof ------------------------------------------------------------------------------
