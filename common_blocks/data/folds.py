@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common_blocks.data.formats import class_presence
+from common_blocks.data.formats import class_presence, read_csv_file
 from common_blocks.errors import DataError
 from common_blocks.files import atomic_output
+
+FOLD_PATTERN = r"[0-9]{1,9}"  # a fold number as folds.csv writes it
 
 
 def assign_folds(table: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFrame:
@@ -39,17 +41,39 @@ def assign_folds(table: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFrame:
     return pd.DataFrame({"ImageId": table["ImageId"].to_numpy(), "fold": folds})
 
 
-def read_folds(path: str | os.PathLike, image_ids: pd.Series | None = None) -> pd.DataFrame:
-    """Read folds.csv; with ``image_ids``, every labelled image must have exactly one fold."""
+def read_folds(
+    path: str | os.PathLike, image_ids: pd.Series | None = None, n_folds: int | None = None
+) -> pd.DataFrame:
+    """Read folds.csv (``ImageId,fold``, a fold a whole number >= 0, below ``n_folds`` when given);
+    with ``image_ids``, every labelled image must have exactly one fold. ``fold`` is int64."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: folds file not found; make it with `severstal folds`")
-    folds = pd.read_csv(path, dtype={"ImageId": str})
+    folds = read_csv_file(path)
     if list(folds.columns) != ["ImageId", "fold"]:
         raise DataError(f"{path}: expected columns ImageId,fold, found {','.join(folds.columns)}")
-    duplicated = folds["ImageId"].duplicated()
+    lines = np.arange(len(folds)) + 2
+    empty = (folds["ImageId"].str.strip() == "").to_numpy()
+    if empty.any():
+        raise DataError(f"{path}, line {lines[np.flatnonzero(empty)[0]]}: empty ImageId")
+    # The digits of a fold number and nothing else: "1.0", "a", "-1", "" or "true" are not folds.
+    bad = ~folds["fold"].str.fullmatch(FOLD_PATTERN).to_numpy(dtype=bool)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise DataError(
+            f"{path}, line {lines[first]}: fold {folds['fold'].iloc[first]!r} is not an integer fold "
+            "number (0, 1, 2, ...)"
+        )
+    folds["fold"] = folds["fold"].astype(np.int64)
+    if n_folds is not None and (folds["fold"] >= n_folds).any():
+        first = int(np.flatnonzero((folds["fold"] >= n_folds).to_numpy())[0])
+        raise DataError(
+            f"{path}, line {lines[first]}: fold {folds['fold'].iloc[first]} is not below the "
+            f"{n_folds} folds of data.n_folds"
+        )
+    duplicated = folds["ImageId"].duplicated().to_numpy()
     if duplicated.any():
-        raise DataError(f"{path}, line {int(np.flatnonzero(duplicated)[0]) + 2}: image listed twice")
+        raise DataError(f"{path}, line {lines[np.flatnonzero(duplicated)[0]]}: image listed twice")
     if image_ids is not None:
         missing = sorted(set(image_ids) - set(folds["ImageId"]))
         if missing:

@@ -12,6 +12,7 @@ Everything downstream works on the *label table*: one row per image, columns ``I
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -34,13 +35,41 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SubmissionFormat = Literal["current", "2019"]
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
+def _line_of(data: bytes, offset: int) -> int:
+    return data[:offset].count(b"\n") + 1
+
+
+def read_csv_file(path: str | os.PathLike, nrows: int | None = None) -> pd.DataFrame:
+    """A CSV file as a table of strings (no NaN: an empty field is ''), ``nrows`` data rows at most.
+
+    A file that is not UTF-8 text (binary, UTF-16, Latin-1), empty, or that pandas cannot tokenize
+    (an unterminated quote, a row with too many fields) is a DataError naming the file, as one line.
+    """
+    path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise DataError(f"{path}: not a readable CSV ({str(error).splitlines()[0]})") from None
+        data = path.read_bytes()
+    except OSError as error:
+        raise DataError(f"{path}: cannot read ({error.strerror or error})") from None
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataError(f"{path}: UTF-16 text, not a UTF-8 CSV; save the file as UTF-8")
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise DataError(f"{path}, line {_line_of(data, nul)}: a NUL byte: a binary file, not a CSV")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DataError(
+            f"{path}, line {_line_of(data, error.start)}: not UTF-8 text (byte 0x{data[error.start]:02x}), "
+            "not a CSV"
+        ) from None
+    if not text.strip():
+        raise DataError(f"{path}: empty file, expected a CSV header")
+    try:
+        return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, nrows=nrows)
+    except pd.errors.ParserError as error:
+        raise DataError(f"{path}: not a readable CSV ({str(error).strip().splitlines()[0]})") from None
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: empty file, expected a CSV header") from None
 
@@ -69,7 +98,7 @@ def read_label_rows(path: str | os.PathLike) -> pd.DataFrame:
     in the file, for error messages). Rows with empty EncodedPixels are kept: they list an image.
     """
     path = Path(path)
-    frame = _read_csv(path)
+    frame = read_csv_file(path)
     fmt = detect_format(frame.columns, path)
     lines = np.arange(len(frame)) + 2
     if fmt == "2019":
@@ -83,8 +112,8 @@ def read_label_rows(path: str | os.PathLike) -> pd.DataFrame:
         image_ids, class_text = parts[0], parts[1]
     else:
         image_ids, class_text = frame["ImageId"], frame["ClassId"]
-    class_ids = pd.to_numeric(class_text, errors="coerce")
-    bad_class = ~class_ids.isin(CLASS_IDS)
+    # Exactly the digits 1-4: "3.0", " 3" or "+3" are not class ids (a label file is strict).
+    bad_class = ~class_text.isin([str(class_id) for class_id in CLASS_IDS])
     if bad_class.any():
         bad = int(np.flatnonzero(bad_class.to_numpy())[0])
         raise DataError(f"{path}, line {lines[bad]}: class {class_text.iloc[bad]!r} is not one of 1, 2, 3, 4")
@@ -96,7 +125,7 @@ def read_label_rows(path: str | os.PathLike) -> pd.DataFrame:
     rows = pd.DataFrame(
         {
             "ImageId": image_ids.to_numpy(),
-            "ClassId": class_ids.astype(int).to_numpy(),
+            "ClassId": class_text.astype(np.int64).to_numpy(),
             "EncodedPixels": frame["EncodedPixels"].str.strip().to_numpy(),
             "line": lines,
         }
@@ -201,7 +230,7 @@ def write_submission(table: pd.DataFrame, path: str | os.PathLike, fmt: Submissi
 def read_image_ids(sample_submission: str | os.PathLike) -> list[str]:
     """Test image ids in the order of a Kaggle sample_submission.csv (either format, any ClassId)."""
     path = Path(sample_submission)
-    frame = _read_csv(path)
+    frame = read_csv_file(path)
     if "ImageId" in frame.columns:
         ids = frame["ImageId"]
     elif "ImageId_ClassId" in frame.columns:

@@ -40,6 +40,12 @@ NO_FILL = (False,) * N_CLASSES
 MAX_LEVELS = 255  # threshold levels are counted in uint8
 
 
+def _one_line(values: object, limit: int = 80) -> str:
+    """``values`` for an error line: arrays as lists, whitespace collapsed (numpy wraps long reprs), cut short."""
+    text = " ".join(repr(values.tolist() if isinstance(values, np.ndarray) else values).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def as_grid(
     values: Sequence[float] | np.ndarray, name: str, dtype: type, low: float, high: float
 ) -> np.ndarray:
@@ -47,9 +53,9 @@ def as_grid(
     try:
         raw = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):
-        raise ConfigError(f"{name}: expected a list of numbers, got {values!r}") from None
+        raise ConfigError(f"{name}: expected a list of numbers, got {_one_line(values)}") from None
     if raw.ndim != 1 or raw.size == 0 or not np.isfinite(raw).all():
-        raise ConfigError(f"{name}: expected a non-empty list of finite numbers, got {values!r}")
+        raise ConfigError(f"{name}: expected a non-empty list of finite numbers, got {_one_line(values)}")
     grid = raw.astype(dtype)
     if not np.array_equal(grid, raw):
         raise ConfigError(f"{name}: expected whole numbers, got {raw.tolist()}")
@@ -340,17 +346,19 @@ class OofStats:
                 missing = [name for name in ("format_version", *_ARRAY_FIELDS) if name not in data.files]
                 if missing:
                     raise DataError(f"{path}: not an OOF stats file (missing {', '.join(missing)})")
-                version = int(data["format_version"])
-                if version != FORMAT_VERSION:
+                version = data["format_version"]
+                if version.shape != () or version.dtype.kind not in "iu" or version != FORMAT_VERSION:
                     raise DataError(
-                        f"{path}: OOF stats format version {version}, this code reads {FORMAT_VERSION}"
+                        f"{path}: OOF stats format version {_one_line(version)}, this code reads {FORMAT_VERSION}"
                     )
                 arrays = {name: data[name] for name in _ARRAY_FIELDS}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
             raise DataError(f"{path}: not a readable OOF stats file ({error})") from None
-        arrays["fill_holes"] = arrays["fill_holes"].tolist()
         try:
+            arrays["fill_holes"] = list(arrays["fill_holes"].tolist())
             return cls(**arrays)
+        except (TypeError, ValueError) as error:  # an array of the wrong kind, e.g. 0-d where 1-d belongs
+            raise DataError(f"{path}: not an OOF stats file ({error})") from None
         except DataError as error:
             raise DataError(f"{path}: {error}") from None
 

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from common_blocks.data.formats import detect_format, read_label_rows, read_labels, rows_to_table
+from common_blocks.data.formats import (
+    detect_format,
+    read_csv_file,
+    read_label_rows,
+    read_labels,
+    rows_to_table,
+)
 from common_blocks.errors import DataError
 from common_blocks.evaluation.metric import ScoreSummary, score_tables, summarize
 
@@ -16,8 +22,8 @@ def read_truth(truth: str | os.PathLike, images_dir: str | os.PathLike | None = 
     """The true label table; the current format lists only defect rows, so it needs the image folder."""
     truth = Path(truth)
     if images_dir is None:
-        header = pd.read_csv(truth, nrows=0).columns if truth.is_file() else []
-        if truth.is_file() and detect_format(header, truth) == "current":
+        header = read_csv_file(truth, nrows=0).columns  # unreadable or missing: one DataError line
+        if detect_format(header, truth) == "current":
             raise DataError(
                 f"{truth}: the current format lists only images with a defect; "
                 "pass --images DIR so that defect-free images are scored too"

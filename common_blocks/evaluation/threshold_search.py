@@ -19,9 +19,12 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
+from common_blocks.config_io import describe_issue, validate_strict
 from common_blocks.data.formats import CLASS_IDS
 from common_blocks.errors import ConfigError, DataError
 from common_blocks.evaluation.metric import PairSums, dice_from_areas, pair_sums
@@ -75,34 +78,63 @@ class SearchResult:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> SearchResult:
-        """Inverse of ``to_dict``; a malformed dict raises DataError."""
-        try:
-            if data["format_version"] != RESULT_FORMAT_VERSION:
-                raise DataError(
-                    f"search result format version {data['format_version']}, "
-                    f"this code reads {RESULT_FORMAT_VERSION}"
-                )
-            grid = data["grid"]
-            result = cls(
-                config=PostprocessConfig.model_validate(data["config"]),
-                class_scores=np.asarray(data["class_scores"], dtype=np.float64),
-                score=float(data["score"]),
-                n_images=int(data["n_images"]),
-                thresholds=threshold_grid(grid["thresholds"]),
-                min_sizes=min_size_grid(grid["min_sizes"]),
-                min_areas=min_area_grid(grid["min_areas"]),
-                gates=gate_grid(grid["gates"]),
-                scores=np.asarray(data["scores"], dtype=np.float64),
+    def from_dict(cls, data: Any) -> SearchResult:
+        """Inverse of ``to_dict``; a malformed dict raises DataError naming the bad key, on one line.
+
+        Values are strict: numbers are numbers (no strings or booleans), NaN is no score, scores lie
+        in [0, 1], and the post-processing validates as ``PostprocessConfig`` does in a config file.
+        """
+        if not isinstance(data, dict):
+            raise DataError(f"not a search result (expected a JSON object, got {type(data).__name__})")
+        missing = [key for key in _RESULT_KEYS if key not in data]
+        if missing:
+            raise DataError(f"not a search result (missing {', '.join(missing)})")
+        version = data["format_version"]
+        if not _is_integer(version) or version != RESULT_FORMAT_VERSION:
+            raise DataError(
+                f"search result format version {version!r}, this code reads {RESULT_FORMAT_VERSION}"
             )
-        except (KeyError, TypeError, ValueError, ConfigError) as error:
-            raise DataError(f"not a search result ({type(error).__name__}: {error})") from None
+        try:
+            config = validate_strict(PostprocessConfig, data["config"])
+        except ValidationError as error:
+            raise DataError(f"not a search result: config.{describe_issue(error)}") from None
+        except (TypeError, ValueError) as error:
+            raise DataError(f"not a search result: config: {error}") from None
+        n_images = data["n_images"]
+        if not _is_integer(n_images) or n_images < 1:
+            raise DataError(f"not a search result: n_images: expected a whole number >= 1, got {n_images!r}")
+        grid = data["grid"]
+        if not isinstance(grid, dict):
+            raise DataError(f"not a search result: grid: expected a JSON object, got {type(grid).__name__}")
+        axes = {}
+        for name, make_grid in _GRIDS.items():
+            if name not in grid:
+                raise DataError(f"not a search result: grid.{name} missing")
+            values = _scores(grid[name], f"grid.{name}", low=-np.inf, high=np.inf)
+            try:
+                axes[name] = make_grid(values)
+            except ConfigError as error:
+                raise DataError(f"not a search result: grid.{error}") from None
+        score = _scores(data["score"], "score")
+        if score.ndim:
+            raise DataError("not a search result: score: expected one number")
+        result = cls(
+            config=config,
+            class_scores=_scores(data["class_scores"], "class_scores"),
+            score=float(score),
+            n_images=int(n_images),
+            scores=_scores(data["scores"], "scores"),
+            **axes,
+        )
         expected = (
             N_CLASSES,
             *(g.size for g in (result.thresholds, result.min_sizes, result.min_areas, result.gates)),
         )
         if result.scores.shape != expected or result.class_scores.shape != (N_CLASSES,):
-            raise DataError(f"search result: score table of shape {result.scores.shape}, expected {expected}")
+            raise DataError(
+                f"search result: score table of shape {result.scores.shape} and class scores of shape "
+                f"{result.class_scores.shape}, expected {expected} and {(N_CLASSES,)}"
+            )
         return result
 
     def save(self, path: str | os.PathLike) -> None:
@@ -112,17 +144,64 @@ class SearchResult:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SearchResult:
+        """Read a file written by ``save``; a missing, foreign or malformed file raises DataError
+        naming it (and the bad key), on one line."""
         path = Path(path)
         if not path.is_file():
             raise DataError(f"{path}: search result not found")
         try:
-            data = json.loads(path.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except OSError as error:
+            raise DataError(f"{path}: cannot read ({error.strerror or error})") from None
+        except UnicodeDecodeError as error:
+            raise DataError(
+                f"{path}: not JSON (not UTF-8 text: byte 0x{error.object[error.start]:02x})"
+            ) from None
+        except json.JSONDecodeError as error:
             raise DataError(f"{path}: not JSON ({error})") from None
+        except RecursionError:
+            raise DataError(f"{path}: not JSON (nested too deeply)") from None
         try:
             return cls.from_dict(data)
         except DataError as error:
             raise DataError(f"{path}: {error}") from None
+
+
+_RESULT_KEYS = ("format_version", "score", "class_scores", "n_images", "config", "grid", "scores")
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _plain_numbers(value: Any) -> bool:
+    """Whether ``value`` is a number or (nested) lists of numbers, booleans and strings excluded."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, bool) or not isinstance(item, (int, float)):
+            return False
+    return True
+
+
+def _scores(value: Any, key: str, low: float = 0.0, high: float = 1.0) -> np.ndarray:
+    """A number or a rectangular table of them as float64, every one finite and in [low, high]."""
+    if not _plain_numbers(value):
+        raise DataError(f"not a search result: {key}: expected numbers")
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except ValueError:
+        raise DataError(f"not a search result: {key}: expected a rectangular table of numbers") from None
+    bad = ~np.isfinite(array) | (array < low) | (array > high)
+    if bad.any():
+        shown = float(array[bad].flat[0])
+        where = "" if array.ndim == 0 else f" at {list(map(int, np.argwhere(bad)[0]))}"
+        raise DataError(
+            f"not a search result: {key}: {shown!r}{where} is not a finite number in [{low:g}, {high:g}]"
+        )
+    return array
 
 
 def min_area_grid(values: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -133,6 +212,14 @@ def min_area_grid(values: Sequence[int] | np.ndarray) -> np.ndarray:
 def gate_grid(values: Sequence[float] | np.ndarray) -> np.ndarray:
     """Gate thresholds on the classifier probability; 0 never drops a mask."""
     return as_grid(values, "gates", np.float64, 0.0, 1.0)
+
+
+_GRIDS = {
+    "thresholds": threshold_grid,
+    "min_sizes": min_size_grid,
+    "min_areas": min_area_grid,
+    "gates": gate_grid,
+}
 
 
 def _kept(area: np.ndarray, gate: np.ndarray, min_area: float, min_gate: float) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 A YAML file gives the values; ``--set key.path=value`` overrides any of them (the value is read as
 YAML, so ``--set trainer.max_epochs=3`` is an int). An unknown key or a wrong type is a ConfigError
-naming the key path.
+naming the key path. Types are strict (``config_io.validate_strict``): ``true`` or ``8.0`` is not a
+batch size, ``"0.001"`` is not a learning rate; a string is a path, a list a tuple, ``0`` a float.
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ def labelled_folds(cfg: TrainConfig) -> pd.DataFrame:
     path = folds_path(cfg)
     if not path.is_file():
         raise DataError(f"{path}: folds file not found (train.py writes it; or run `severstal folds`)")
-    folds = read_folds(path, table["ImageId"])
+    folds = read_folds(path, table["ImageId"], n_folds=cfg.data.n_folds)
     n_folds = folds["fold"].nunique()
     if n_folds != cfg.data.n_folds:
         raise DataError(

@@ -11,6 +11,8 @@ smp 0.6's FPN has no ``decoder_attention_type``: scSE attention is available for
 from __future__ import annotations
 
 import inspect
+import pickle
+import warnings
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ TIMM_ENCODER_PREFIX = "tu-"
 # Arguments of the smp models that the pipeline owns: logits (no activation), a single output.
 _PIPELINE_OWNED_ARGS = frozenset({"classes", "activation", "aux_params"})
 _SHOWN_KEYS = 3
+_REASON_LENGTH = 160  # characters of a loader's error message an error line quotes
 
 
 class ModelConfig(BaseModel):
@@ -54,14 +57,39 @@ def _weights_source(weights: Any, key: str) -> str | Path | None:
     )
 
 
+def _load_failure(error: Exception) -> str:
+    """One short line for why torch or safetensors could not read a weights file (their messages run
+    to several lines of advice, e.g. about ``weights_only``)."""
+    if isinstance(error, pickle.UnpicklingError):
+        return "not a torch file of tensors (unpickling failed)"
+    if isinstance(error, EOFError):
+        return "the file ends early"
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines or isinstance(error, LookupError):  # the message is a bare key or index
+        detail = f": {lines[0]}" if lines else ""
+        return f"not a torch or safetensors file ({type(error).__name__}{detail[:_REASON_LENGTH]})"
+    text = lines[0]
+    if len(text) > _REASON_LENGTH:
+        sentence_end = text.find(". ", 0, _REASON_LENGTH)
+        text = text[: sentence_end + 1] if sentence_end > 0 else text[: _REASON_LENGTH - 3] + "..."
+    return text
+
+
 def _read_state_dict(path: Path, key: str) -> dict[str, torch.Tensor]:
-    try:
-        if path.suffix == ".safetensors":
-            state = load_file(path, device="cpu")
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch and safetensors raise many types for a corrupt or foreign file
-        raise ConfigError(f"{key}.args.encoder_weights: cannot read {path}: {error}") from error
+    """The tensors of a local weights file; a file torch or safetensors cannot read is one ConfigError
+    line, and the warnings torch gave while failing on it (e.g. about a pickle protocol) are dropped."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            if path.suffix == ".safetensors":
+                state = load_file(path, device="cpu")
+            else:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch and safetensors raise many types for a corrupt or foreign file
+            reason = "empty file" if path.stat().st_size == 0 else _load_failure(error)
+            raise ConfigError(f"{key}.args.encoder_weights: cannot read {path}: {reason}") from error
+    for warning in caught:  # a file that loaded: its warnings may matter
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
         raise ConfigError(f"{key}.args.encoder_weights: {path} does not hold a state dict of tensors")
     return state

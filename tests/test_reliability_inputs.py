@@ -1,0 +1,398 @@
+"""Bad input files and values, driven through the command line: each is exactly one ``error:`` line
+naming the file, row or key, exit status 2, no traceback, no warning from a decoder, no file changed.
+
+Covers: files that are not UTF-8 text (YAML configs, label CSVs, folds.csv), CSVs pandas cannot read,
+truncated images, strict types in configs and label files, one-line messages for a garbage weights
+file, a malformed thresholds.json and a model-level config check, and non-integer folds.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common_blocks.config_io import apply_overrides
+from common_blocks.data.folds import read_folds, write_folds
+from common_blocks.data.formats import read_labels
+from common_blocks.data.synthetic import generate
+from common_blocks.errors import ConfigError, DataError
+from common_blocks.evaluation.oof_stats import threshold_grid
+from common_blocks.evaluation.postprocess import PostprocessConfig
+from common_blocks.evaluation.threshold_search import SearchResult
+from common_blocks.training.config import load_config
+from tests.cli_contract import assert_one_error_line, assert_unchanged, run, run_in_process, snapshot
+
+DEBUG_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "debug.yaml"
+LATIN_1 = "# r\xe9glage fin\n".encode("latin-1")  # "réglage" in Latin-1: byte 0xe9 is not UTF-8
+CURRENT_HEADER = "ImageId,ClassId,EncodedPixels\n"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """A tiny synthetic data set (6 train, 2 test images) with its folds file; tests only read it."""
+    folder = tmp_path_factory.mktemp("data")
+    generate(folder, n_train=6, n_test=2, seed=5, workers=1)
+    write_folds(read_labels(folder / "train.csv", folder / "train_images"), 4, 42, folder / "folds.csv")
+    return folder
+
+
+@pytest.fixture
+def data_copy(data, tmp_path) -> Path:
+    """A copy of the data set that a test may spoil."""
+    return Path(shutil.copytree(data, tmp_path / "data"))
+
+
+def expect_one_error(
+    tmp_path: Path, argv: list[object], *fragments: str, roots: tuple[Path, ...] = ()
+) -> str:
+    """Run ``severstal ARGV`` in process: exit 2, one error line holding ``fragments``, no file of
+    ``tmp_path`` (and ``roots``) changed."""
+    before = snapshot(tmp_path, *roots)
+    line = assert_one_error_line(run_in_process(*argv), *fragments)
+    assert_unchanged(before, tmp_path, *roots)
+    return line
+
+
+def train_argv(config: Path, tmp_path: Path, *overrides: str) -> list[object]:
+    sets = [item for override in overrides for item in ("--set", override)]
+    return ["train", "--config", config, "--fold", 0, "--out-dir", tmp_path / "runs", *sets]
+
+
+# --- 10: files that are not UTF-8 text, CSVs pandas cannot read -------------------------------------
+
+
+def test_training_yaml_that_is_not_utf8(tmp_path):
+    config = tmp_path / "latin.yaml"
+    config.write_bytes(DEBUG_CONFIG.read_bytes() + LATIN_1)
+    line_no = DEBUG_CONFIG.read_bytes().count(b"\n") + 1
+    expect_one_error(tmp_path, train_argv(config, tmp_path), f"{config}, line {line_no}: not UTF-8 text")
+
+
+def ensemble_yaml(path: Path, data: Path, tmp_path: Path, member: str = "debug", extra: str = "") -> Path:
+    path.write_text(
+        f"data_dir: {data}\nruns_dir: {tmp_path / 'runs'}\nmembers:\n  - {{config: {member}, folds: [0]}}\n{extra}"
+    )
+    return path
+
+
+def test_ensemble_and_member_yaml_that_are_not_utf8(data, tmp_path):
+    ensemble = ensemble_yaml(tmp_path / "ensemble.yaml", data, tmp_path)
+    ensemble.write_bytes(ensemble.read_bytes() + LATIN_1)
+    expect_one_error(tmp_path, ["oof", "--config", ensemble], f"{ensemble}, line 5: not UTF-8 text")
+    member = tmp_path / "member.yaml"
+    member.write_bytes(b"name: member\n" + LATIN_1)
+    ensemble = ensemble_yaml(tmp_path / "ensemble2.yaml", data, tmp_path, member=str(member))
+    expect_one_error(tmp_path, ["oof", "--config", ensemble], f"{member}, line 2: not UTF-8 text")
+
+
+def test_utf8_yaml_reads_in_any_locale(tmp_path, monkeypatch):
+    """A subprocess in the plain C locale (ASCII): the config's UTF-8 comment is read as UTF-8, so
+    the error is the config's real mistake, not the locale's codec."""
+    config = tmp_path / "utf8.yaml"
+    config.write_text("# réglage fin\nname: utf8\nbogus: 1\nmodel: {type: Unet}\n", encoding="utf-8")
+    for name, value in {"LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}.items():
+        monkeypatch.setenv(name, value)
+    outcome = run("train", "--config", config, "--fold", 0, cwd=tmp_path, timeout=120)
+    assert_one_error_line(outcome, f"{config}: unknown key bogus")
+    assert outcome.stderr.strip().count("\n") == 0
+
+
+def test_binary_folds_file(data_copy, tmp_path):
+    folds = data_copy / "folds.csv"
+    folds.write_bytes(bytes(range(256)) * 4)
+    argv = train_argv(DEBUG_CONFIG, tmp_path, f"data.data_dir={data_copy}")
+    expect_one_error(tmp_path, argv, f"{folds}, line 1: a NUL byte: a binary file, not a CSV")
+    folds.write_bytes("ImageId,fold\n".encode("utf-16"))
+    expect_one_error(tmp_path, argv, f"{folds}: UTF-16 text")
+
+
+UNREADABLE_CSVS = {
+    "empty": (b"", "empty file, expected a CSV header"),
+    "blank": (b"\n\n", "empty file, expected a CSV header"),
+    "binary": (bytes(range(256)) * 4, "line 1: a NUL byte"),
+    "utf16": ("ImageId_ClassId,EncodedPixels\na.jpg_1,\n".encode("utf-16"), "UTF-16 text"),
+    "latin1": ("ImageId_ClassId,EncodedPixels\nr\xe9.jpg_1,\n".encode("latin-1"), "line 2: not UTF-8 text"),
+    "unterminated_quote": (b'ImageId_ClassId,EncodedPixels\n"a.jpg_1,1 2\n', "EOF inside string"),
+}
+
+
+@pytest.mark.parametrize("content, message", UNREADABLE_CSVS.values(), ids=UNREADABLE_CSVS)
+def test_score_truth_that_cannot_be_read(tmp_path, content, message):
+    truth, submission = tmp_path / "truth.csv", tmp_path / "submission.csv"
+    truth.write_bytes(content)
+    submission.write_text("ImageId_ClassId,EncodedPixels\na.jpg_1,\n")
+    expect_one_error(tmp_path, ["score", "--submission", submission, "--truth", truth], f"{truth}", message)
+
+
+def test_label_csv_with_a_nul_byte(data_copy, tmp_path):
+    """pandas would read the NUL as a space and invent an image name."""
+    train = data_copy / "train.csv"
+    first = sorted((data_copy / "train_images").iterdir())[0].name
+    train.write_bytes(f"{CURRENT_HEADER}{first[:3]}\0{first[4:]},1,1 2\n".encode())
+    expect_one_error(tmp_path, ["folds", "--data-dir", data_copy], f"{train}, line 2: a NUL byte")
+
+
+# --- 13, 17c: images, checked before OpenCV sees them -----------------------------------------------
+
+
+def one_image_data_set(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    """A data folder whose only train image is ``train_images/NAME`` (for the test to write)."""
+    folder = tmp_path / "one"
+    (folder / "train_images").mkdir(parents=True)
+    (folder / "train.csv").write_text(CURRENT_HEADER)
+    return folder, folder / "train_images" / name
+
+
+@pytest.mark.parametrize("kind", ["truncated_jpeg", "truncated_png", "missing", "empty"])
+def test_bad_image_is_one_error_and_no_decoder_warning(data, tmp_path, capfd, kind):
+    import cv2
+
+    folder, image = one_image_data_set(tmp_path, "a.png" if kind == "truncated_png" else "a.jpg")
+    whole = sorted((data / "train_images").iterdir())[0].read_bytes()
+    if kind == "truncated_png":
+        ok, encoded = cv2.imencode(".png", cv2.imdecode(np.frombuffer(whole, np.uint8), cv2.IMREAD_COLOR))
+        image.write_bytes(encoded.tobytes()[: encoded.size // 3])
+        message = "truncated PNG"
+    elif kind == "truncated_jpeg":
+        image.write_bytes(whole[: len(whole) // 3])
+        message = "truncated JPEG"
+    elif kind == "missing":  # a dangling link: the folder lists it, reading it fails
+        image.symlink_to(tmp_path / "gone.jpg")
+        message = "file not found"
+    else:
+        image.write_bytes(b"")
+        message = "empty file"
+    capfd.readouterr()
+    expect_one_error(
+        tmp_path, ["dataset", "--data-dir", folder, "--out", tmp_path / "out"], f"{image}: ", message
+    )
+    written = capfd.readouterr()  # what libjpeg, libpng or OpenCV wrote to the file descriptors
+    assert written.err == "" and written.out == "", written.err
+
+
+def test_jpeg_with_zero_padding_still_reads(data, tmp_path):
+    from common_blocks.data.images import read_image
+
+    source = sorted((data / "train_images").iterdir())[0]
+    padded = tmp_path / "padded.jpg"
+    padded.write_bytes(source.read_bytes() + b"\0" * 16)
+    assert np.array_equal(read_image(padded), read_image(source))
+
+
+def test_truncated_jpeg_in_a_subprocess(data, tmp_path):
+    """The real exit status, and stderr holds the error line and nothing from libjpeg."""
+    folder, image = one_image_data_set(tmp_path, "a.jpg")
+    whole = sorted((data / "train_images").iterdir())[0].read_bytes()
+    image.write_bytes(whole[: len(whole) // 3])
+    outcome = run("dataset", "--data-dir", folder, "--out", tmp_path / "out", timeout=120)
+    assert_one_error_line(outcome, f"{image}: not a readable image file (truncated JPEG")
+    assert outcome.stderr.strip().splitlines() == [outcome.stderr.strip()]
+
+
+# --- 15: strict types ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("data.batch_size=true", "data.batch_size: Input should be a valid integer (got True)"),
+        ("data.batch_size=2.0", "data.batch_size: Input should be a valid integer (got 2.0)"),
+        ("trainer.max_epochs='3'", "trainer.max_epochs: Input should be a valid integer (got '3')"),
+        ("optimizer.encoder_lr='0.001'", "optimizer.encoder_lr: Input should be a valid number"),
+        ("data.grayscale=1", "data.grayscale: Input should be a valid boolean (got 1)"),
+        ("oof.min_sizes=[0, 20.0]", "oof.min_sizes.1: Input should be a valid integer"),
+        ("loss=[{type: bce, weight: true}]", "loss.0.weight: Input should be a valid number (got True)"),
+        ("augment.crop_height=256.0", "augment.crop_height: Input should be a valid integer"),
+        ("optimizer.weight_decay=.nan", "optimizer.weight_decay: expected a finite number, got nan"),
+    ],
+)
+def test_training_config_types_are_strict(tmp_path, override, fragment):
+    # A missing data folder behind the bad value: were the value accepted, the run stops there.
+    argv = train_argv(DEBUG_CONFIG, tmp_path, override, f"data.data_dir={tmp_path / 'nowhere'}")
+    expect_one_error(tmp_path, argv, str(DEBUG_CONFIG), fragment)
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        (
+            "members=[{config: debug, folds: [0], weight: true}]",
+            "members.0.weight: Input should be a valid number (got True)",
+        ),
+        ("members=[{config: debug, folds: [0.0]}]", "members.0.folds.0: Input should be a valid integer"),
+        ("search.min_areas=[0, '100']", "search.min_areas.1: Input should be a valid integer"),
+    ],
+)
+def test_ensemble_config_types_are_strict(data, tmp_path, override, fragment):
+    ensemble = ensemble_yaml(tmp_path / "ensemble.yaml", data, tmp_path)
+    expect_one_error(tmp_path, ["oof", "--config", ensemble, "--set", override], str(ensemble), fragment)
+
+
+def test_strict_configs_still_take_paths_lists_ints_for_floats_and_exponents(tmp_path):
+    cfg = load_config(
+        DEBUG_CONFIG,
+        [
+            f"data.data_dir={tmp_path}",  # a string for a Path
+            "oof.thresholds=[0.4, 0.5]",  # a list for a tuple
+            "oof.min_sizes=[0, 10]",
+            "scheduler.min_lr=0",  # an int for a float
+            "optimizer.encoder_lr=1e-4",  # YAML 1.2 float, a string to PyYAML's YAML 1.1
+            "optimizer.decoder_lr=3E-3",
+            "trainer.limit_train_batches=2",
+            "pseudo.labels=pseudo/round1.csv",
+        ],
+    )
+    assert cfg.data.data_dir == tmp_path and cfg.oof.thresholds == (0.4, 0.5) and cfg.oof.min_sizes == (0, 10)
+    assert cfg.scheduler.min_lr == 0.0 and isinstance(cfg.scheduler.min_lr, float)
+    assert cfg.optimizer.encoder_lr == 1e-4 and cfg.optimizer.decoder_lr == 3e-3
+    assert cfg.trainer.limit_train_batches == 2 and cfg.pseudo.labels == Path("pseudo/round1.csv")
+    assert apply_overrides({}, ["x=1e5", "y=1_000", "z=e5"]) == {"x": 1e5, "y": 1000, "z": "e5"}
+
+
+@pytest.mark.parametrize(
+    "rows, fragment",
+    [
+        ("a.jpg,3.0,1 2\n", "line 2: class '3.0' is not one of 1, 2, 3, 4"),
+        ("a.jpg,1,1 2\na.jpg, 2,1 2\n", "line 3: class ' 2' is not one of"),
+        ("a.jpg,+4,1 2\n", "line 2: class '+4' is not one of"),
+        ("a.jpg,01,1 2\n", "line 2: class '01' is not one of"),
+    ],
+)
+def test_label_class_ids_are_strict(data, tmp_path, rows, fragment):
+    submission = tmp_path / "submission.csv"
+    submission.write_text(CURRENT_HEADER + rows.replace("a.jpg", "x.jpg"))
+    truth = tmp_path / "truth.csv"
+    truth.write_text("ImageId_ClassId,EncodedPixels\n" + "".join(f"x.jpg_{k},\n" for k in (1, 2, 3, 4)))
+    expect_one_error(
+        tmp_path, ["score", "--submission", submission, "--truth", truth], str(submission), fragment
+    )
+    truth.write_text("ImageId_ClassId,EncodedPixels\nx.jpg_1,\nx.jpg_2.0,\n")
+    submission.write_text(CURRENT_HEADER)
+    expect_one_error(
+        tmp_path, ["score", "--submission", submission, "--truth", truth], f"{truth}, line 3: class '2.0'"
+    )
+
+
+# --- 17: one line, not a page ------------------------------------------------------------------------
+
+
+def test_garbage_encoder_weights_file(data, tmp_path):
+    """torch's message runs to 4 lines, and it warns about the pickle protocol (0x80 0x81) first."""
+    weights = tmp_path / "weights.pth"
+    weights.write_bytes(bytes(range(128, 256)) * 8)
+    argv = train_argv(
+        DEBUG_CONFIG, tmp_path, f"data.data_dir={data}", f"model.args.encoder_weights={weights}"
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        expect_one_error(
+            tmp_path, argv, f"model.args.encoder_weights: cannot read {weights}: ", roots=(data,)
+        )
+    assert not [w for w in caught if "pickle" in str(w.message)], [str(w.message) for w in caught]
+
+
+def valid_search_result() -> dict:
+    return {
+        "format_version": 1,
+        "score": 0.5,
+        "class_scores": [0.5] * 4,
+        "n_images": 2,
+        "config": PostprocessConfig().model_dump(mode="json"),
+        "grid": {"thresholds": [0.5], "min_sizes": [0], "min_areas": [0], "gates": [0.0]},
+        "scores": [[[[[0.5]]]]] * 4,
+    }
+
+
+def spoiled(path: tuple, value) -> dict:
+    result = valid_search_result()
+    node = result
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return result
+
+
+BAD_RESULTS = {
+    "nan_threshold": (("config", "classes", 0, "threshold"), float("nan"), "config.classes.0.threshold"),
+    "threshold_above_one": (("config", "classes", 2, "threshold"), 1.5, "config.classes.2.threshold"),
+    "string_min_size": (("config", "classes", 1, "min_size"), "50", "config.classes.1.min_size"),
+    "bool_gate": (("config", "classes", 3, "gate"), True, "config.classes.3.gate"),
+    "extra_key": (("config", "classes", 0, "thershold"), 0.5, "unknown key classes.0.thershold"),
+    "nan_score": (("score",), float("nan"), "score: nan is not a finite number in [0, 1]"),
+    "class_score_above_one": (("class_scores", 1), 2.0, "class_scores: 2.0 at [1]"),
+    "nan_in_the_table": (("scores", 3), [[[[float("nan")]]]], "scores: nan at [3, 0, 0, 0, 0]"),
+    "string_n_images": (("n_images",), "2", "n_images: expected a whole number"),
+    "bool_version": (("format_version",), True, "format version True"),
+    "grid_out_of_range": (("grid", "thresholds"), [1.5], "grid.thresholds: values must lie in"),
+}
+
+
+@pytest.mark.parametrize("path, value, fragment", BAD_RESULTS.values(), ids=BAD_RESULTS)
+def test_malformed_thresholds_json(data, tmp_path, path, value, fragment):
+    SearchResult.from_dict(valid_search_result())  # the unspoiled file is fine
+    thresholds = tmp_path / "thresholds.json"
+    thresholds.write_text(json.dumps(spoiled(path, value)))
+    ensemble = ensemble_yaml(
+        tmp_path / "ensemble.yaml", data, tmp_path, extra=f"postprocess: {{thresholds_file: {thresholds}}}\n"
+    )
+    line = expect_one_error(tmp_path, ["infer", "--config", ensemble], f"{thresholds}: ", fragment)
+    assert len(line) < 200
+
+
+def test_model_level_config_error_does_not_print_the_tree(tmp_path):
+    line = expect_one_error(
+        tmp_path,
+        train_argv(DEBUG_CONFIG, tmp_path, "loss=[]"),
+        str(DEBUG_CONFIG),
+        "loss needs at least one term",
+    )
+    assert "{" not in line and len(line) < 150, line
+
+
+def test_long_values_are_not_quoted_whole(tmp_path):
+    with pytest.raises(ConfigError) as error:
+        load_config(DEBUG_CONFIG, [f"name={list(range(200))}"])
+    assert "name: Input should be a valid string" in str(error.value) and len(str(error.value)) < 150
+
+
+def test_grid_errors_fit_on_one_line():
+    """numpy wraps the repr of a long array over lines."""
+    with pytest.raises(ConfigError) as error:
+        threshold_grid(np.r_[np.linspace(0.1, 0.9, 40), np.nan])
+    assert "\n" not in str(error.value) and len(str(error.value)) < 200
+
+
+# --- 18: folds that are not integers ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fold, fragment",
+    [
+        ("a", "line 3: fold 'a' is not an integer fold number"),
+        ("1.0", "line 3: fold '1.0' is not an integer fold number"),
+        ("", "line 3: fold '' is not an integer fold number"),
+        ("-1", "line 3: fold '-1' is not an integer fold number"),
+    ],
+)
+def test_non_integer_fold(data_copy, tmp_path, fold, fragment):
+    folds = data_copy / "folds.csv"
+    lines = folds.read_text().splitlines()
+    image_id = lines[2].split(",")[0]
+    lines[2] = f"{image_id},{fold}"
+    folds.write_text("\n".join(lines) + "\n")
+    argv = train_argv(DEBUG_CONFIG, tmp_path, f"data.data_dir={data_copy}")
+    expect_one_error(tmp_path, argv, f"{folds}, {fragment}")
+
+
+def test_fold_beyond_n_folds_names_the_line(data, tmp_path):
+    """For data.n_folds (the training data module would pass it; today it counts distinct folds)."""
+    folds = tmp_path / "folds.csv"
+    folds.write_text("ImageId,fold\na.jpg,0\nb.jpg,4\n")
+    assert read_folds(folds)["fold"].tolist() == [0, 4]
+    with pytest.raises(DataError, match=r"folds.csv, line 3: fold 4 is not below the 4 folds"):
+        read_folds(folds, n_folds=4)
