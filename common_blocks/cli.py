@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import numbers
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from common_blocks.errors import ConfigError, cli_entry
+from common_blocks.errors import ConfigError, DataError, cli_entry
+from common_blocks.files import OutputError, check_output_dir, check_output_file, is_write_failure
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,8 +53,50 @@ def _probability(text: str) -> float:
     return value
 
 
+def _output_path(text: str) -> Path:
+    """An argparse type: a path to write to; empty is a mistake (``Path("")`` would be the working
+    directory)."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return Path(text)
+
+
 POSITIVE = _integer(1)
 NON_NEGATIVE = _integer(0)
+
+
+def strict_json(value: object) -> object:
+    """``value`` with every NaN or infinite number replaced by None (JSON null) and numpy scalars
+    made plain numbers, so that ``json.dumps(..., allow_nan=False)`` accepts it."""
+    if isinstance(value, dict):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(item) for item in value]
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def print_json(value: object) -> None:
+    """Print one line of strict JSON (RFC 8259: no bare NaN or Infinity); every ``--json`` uses it."""
+    print(json.dumps(strict_json(value), allow_nan=False))
+
+
+def _existing_file(path: Path, option: str) -> None:
+    if not path.is_file():
+        problem = "is a folder, expected a file" if path.is_dir() else "file not found"
+        raise DataError(f"{path}: {problem} ({option})")
+
+
+def _not_an_input(out: Path, option: str, *inputs: Path) -> None:
+    """An output must not replace a file the same command reads."""
+    for source in inputs:
+        if out.is_file() and source.is_file() and out.samefile(source):
+            raise ConfigError(f"{out}: {option} is an input of this command ({source}); write elsewhere")
 
 
 def _config_options(parser: argparse.ArgumentParser, what: str, data_dir: str, example: str) -> None:
@@ -110,7 +155,9 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
         parser, "YAML config of the model family", "train.csv, train_images/", "trainer.max_epochs=5"
     )
     parser.add_argument("--fold", required=True, type=NON_NEGATIVE, help="validation fold (0-based)")
-    parser.add_argument("--out-dir", type=Path, default=Path("runs"), help="runs root (default: runs)")
+    parser.add_argument(
+        "--out-dir", type=_output_path, default=Path("runs"), help="runs root (default: runs)"
+    )
     parser.add_argument("--devices", type=POSITIVE, default=1, help="processes/GPUs for DDP (default 1)")
     resume = parser.add_mutually_exclusive_group()
     resume.add_argument("--resume", action="store_true", help="continue from OUT_DIR/NAME/foldK/last.ckpt")
@@ -119,16 +166,20 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
+    check_output_dir(args.out_dir, "the runs folder (--out-dir)")
     from common_blocks.training.config import load_config
 
     overrides = _with_data_dir(args, "data.data_dir")
     if args.pseudo is not None:
         overrides.append(f"pseudo.labels={args.pseudo}")
     cfg = load_config(args.config, overrides)
+    from common_blocks.run_folder import RunPaths
+
+    check_output_dir(RunPaths.of(args.out_dir, cfg.name, args.fold).root, "the run folder")
     from common_blocks.training.runner import train_fold  # the model stack only once the config is valid
 
     summary = train_fold(cfg, args.fold, args.out_dir, args.devices, args.resume, args.overwrite)
-    print(json.dumps({k: summary[k] for k in ("name", "fold", "score", "positive_dice", "best_checkpoint")}))
+    print_json({k: summary[k] for k in ("name", "fold", "score", "positive_dice", "best_checkpoint")})
 
 
 # --- infer ------------------------------------------------------------------------------------------
@@ -136,21 +187,34 @@ def _train(args: argparse.Namespace) -> None:
 
 def _infer_arguments(parser: argparse.ArgumentParser) -> None:
     _config_options(parser, ENSEMBLE_YAML, "test_images/, sample_submission.csv", "tta=[none]")
-    parser.add_argument("--out", type=Path, default=Path("submission.csv"), help="default submission.csv")
+    parser.add_argument(
+        "--out", type=_output_path, default=Path("submission.csv"), help="default submission.csv"
+    )
     parser.add_argument("--format", choices=("current", "2019"), default="current", help="submission format")
     _loader_options(parser)
     parser.add_argument(
         "--skip-bad-images", action="store_true", help="predict no defect for unreadable images, list them"
     )
     parser.add_argument("--image", type=Path, help="predict this one image instead and print its classes")
-    parser.add_argument("--overlay", type=Path, help="with --image: write a PNG with the masks drawn")
+    parser.add_argument("--overlay", type=_output_path, help="with --image: write a PNG with the masks drawn")
     parser.add_argument("--truth", type=Path, help="with --image: label CSV whose masks are drawn in red")
 
 
 def _infer(args: argparse.Namespace) -> None:
     if args.image is None and (args.overlay or args.truth):
         raise ConfigError("--overlay and --truth need --image")
+    if args.image is not None:  # the inputs and the output are checked before any model loads
+        _existing_file(args.image, "--image")
+        if args.truth is not None:
+            _existing_file(args.truth, "--truth")
+        if args.overlay is not None:
+            check_output_file(args.overlay, "the overlay PNG (--overlay)")
+            _not_an_input(args.overlay, "--overlay", args.image, *([args.truth] if args.truth else []))
+    else:
+        check_output_file(args.out, "the submission (--out)")
     cfg = _ensemble(args)
+    if args.image is None:
+        _not_an_input(args.out, "--out", cfg.data_dir / "sample_submission.csv")
     from common_blocks.inference.predictor import build_predictor
     from common_blocks.inference.submission import make_submission, submission_image_ids
 
@@ -190,7 +254,10 @@ def _oof(args: argparse.Namespace) -> None:
     from common_blocks.inference.oof import run_oof
 
     report = run_oof(cfg, args.batch_size, args.workers)
-    print(json.dumps(report.to_dict()) if args.json else report.format())
+    if args.json:
+        print_json(report.to_dict())
+    else:
+        print(report.format())
 
 
 def _score_arguments(parser: argparse.ArgumentParser) -> None:
@@ -206,7 +273,10 @@ def _score(args: argparse.Namespace) -> None:
     from common_blocks.evaluation.scorer import score_submission
 
     summary = score_submission(args.submission, args.truth, args.images)
-    print(json.dumps(summary.to_dict()) if args.json else summary.format())
+    if args.json:
+        print_json(summary.to_dict())
+    else:
+        print(summary.format())
 
 
 def _checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
@@ -222,7 +292,10 @@ def _checkpoint(args: argparse.Namespace) -> None:
     from common_blocks.training.runner import evaluate_checkpoint
 
     summary = evaluate_checkpoint(args.checkpoint, _with_data_dir(args, "data.data_dir"))
-    print(json.dumps(summary.to_dict()) if args.json else summary.format())
+    if args.json:
+        print_json(summary.to_dict())
+    else:
+        print(summary.format())
 
 
 def _report_arguments(parser: argparse.ArgumentParser) -> None:
@@ -232,13 +305,16 @@ def _report_arguments(parser: argparse.ArgumentParser) -> None:
         "train.csv, train_images/",
         "runs_dir=runs/exp2",
     )
-    parser.add_argument("--out", required=True, type=Path, help="output folder for index.html and its PNGs")
+    parser.add_argument(
+        "--out", required=True, type=_output_path, help="output folder for index.html and its PNGs"
+    )
     parser.add_argument(
         "--worst", type=POSITIVE, default=8, help="worst-scored validation images to show (default 8)"
     )
 
 
 def _report(args: argparse.Namespace) -> None:
+    check_output_dir(args.out, "the report folder (--out)")
     cfg = _ensemble(args)
     from common_blocks.reports.oof_report import ensemble_report
 
@@ -259,7 +335,10 @@ def _pseudo_arguments(parser: argparse.ArgumentParser) -> None:
         help="round number (1, 2, ...)",
     )
     parser.add_argument(
-        "--out-dir", type=Path, default=Path("pseudo"), help="where round<R>.csv goes (default: pseudo)"
+        "--out-dir",
+        type=_output_path,
+        default=Path("pseudo"),
+        help="where round<R>.csv goes (default: pseudo)",
     )
     parser.add_argument(
         "--p-high",
@@ -277,7 +356,13 @@ def _pseudo(args: argparse.Namespace) -> None:
     from common_blocks.pseudo.selection import SelectionSummary
 
     summary = SelectionSummary(args.p_high, args.p_low)  # checks the thresholds before anything loads
+    check_output_dir(args.out_dir, "the pseudo-label folder (--out-dir)")
     cfg = _ensemble(args)
+    from common_blocks.pseudo.rounds import round_path
+
+    for suffix in (".csv", "_summary.json"):
+        check_output_file(round_path(args.out_dir, args.round_number, suffix), "a pseudo-label round file")
+    cfg.resolved_postprocess()  # a thresholds file that cannot be read fails before any model loads
     from common_blocks.pseudo.rounds import pseudo_label_round
 
     report, _ = pseudo_label_round(
@@ -304,21 +389,25 @@ def _folds_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--n-folds", type=_integer(2), default=10, help="number of folds (default 10)")
     parser.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
-    parser.add_argument("--out", type=Path, help="output CSV (default DATA_DIR/folds.csv)")
+    parser.add_argument("--out", type=_output_path, help="output CSV (default DATA_DIR/folds.csv)")
 
 
 def _folds(args: argparse.Namespace) -> None:
     from common_blocks.data.folds import write_folds
     from common_blocks.data.formats import read_labels
 
-    table = read_labels(args.data_dir / "train.csv", args.data_dir / "train_images")
     out = args.out or args.data_dir / "folds.csv"
+    # The labels first: reading them is cheap, and a missing DATA_DIR is better told as such than
+    # as an unwritable default --out inside it.
+    table = read_labels(args.data_dir / "train.csv", args.data_dir / "train_images")
+    check_output_file(out, "the folds CSV (--out)")
+    _not_an_input(out, "--out", args.data_dir / "train.csv")
     sizes = write_folds(table, args.n_folds, args.seed, out)["fold"].value_counts()
     print(f"wrote {out}: {len(table)} images in {args.n_folds} folds of {sizes.min()}-{sizes.max()} images")
 
 
 def _synthetic_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, required=True, help="folder to write the data set into")
+    parser.add_argument("--out", type=_output_path, required=True, help="folder to write the data set into")
     parser.add_argument(
         "--n-train", type=NON_NEGATIVE, default=200, help="number of train images (default 200)"
     )
@@ -329,6 +418,7 @@ def _synthetic_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _synthetic(args: argparse.Namespace) -> None:
+    check_output_dir(args.out, "the data set folder (--out)")
     from common_blocks.data.synthetic import generate
 
     generate(args.out, args.n_train, args.n_test, args.seed, workers=args.workers, overwrite=args.overwrite)
@@ -340,13 +430,14 @@ def _dataset_arguments(parser: argparse.ArgumentParser) -> None:
         "--data-dir", type=Path, required=True, help="folder with train.csv and train_images/"
     )
     parser.add_argument(
-        "--out", type=Path, required=True, help="folder to write the PNGs and index.html into"
+        "--out", type=_output_path, required=True, help="folder to write the PNGs and index.html into"
     )
     parser.add_argument("--per-class", type=POSITIVE, default=4, help="sample images per class (default 4)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the sample (default 0)")
 
 
 def _dataset(args: argparse.Namespace) -> None:
+    check_output_dir(args.out, "the overview folder (--out)")
     from common_blocks.reports.dataset import dataset_overview
 
     print(f"wrote {dataset_overview(args.data_dir, args.out, args.per_class, args.seed)}")
@@ -409,4 +500,10 @@ def main(
 ) -> None:
     """Parse ``argv`` and run the chosen command (``severstal --help`` lists them)."""
     args = build_parser(prog, commands).parse_args(argv)
-    args.run(args)
+    try:
+        args.run(args)
+    except OSError as error:  # a write the storage refused outside atomic_output, which names its file
+        if not is_write_failure(error):
+            raise  # anything else is a bug, with its traceback
+        what = f"{error.filename}: cannot write it" if error.filename else "cannot write an output"
+        raise OutputError(f"{what} ({error.strerror or error})") from None

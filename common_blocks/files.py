@@ -1,34 +1,327 @@
-"""File writing that never leaves a half-written output behind."""
+"""File writing that never leaves a half-written output behind, and checks of output paths.
+
+``atomic_output`` writes one file through a temporary beside it; ``staged_outputs`` writes several
+and renames them into place together, putting the old files back if a rename fails, so that a
+command's outputs change all together or not at all. ``check_output_file`` and ``check_output_dir``
+tell, before any expensive work, whether an output can be written where the user asked. Every
+failure to write an output (a folder where a file is wanted, a read-only folder, a full disk) is an
+``OutputError``: one line naming the output.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import secrets
+import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from common_blocks.errors import PipelineError
 
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it over ``path`` only when the block succeeds.
+# errno values that say the output cannot be written, whatever the code writing it: never a bug.
+WRITE_ERRNOS = frozenset(
+    code
+    for code in (errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EFBIG, errno.EROFS)
+    if code is not None
+)
 
-    A crash or an exception inside the block leaves ``path`` as it was (absent or the old file).
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(handle)
-    temporary_path = Path(temporary)
+
+class OutputError(PipelineError):
+    """An output cannot be written where it was asked for; the message names it."""
+
+
+def _describe(error: OSError) -> str:
+    return error.strerror or str(error)
+
+
+# Staging folders of ``staged_folder`` and the folders their files are for: errors name the latter.
+_FOLDERS: dict[Path, Path] = {}
+
+
+def _shown(path: Path) -> Path:
+    """Where ``path`` ends up: its place in the final folder when it is staged in a staging folder."""
+    for staging, final in _FOLDERS.items():
+        if path.is_relative_to(staging):
+            return final / path.relative_to(staging)
+    return path
+
+
+def is_write_failure(error: OSError) -> bool:
+    """Whether ``error`` says that the storage refused a write (full disk, quota, read-only file
+    system), as opposed to a bug in the caller."""
+    return error.errno in WRITE_ERRNOS
+
+
+def _first_existing(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists (``.`` for a relative path with none)."""
+    for candidate in (path, *path.parents):
+        if candidate.exists() or candidate.is_symlink():
+            return candidate
+    return Path(".")
+
+
+def _check_location(target: Path, what: str) -> None:
+    """The nearest existing ancestor of ``target`` must be a writable folder."""
+    existing = _first_existing(target.parent) if target.parent != target else target
+    if not existing.is_dir():
+        raise OutputError(f"{target}: cannot be created, {existing} is a file, not a folder ({what})")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"{target}: cannot be written, the folder {existing} is not writable ({what})")
+
+
+def _named(path: str | os.PathLike, what: str) -> Path:
+    if not os.fspath(path):
+        raise OutputError(f"empty path given for the {what}")
+    return Path(path)
+
+
+def check_output_file(path: str | os.PathLike, what: str = "the output") -> Path:
+    """``path`` as the file an output will be (over)written to; an OutputError naming it when that
+    cannot be done: it is a folder or another non-file, its folder lies under a file, the folder (or
+    the existing file) is read-only. A symbolic link stands for the file it points to, which is the
+    one replaced. Missing folders are fine: the writer creates them."""
+    target = _named(path, what)
+    if target.is_symlink():
+        target = target.resolve()
+    if target.is_dir():
+        raise OutputError(f"{target}: is a folder; {what} needs a file path")
+    if target.exists() and not stat.S_ISREG(target.stat().st_mode):
+        raise OutputError(f"{target}: not a regular file; refusing to replace it ({what})")
+    _check_location(target, what)
+    if target.exists() and not os.access(target, os.W_OK):
+        raise OutputError(f"{target}: is read-only; not replacing it ({what})")
+    return target
+
+
+def check_output_dir(path: str | os.PathLike, what: str = "the output folder") -> Path:
+    """``path`` as a folder outputs will be written into; an OutputError naming it when it is a file,
+    lies under a file or is (or would be created in) a read-only folder."""
+    target = _named(path, what)
+    if target.exists() and not target.is_dir():
+        raise OutputError(f"{target}: is a file; {what} needs a folder")
+    if target.is_dir():
+        if not os.access(target, os.W_OK | os.X_OK):
+            raise OutputError(f"{target}: the folder is not writable ({what})")
+        return target
+    _check_location(target, what)
+    return target
+
+
+def _make_parents(target: Path, what: str) -> list[Path]:
+    """Create the missing folders above ``target``; returns them, deepest first, to remove on failure."""
+    missing = []
+    for folder in target.parents:
+        if folder.exists() or folder.is_symlink():
+            break
+        missing.append(folder)
     try:
-        yield temporary_path
-        os.chmod(temporary_path, 0o666 & ~_current_umask())  # mkstemp makes it owner-only
-        os.replace(temporary_path, target)
-    finally:
-        temporary_path.unlink(missing_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"{target}: cannot create the folder for {what} ({_describe(error)})") from None
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+class StagedOutputs:
+    """Outputs written to temporaries beside their targets, renamed into place by ``commit`` in the
+    order they were staged. See ``staged_outputs``."""
+
+    def __init__(self) -> None:
+        self._staged: list[tuple[Path, Path]] = []  # (target, temporary)
+        self._created: list[Path] = []  # folders made for the outputs, removed again on failure
+
+    @property
+    def targets(self) -> list[Path]:
+        return [target for target, _ in self._staged]
+
+    @contextlib.contextmanager
+    def file(self, path: str | os.PathLike, what: str = "the output") -> Iterator[Path]:
+        """Yield the temporary to write ``path``'s new content to; a failed write (full disk, ...) is
+        an OutputError naming ``path``."""
+        target = check_output_file(path, what)
+        if target in self.targets:
+            raise ValueError(f"{target} staged twice")
+        self._created += _make_parents(target, what)
+        try:
+            handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        except OSError as error:
+            raise OutputError(f"{_shown(target)}: cannot write {what} ({_describe(error)})") from None
+        os.close(handle)
+        temporary = Path(name)
+        self._staged.append((target, temporary))
+        _STAGED.add(temporary)
+        try:
+            yield temporary
+        except OSError as error:
+            if not (is_write_failure(error) or _names(error, temporary)):
+                raise
+            raise OutputError(f"{_shown(target)}: cannot write {what} ({_describe(error)})") from None
+
+    def adopt(self, path: str | os.PathLike, temporary: Path) -> None:
+        """Stage a file already written (on the file system of ``path``) as ``path``'s new content."""
+        target = check_output_file(path)
+        self._created += _make_parents(target, "the output")
+        self._staged.append((target, temporary))
+
+    def commit(self) -> None:
+        """Rename every temporary over its target, in order. If a rename fails, the targets already
+        replaced get their previous content back (or are removed if they are new) and the error
+        names the output that could not be written."""
+        mode = 0o666 & ~_current_umask()  # mkstemp makes the temporaries owner-only
+        several = len(self._staged) > 1
+        replaced: list[tuple[Path, Path | None]] = []  # (target, backup of its old content)
+        backup: Path | None = None
+        try:
+            for target, temporary in self._staged:
+                backup = _backup(target) if several and target.exists() else None
+                os.chmod(temporary, mode)
+                os.replace(temporary, target)
+                replaced.append((target, backup))
+                backup = None
+        except OSError as error:
+            if backup is not None:
+                backup.unlink(missing_ok=True)
+            restored = _restore(replaced)
+            failed = _shown(self._staged[len(replaced)][0])
+            kept = f"; {', '.join(str(_shown(p)) for p in restored)} left as before" if restored else ""
+            raise OutputError(f"{failed}: cannot write it ({_describe(error)}){kept}") from None
+        for _, old in replaced:
+            if old is not None:
+                old.unlink(missing_ok=True)
+        self._created = []
+
+    def discard(self) -> None:
+        """Remove the temporaries (and the folders made for them, if they are empty)."""
+        for _, temporary in self._staged:
+            _STAGED.discard(temporary)
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                temporary.unlink()
+        _remove_empty(self._created)
+        self._staged, self._created = [], []
+
+
+def _names(error: OSError, path: Path) -> bool:
+    return error.filename is not None and Path(os.fsdecode(error.filename)) == path
+
+
+def _backup(target: Path) -> Path:
+    """A second name of ``target``'s current content beside it: a hard link where the file system
+    has them (no copy; the target stays in place throughout), else a copy."""
+    backup = target.with_name(f".{target.name}.{secrets.token_hex(4)}.old")
+    try:
+        os.link(target, backup)
+    except OSError:
+        shutil.copy2(target, backup)
+    return backup
+
+
+def _restore(replaced: list[tuple[Path, Path | None]]) -> list[Path]:
+    """Put back the old content of the replaced targets (remove the new ones); returns the targets
+    restored."""
+    restored = []
+    for target, backup in reversed(replaced):
+        with contextlib.suppress(OSError):
+            if backup is None:
+                target.unlink()
+            else:
+                os.replace(backup, target)
+            restored.append(target)
+    return restored
+
+
+# The temporaries of the outputs being staged: ``atomic_output`` on one of them (a ``save`` method
+# called with the temporary) writes it directly instead of staging a temporary of the temporary.
+_STAGED: set[Path] = set()
+
+
+@contextlib.contextmanager
+def staged_outputs() -> Iterator[StagedOutputs]:
+    """Several outputs that appear together: stage each with ``outputs.file(path)``, write it there;
+    when the block succeeds they are renamed into place in the order staged (put the file readers
+    take as the sign of a finished run last). When it fails, no target has changed."""
+    outputs = StagedOutputs()
+    try:
+        yield outputs
+        outputs.commit()
+    finally:
+        outputs.discard()
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, what: str = "the output") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it over ``path`` only when the block succeeds.
+
+    A crash or an exception inside the block leaves ``path`` as it was (absent or the old file); a
+    path that cannot be written, or a write the storage refuses (full disk), is an OutputError naming
+    ``path``.
+    """
+    if Path(path) in _STAGED:
+        yield Path(path)
+        return
+    with staged_outputs() as outputs, outputs.file(path, what) as temporary:
+        yield temporary
+
+
+@contextlib.contextmanager
+def staged_folder(
+    path: str | os.PathLike, what: str = "the output folder", last: tuple[str, ...] = ("index.html",)
+) -> Iterator[Path]:
+    """Yield an empty folder beside ``path`` to write a set of files into; only when the block
+    succeeds do they move into ``path`` (``path`` is created if missing), the names in ``last`` after
+    the others, with ``StagedOutputs.commit``'s put-back if a move fails. A failure inside the block
+    leaves ``path`` as it was; errors about a staged file name its final place in ``path``.
+    """
+    target = check_output_dir(path, what)
+    created = _make_parents(target, what)
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    except OSError as error:
+        _remove_empty(created)
+        raise OutputError(f"{target}: cannot write {what} ({_describe(error)})") from None
+    _FOLDERS[staging] = target
+    try:
+        yield staging
+        if not target.exists():
+            os.chmod(staging, 0o777 & ~_current_umask())  # mkdtemp makes it owner-only
+            try:
+                os.rename(staging, target)
+            except OSError as error:
+                raise OutputError(f"{target}: cannot write {what} ({_describe(error)})") from None
+            created = []
+            return
+        for folder in sorted(p for p in staging.rglob("*") if p.is_dir()):
+            try:
+                (target / folder.relative_to(staging)).mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise OutputError(
+                    f"{target / folder.relative_to(staging)}: cannot create it ({_describe(error)})"
+                ) from None
+        files = sorted(p for p in staging.rglob("*") if p.is_file())
+        files.sort(key=lambda p: p.relative_to(staging).as_posix() in last)
+        outputs = StagedOutputs()
+        try:
+            for file in files:
+                outputs.adopt(target / file.relative_to(staging), file)
+            outputs.commit()
+        finally:
+            outputs.discard()
+        created = []
+    finally:
+        del _FOLDERS[staging]
+        shutil.rmtree(staging, ignore_errors=True)
+        _remove_empty(created)

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from common_blocks.data.formats import N_CLASSES, RLE_COLUMNS, empty_table, write_labels, write_submission
 from common_blocks.data.rle import IMAGE_SHAPE, encode
 from common_blocks.errors import DataError
+from common_blocks.files import OutputError, check_output_dir, check_output_file, staged_folder
 
 HEIGHT, WIDTH = IMAGE_SHAPE
 SPLITS = ("train", "test")
@@ -253,22 +254,41 @@ def _write_sample(task: tuple[int, str, int, str, Path]) -> tuple[str, list[str]
     seed, split, index, image_id, path = task
     image, masks = render_sample(seed, split, index)
     if not cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]):
-        raise DataError(f"could not write image {path}")
+        raise OutputError(f"{path}: could not write the image (full disk? unwritable folder?)")
     return image_id, [encode(mask) for mask in masks]
 
 
-def _prepare_image_dirs(out_dir: Path, overwrite: bool) -> None:
-    """Create the image folders; refuse to mix with an earlier data set unless told to replace it."""
+LABEL_FILES = ("train.csv", "test_labels.csv", "sample_submission.csv")
+
+
+def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse to mix with an earlier data set unless told to replace it, and a folder that cannot be
+    written, before any image is drawn."""
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"{out_dir} exists and is not a folder")
+    check_output_dir(out_dir, "the data set folder")
     for split in SPLITS:
         image_dir = out_dir / f"{split}_images"
-        if image_dir.is_dir() and any(image_dir.iterdir()):
-            if not overwrite:
-                raise DataError(f"{image_dir} is not empty; pass --overwrite to replace the data set there")
-            for old_image in image_dir.glob("*.jpg"):
-                old_image.unlink()
-        image_dir.mkdir(parents=True, exist_ok=True)
+        check_output_dir(image_dir, "an image folder of the data set")
+        if image_dir.is_dir() and any(image_dir.iterdir()) and not overwrite:
+            raise DataError(f"{image_dir} is not empty; pass --overwrite to replace the data set there")
+    for name in LABEL_FILES:
+        check_output_file(out_dir / name, "a label file of the data set")
+
+
+def _remove_stale_images(out_dir: Path, kept: dict[str, list[str]]) -> None:
+    """Delete the ``*.jpg`` of an earlier data set that the new one does not have (``kept``: the image
+    ids of each split)."""
+    for split, ids in kept.items():
+        new = set(ids)
+        for old_image in (out_dir / f"{split}_images").glob("*.jpg"):
+            if old_image.name not in new:
+                try:
+                    old_image.unlink()
+                except OSError as error:
+                    raise OutputError(
+                        f"{old_image}: cannot remove the earlier image ({error.strerror})"
+                    ) from None
 
 
 def generate(
@@ -276,14 +296,26 @@ def generate(
 ) -> None:
     """Write a synthetic data set in the Kaggle layout into ``out_dir``, identical for any ``workers``.
 
-    With ``overwrite`` the ``*.jpg`` files of an earlier data set in ``out_dir`` are deleted first, so
-    that no stale image is left without a label row.
+    The data set is written into a staging folder beside ``out_dir`` and moved in, label files last,
+    only once all of it is written: a failure (a full disk, Ctrl-C) leaves ``out_dir`` as it was. With
+    ``overwrite`` the ``*.jpg`` files of an earlier data set in ``out_dir`` that the new one does not
+    have are deleted then, so that no stale image is left without a label row.
     """
     if n_train < 0 or n_test < 0 or workers < 1:
         raise ValueError(f"need n_train, n_test >= 0 and workers >= 1, got {n_train}, {n_test}, {workers}")
     out_dir = Path(out_dir)
-    _prepare_image_dirs(out_dir, overwrite)
+    _check_out_dir(out_dir, overwrite)
     train_ids, test_ids = image_ids(seed, n_train, n_test)
+    with staged_folder(out_dir, "the data set folder", last=LABEL_FILES) as staging:
+        _write_data_set(staging, seed, train_ids, test_ids, workers)
+    _remove_stale_images(out_dir, dict(zip(SPLITS, (train_ids, test_ids), strict=True)))
+
+
+def _write_data_set(
+    out_dir: Path, seed: int, train_ids: list[str], test_ids: list[str], workers: int
+) -> None:
+    for split in SPLITS:
+        (out_dir / f"{split}_images").mkdir()
     tasks = [
         (seed, split, index, image_id, out_dir / f"{split}_images" / image_id)
         for split, ids in zip(SPLITS, (train_ids, test_ids))

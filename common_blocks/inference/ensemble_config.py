@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from common_blocks.config_io import Section, load_config_file, read_yaml
-from common_blocks.errors import ConfigError
+from common_blocks.errors import ConfigError, DataError
 from common_blocks.evaluation.oof_stats import DEFAULT_GATES, DEFAULT_MIN_AREAS, min_size_grid, threshold_grid
 from common_blocks.evaluation.postprocess import ClassPostprocess, PostprocessConfig
 from common_blocks.evaluation.threshold_search import SearchResult, gate_grid, min_area_grid
@@ -179,10 +179,20 @@ class EnsembleConfig(Section):
     def resolved_postprocess(self) -> tuple[PostprocessConfig, str]:
         """The post-processing inference applies, and a log line saying where it comes from."""
         path = self.thresholds_path
+        if (path.exists() or path.is_symlink()) and not path.is_file():
+            raise ConfigError(
+                f"{path}: postprocess.thresholds_file is not a file (a folder, a broken link?); give the "
+                "JSON file `severstal oof` writes, or leave the key out for RUNS_DIR/NAME/thresholds.json"
+            )
         if path.is_file():
-            result = SearchResult.load(path)
+            try:
+                result = SearchResult.load(path)
+            except OSError as error:
+                raise DataError(
+                    f"{path}: cannot read the tuned thresholds ({error.strerror or error})"
+                ) from None
             config, source = result.config, f"tuned post-processing from {path} (local CV {result.score:.5f})"
-        else:
+        else:  # absent: the documented fallback
             config = PostprocessConfig(classes=self.postprocess.classes)
             source = (
                 f"the config's default post-processing ({path} not found: run validate.py oof to tune it)"

@@ -3,7 +3,8 @@
 For every fold, the members and gate of that fold (which never trained on its validation images)
 predict those images; the ensemble's statistics over all folds (``oof_stats``) are searched for the
 best post-processing per class (``threshold_search``). Writes the thresholds JSON inference reads,
-the statistics beside it, and a row of the leaderboard.
+the statistics beside it, and a row of the leaderboard: all three or none (``check_outputs`` before
+predicting, ``staged_outputs`` at the end).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from common_blocks.errors import ConfigError, DataError
 from common_blocks.evaluation.metric import ScoreSummary, summarize
 from common_blocks.evaluation.oof_stats import OofStatsBuilder
 from common_blocks.evaluation.threshold_search import SearchResult, evaluate, search
-from common_blocks.files import atomic_output
+from common_blocks.files import check_output_file, staged_outputs
 from common_blocks.inference.ensemble_config import EnsembleConfig
 from common_blocks.inference.predictor import EnsemblePredictor, build_predictor
 from common_blocks.inference.submission import ReadTolerantDataset, image_loader
@@ -138,23 +139,70 @@ def run_digest(cfg: EnsembleConfig, runs: dict[str, TrainConfig]) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:10]
 
 
-def append_leaderboard(path: str | os.PathLike, row: dict[str, object]) -> None:
-    """Add a row to the CSV, rewriting it atomically, so an interrupted run never truncates it."""
+LEADERBOARD_COLUMNS = (
+    "time",
+    "config_hash",
+    "name",
+    "members",
+    "gate",
+    "tta",
+    "n_images",
+    "score",
+    *(f"score_{c}" for c in CLASS_IDS),
+)
+
+
+def read_leaderboard(path: str | os.PathLike) -> pd.DataFrame:
+    """The leaderboard's rows (none when the file does not exist yet), as strings; a file that is not
+    readable, not CSV or has other columns than ``LEADERBOARD_COLUMNS`` is an error naming it, never
+    merged into."""
     path = Path(path)
-    rows = pd.DataFrame([{key: str(value) for key, value in row.items()}])
-    if path.is_file():
-        try:
-            rows = pd.concat([pd.read_csv(path, dtype=str, keep_default_na=False), rows], ignore_index=True)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-            raise DataError(f"{path}: not a readable leaderboard CSV ({error})") from None
-    with atomic_output(path) as temporary:
-        rows.to_csv(temporary, index=False)
+    if not path.exists():
+        return pd.DataFrame(columns=list(LEADERBOARD_COLUMNS), dtype=str)
+    if not path.is_file():
+        raise DataError(f"{path}: the leaderboard is not a file")
+    try:
+        board = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DataError(f"{path}: not a readable leaderboard CSV ({reason})") from None
+    if tuple(board.columns) != LEADERBOARD_COLUMNS:
+        raise DataError(
+            f"{path}: not a leaderboard of this pipeline (columns {', '.join(map(str, board.columns))}; "
+            f"expected {', '.join(LEADERBOARD_COLUMNS)}); move it away or set `leaderboard:` to another file"
+        )
+    return board
+
+
+def _with_row(board: pd.DataFrame, row: dict[str, object]) -> pd.DataFrame:
+    if tuple(row) != LEADERBOARD_COLUMNS:
+        raise ValueError(f"leaderboard row with keys {list(row)}, expected {LEADERBOARD_COLUMNS}")
+    new = pd.DataFrame([{key: str(value) for key, value in row.items()}])
+    return new if board.empty else pd.concat([board, new], ignore_index=True)
+
+
+def check_outputs(cfg: EnsembleConfig) -> None:
+    """Before any prediction: the three outputs are distinct files that can be written, and the
+    leaderboard, if there is one, can be appended to."""
+    outputs = {
+        "the tuned thresholds (postprocess.thresholds_file)": cfg.thresholds_path,
+        "the OOF statistics (beside the thresholds)": cfg.oof_path,
+        "the leaderboard": cfg.leaderboard_path,
+    }
+    resolved: dict[Path, str] = {}
+    for what, path in outputs.items():
+        target = check_output_file(path, what).absolute()
+        if target in resolved:
+            raise ConfigError(f"{path}: both {resolved[target]} and {what}; give them different files")
+        resolved[target] = what
+    read_leaderboard(cfg.leaderboard_path)
 
 
 def run_oof(cfg: EnsembleConfig, batch_size: int = 4, workers: int | None = None) -> OofReport:
     """Validate each fold's ensemble on its fold, search the post-processing, write the outputs."""
     folds = common_folds(cfg)
     cfg.check_checkpoints()
+    check_outputs(cfg)
     segmenters: dict[str, TrainConfig] = {}
     gates: dict[str, TrainConfig] = {}
     builder: OofStatsBuilder | None = None
@@ -174,22 +222,29 @@ def run_oof(cfg: EnsembleConfig, batch_size: int = 4, workers: int | None = None
     gate_grid = (cfg.gate.threshold,) if cfg.gate and cfg.gate.threshold is not None else cfg.search.gates
     result = search(stats, cfg.search.min_areas, gate_grid)
     summary = summarize(evaluate(stats, result.config))
-    result.save(cfg.thresholds_path)
-    stats.save(cfg.oof_path)
     digest = run_digest(cfg, {**segmenters, **gates})
-    append_leaderboard(
-        cfg.leaderboard_path,
-        {
-            "time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "config_hash": digest,
-            "name": cfg.name,
-            "members": cfg.describe_members(),
-            "gate": f"{cfg.gate.name}[{','.join(map(str, cfg.gate.folds))}]" if cfg.gate else "",
-            "tta": "+".join(cfg.tta),
-            "n_images": summary.n_images,
-            "score": f"{summary.score:.6f}",
-            **{f"score_{c}": f"{summary.per_class[str(c)]:.6f}" for c in CLASS_IDS},
-        },
-    )
+    row = {
+        "time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "config_hash": digest,
+        "name": cfg.name,
+        "members": cfg.describe_members(),
+        "gate": f"{cfg.gate.name}[{','.join(map(str, cfg.gate.folds))}]" if cfg.gate else "",
+        "tta": "+".join(cfg.tta),
+        "n_images": summary.n_images,
+        "score": f"{summary.score:.6f}",
+        **{f"score_{c}": f"{summary.per_class[str(c)]:.6f}" for c in CLASS_IDS},
+    }
+    board = _with_row(read_leaderboard(cfg.leaderboard_path), row)  # read again: it may have grown
+    # All three are prepared before any replaces its file. Inference reads the thresholds and the
+    # report reads them with the statistics, so the statistics go first, the thresholds (what a run
+    # of inference picks up) next and the leaderboard row, which records the run as done, last; a
+    # rename that fails puts back the files already renamed.
+    with staged_outputs() as outputs:
+        with outputs.file(cfg.oof_path, "the OOF statistics") as temporary:
+            stats.save(temporary)
+        with outputs.file(cfg.thresholds_path, "the tuned thresholds") as temporary:
+            result.save(temporary)
+        with outputs.file(cfg.leaderboard_path, "the leaderboard") as temporary:
+            board.to_csv(temporary, index=False)
     written = {"thresholds": cfg.thresholds_path, "oof": cfg.oof_path, "leaderboard": cfg.leaderboard_path}
     return OofReport(result, summary, digest, written)

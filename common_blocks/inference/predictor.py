@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -173,39 +174,68 @@ def activate_(logits: torch.Tensor, mode: str) -> torch.Tensor:
     return logits.sigmoid_() if mode == MULTILABEL_MODE else probabilities(logits, mode)
 
 
+def _checkpoints(cfg: EnsembleConfig, ref: RunRef, folds: list[int] | None) -> list[Path]:
+    return [ref.checkpoint(cfg.runs_dir, fold) for fold in ref.folds if folds is None or fold in folds]
+
+
 def _load_runs(
     cfg: EnsembleConfig, ref: RunRef, folds: list[int] | None, device: torch.device
 ) -> list[DefectModule]:
-    return [
-        load_checkpoint(ref.checkpoint(cfg.runs_dir, fold), device, channels_last=True)
-        for fold in ref.folds
-        if folds is None or fold in folds
-    ]
+    return [load_checkpoint(path, device, channels_last=True) for path in _checkpoints(cfg, ref, folds)]
+
+
+def _by_kind(loaded: dict[Path, DefectModule], kind) -> str:
+    """``kind: file, file; kind: file`` of the loaded checkpoints, grouped by ``kind(module)``."""
+    groups: dict[str, list[str]] = {}
+    for path, module in loaded.items():
+        groups.setdefault(str(kind(module)), []).append(str(path))
+    return "; ".join(f"{name}: {', '.join(paths)}" for name, paths in groups.items())
 
 
 def _check_compatible(
-    cfg: EnsembleConfig, members: list[list[DefectModule]], gates: list[DefectModule]
+    cfg: EnsembleConfig,
+    members: list[list[DefectModule]],
+    gates: list[DefectModule],
+    folds: list[int] | None = None,
 ) -> None:
-    """Members of one segmentation mode, a classifier gate, and one kind of input for all."""
-    modes = {
-        ref.name: loaded[0].task_mode for ref, loaded in zip(cfg.members, members, strict=True) if loaded
+    """Members of one segmentation mode, a classifier gate, and one kind of input for all; an error
+    names the checkpoint files of each kind."""
+    member_files = {
+        path: module
+        for ref, loaded in zip(cfg.members, members, strict=True)
+        for path, module in zip(_checkpoints(cfg, ref, folds), loaded, strict=True)
     }
-    if CLASSIFICATION_MODE in modes.values():
-        classifiers = [name for name, mode in modes.items() if mode == CLASSIFICATION_MODE]
-        raise ConfigError(f"members: {', '.join(classifiers)} is a classifier; list it as the gate")
-    if len(set(modes.values())) > 1:
-        listed = ", ".join(f"{name}={mode}" for name, mode in modes.items())
+    gate_files = dict(zip(_checkpoints(cfg, cfg.gate, folds) if cfg.gate else [], gates, strict=True))
+    modes: dict[str, list[str]] = {}
+    for ref, loaded in zip(cfg.members, members, strict=True):
+        for mode in dict.fromkeys(module.task_mode for module in loaded):
+            modes.setdefault(ref.name, []).append(mode)
+    if any(CLASSIFICATION_MODE in found for found in modes.values()):
+        classifiers = [name for name, found in modes.items() if CLASSIFICATION_MODE in found]
+        files = [str(p) for p, m in member_files.items() if m.task_mode == CLASSIFICATION_MODE]
         raise ConfigError(
-            f"members: trained in different modes ({listed}); ensemble members of one mode only"
+            f"members: {', '.join(classifiers)} is a classifier; list it as the gate ({', '.join(files)})"
         )
-    segmenting_gates = [gate.task_mode for gate in gates if gate.task_mode != CLASSIFICATION_MODE]
+    if len({mode for found in modes.values() for mode in found}) > 1:
+        listed = ", ".join(f"{name}={'/'.join(found)}" for name, found in modes.items())
+        raise ConfigError(
+            f"members: trained in different modes ({listed}); ensemble members of one mode only "
+            f"({_by_kind(member_files, lambda module: module.task_mode)})"
+        )
+    segmenting_gates = [path for path, gate in gate_files.items() if gate.task_mode != CLASSIFICATION_MODE]
     if segmenting_gates:
-        raise ConfigError(f"gate: {cfg.gate.name} is a {segmenting_gates[0]} segmenter, not a classifier")
-    if BINARY_MODE in modes.values() and not cfg.gate:
+        raise ConfigError(
+            f"gate: {cfg.gate.name} is a {gate_files[segmenting_gates[0]].task_mode} segmenter, not a "
+            f"classifier ({', '.join(map(str, segmenting_gates))})"
+        )
+    if BINARY_MODE in {mode for found in modes.values() for mode in found} and not cfg.gate:
         raise ConfigError("members: binary-mode members find defects but not their class; add a gate")
-    grayscale = {module.cfg.data.grayscale for loaded in [*members, gates] for module in loaded}
-    if len(grayscale) > 1:
-        raise ConfigError("members and gate mix grey and RGB input (data.grayscale); use one kind")
+    loaded_files = {**member_files, **gate_files}
+    if len({module.cfg.data.grayscale for module in loaded_files.values()}) > 1:
+        listed = _by_kind(loaded_files, lambda module: "grey" if module.cfg.data.grayscale else "RGB")
+        raise ConfigError(
+            f"members and gate mix grey and RGB input (data.grayscale); use one kind ({listed})"
+        )
 
 
 def build_predictor(
@@ -223,7 +253,7 @@ def build_predictor(
     cfg.check_checkpoints(folds)
     members = [_load_runs(cfg, ref, folds, device) for ref in cfg.members]
     gates = _load_runs(cfg, cfg.gate, folds, device) if cfg.gate else []
-    _check_compatible(cfg, members, gates)
+    _check_compatible(cfg, members, gates, folds)
     segmenters = [
         WeightedModel(module, ref.weight / len(loaded))
         for ref, loaded in zip(cfg.members, members, strict=True)

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from common_blocks.data import rle
 from common_blocks.data.formats import CLASS_IDS, RLE_COLUMNS, list_images, write_pseudo_labels
 from common_blocks.errors import ConfigError
-from common_blocks.files import atomic_output
+from common_blocks.files import staged_outputs
 from common_blocks.inference.ensemble_config import EnsembleConfig
 from common_blocks.inference.predictor import EnsemblePredictor, build_predictor
 from common_blocks.inference.submission import ReadTolerantDataset, image_loader
@@ -91,7 +91,6 @@ def pseudo_label_round(
     )
     predictions, unreadable = predict_and_select(predictor, loader, summary)
     labels = round_path(out_dir, round_number)
-    write_pseudo_labels(predictions.loc[predictions["kept"], ["ImageId", *RLE_COLUMNS]], labels)
     report = {
         "round": round_number,
         "ensemble": cfg.name,
@@ -102,6 +101,11 @@ def pseudo_label_round(
         "unreadable_images": unreadable,
         "seconds": round(time.perf_counter() - start, 1),
     }
-    with atomic_output(round_path(out_dir, round_number, "_summary.json")) as temporary:
-        temporary.write_text(json.dumps(report, indent=2))
+    with staged_outputs() as outputs:  # the labels and their summary appear together or not at all
+        with outputs.file(labels, "the pseudo-labels") as temporary:
+            write_pseudo_labels(predictions.loc[predictions["kept"], ["ImageId", *RLE_COLUMNS]], temporary)
+        with outputs.file(
+            round_path(out_dir, round_number, "_summary.json"), "the round summary"
+        ) as temporary:
+            temporary.write_text(json.dumps(report, indent=2))
     return report, predictions

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from common_blocks.data.formats import CLASS_IDS, class_presence, read_labels
 from common_blocks.data.images import read_image
 from common_blocks.errors import DataError
+from common_blocks.files import staged_folder
 from common_blocks.reports.figures import (
     class_distribution,
     colour_legend,
@@ -47,12 +48,22 @@ def dataset_overview(
     data_dir: str | os.PathLike, out_dir: str | os.PathLike, per_class: int = 4, seed: int = 0
 ) -> Path:
     """Write sample images of every class with their true masks, the class distribution and an index.html
-    listing them into ``out_dir``; returns the page. ``data_dir`` holds train.csv and train_images/."""
+    listing them into ``out_dir``; returns the page. ``data_dir`` holds train.csv and train_images/.
+
+    The files appear in ``out_dir`` together or not at all (``files.staged_folder``)."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if not data_dir.is_dir():
         raise DataError(f"{data_dir}: data folder not found")
     images_dir = data_dir / "train_images"
     table = read_labels(data_dir / "train.csv", images_dir)
+    with staged_folder(out_dir, "the overview folder") as staging:
+        _write_overview(table, data_dir, images_dir, staging, per_class, seed)
+    return out_dir / "index.html"
+
+
+def _write_overview(
+    table: pd.DataFrame, data_dir: Path, images_dir: Path, out_dir: Path, per_class: int, seed: int
+) -> Path:
     sections = [
         section_html(
             "Class distribution",

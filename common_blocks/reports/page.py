@@ -26,6 +26,7 @@ from common_blocks.evaluation.metric import ScoreSummary
 from common_blocks.evaluation.oof_stats import OofStats
 from common_blocks.evaluation.postprocess import PostprocessConfig
 from common_blocks.evaluation.threshold_search import SearchResult, pair_outcomes
+from common_blocks.files import staged_folder
 from common_blocks.reports.figures import (
     class_distribution,
     colour_legend,
@@ -145,10 +146,38 @@ def build_report(
     worst: Sequence[WorstImage] | None,
     cv_summary: ScoreSummary,
 ) -> Path:
-    """Write the report into ``out_dir``: PNGs first, ``index.html`` last (atomically), so that a crash
-    never leaves a page linking missing files. ``table`` holds the labels of the OOF images and
-    ``worst`` the images to draw (see ``worst_images``); returns the page."""
-    out_dir = Path(out_dir)
+    """Write the report into ``out_dir``, whole or not at all: its files are written into a staging
+    folder beside it and moved in only when all are written (``index.html`` last), so that a failure
+    leaves an earlier report there as it was and a page never links a missing file. ``table`` holds
+    the labels of the OOF images and ``worst`` the images to draw (see ``worst_images``); returns the
+    page."""
+    with staged_folder(out_dir, "the report folder") as staging:
+        _write_report(
+            staging,
+            title=title,
+            table=table,
+            stats=stats,
+            result=result,
+            run_dirs=run_dirs,
+            images_dir=images_dir,
+            worst=worst,
+            cv_summary=cv_summary,
+        )
+    return Path(out_dir) / "index.html"
+
+
+def _write_report(
+    out_dir: Path,
+    *,
+    title: str,
+    table: pd.DataFrame,
+    stats: OofStats,
+    result: SearchResult,
+    run_dirs: Sequence[str | os.PathLike],
+    images_dir: str | os.PathLike,
+    worst: Sequence[WorstImage] | None,
+    cv_summary: ScoreSummary,
+) -> Path:
     config = result.config
     folds = sorted(set(stats.folds.tolist()))
     intro = (
