@@ -44,6 +44,16 @@ class RunPaths:
         return self.root / "summary.json"
 
     @property
+    def previous_run(self) -> Path:
+        """Where ``--overwrite`` keeps the earlier run until the new one has its first checkpoint."""
+        return self.root / ".previous-run"
+
+    @property
+    def run_files(self) -> tuple[Path, ...]:
+        """Everything a run writes into its folder, checkpoints first."""
+        return self.last, self.best, self.summary, self.config, self.logs
+
+    @property
     def logs(self) -> Path:
         """Lightning's loggers write ``logs/tensorboard/`` and ``logs/csv/`` here."""
         return self.root / "logs"

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -30,10 +32,8 @@ def load_checkpoint(
     A missing, truncated, empty or foreign file is a PipelineError naming it.
     """
     path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"{path}: checkpoint not found")
+    checkpoint = _read(path)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         hparams = checkpoint["hyper_parameters"]
         config = hparams["config"]
         if channels_last is not None:
@@ -43,6 +43,110 @@ def load_checkpoint(
     except PipelineError as error:
         raise PipelineError(f"{path}: {error}") from None
     except _UNREADABLE as error:
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise PipelineError(f"{path}: not a readable checkpoint of this pipeline ({detail})") from None
+        raise PipelineError(
+            f"{path}: not a readable checkpoint of this pipeline ({_detail(error)})"
+        ) from None
     return module.eval().to(device)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    """The checkpoint dictionary of ``path``; a PipelineError naming it when it is missing or is no
+    torch file (truncated, empty, garbage)."""
+    if not path.is_file():
+        raise PipelineError(f"{path}: checkpoint not found")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except _UNREADABLE as error:
+        if path.stat().st_size == 0:
+            detail = "the file is empty"
+        elif isinstance(error, pickle.UnpicklingError):
+            # torch's text suggests loading it with weights_only=False: never for a file that is no checkpoint
+            detail = "not a torch checkpoint, or one holding objects other than tensors and plain data"
+        elif "zip archive" in str(error):  # torch files are zip archives: a cut one has no central directory
+            detail = "truncated or damaged, not a complete checkpoint file"
+        else:
+            detail = _detail(error)
+        raise PipelineError(f"{path}: not a readable checkpoint of this pipeline ({detail})") from None
+    if not isinstance(checkpoint, dict):
+        raise PipelineError(f"{path}: not a readable checkpoint of this pipeline (no dictionary inside)")
+    return checkpoint
+
+
+def _detail(error: BaseException) -> str:
+    """The first line of ``error``'s message (with the next one when it only introduces a list)."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    if lines[0].endswith(":") and len(lines) > 1:
+        return f"{lines[0]} {lines[1]}"
+    return lines[0]
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a training checkpoint (``last.ckpt``) left off."""
+
+    path: Path
+    epoch: int  # the epoch it was written in (0-based), Lightning's ``current_epoch``
+    global_step: int
+    epochs_done: int  # epochs whose training finished; the resumed fit starts at this epoch or in it
+    # The logger step of the resumed run's first row: the CSV log's earlier rows are the checkpoint's.
+    first_logged_step: int
+    state_dict: dict[str, torch.Tensor]
+
+
+def read_resume_point(path: str | os.PathLike, max_epochs: int) -> ResumePoint:
+    """The training state of ``path`` for ``--resume`` with ``trainer.max_epochs`` = ``max_epochs``.
+
+    A PipelineError naming the file when it is missing, unreadable, not a training checkpoint of
+    this pipeline (a foreign file, or one with the weights only), or when it has already trained
+    ``max_epochs`` epochs or more (the fit would do nothing); reading changes nothing.
+    """
+    path = Path(path)
+    checkpoint = _read(path)
+    try:
+        if not isinstance(checkpoint["hyper_parameters"]["config"], dict):
+            raise TypeError("the saved config is not a mapping")
+        state_dict = checkpoint["state_dict"]
+        fit_loop = checkpoint["loops"]["fit_loop"]
+        epoch, global_step = int(checkpoint["epoch"]), int(checkpoint["global_step"])
+        epochs = fit_loop["epoch_progress"]["total"]
+        batches = fit_loop["epoch_loop.batch_progress"]
+        stepped = int(fit_loop["epoch_loop.state_dict"].get("_batches_that_stepped", global_step))
+        if not checkpoint["optimizer_states"]:
+            raise KeyError("optimizer_states")
+        # Written mid-epoch after a training batch (completed lags processed): that batch's row is
+        # logged after the checkpoint and Lightning counts the batch on resume, so the resumed run
+        # logs from the next step on.
+        after_batch = int(batches["total"]["completed"]) == int(batches["total"]["processed"]) - 1
+        first_logged_step = stepped + 1 if after_batch else stepped
+        epochs_done = int(epochs["processed"])
+        # Written after the last training batch of an epoch, before its validation: the resumed fit
+        # counts that epoch as trained (Lightning skips ahead to the next one).
+        if int(epochs["started"]) == epochs_done + 1 and batches.get("is_last_batch"):
+            epochs_done += 1
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise PipelineError(
+            f"{path}: not a training checkpoint of this pipeline, cannot resume from it "
+            f"({type(error).__name__}: {_detail(error)})"
+        ) from None
+    if epochs_done >= max_epochs:
+        relation = "equal to" if epochs_done == max_epochs else "more than"
+        raise PipelineError(
+            f"{path}: --resume has nothing to train: the checkpoint has trained {epochs_done} epoch(s), "
+            f"{relation} trainer.max_epochs {max_epochs}; raise it (e.g. --set trainer.max_epochs="
+            f"{epochs_done + 1}) to train on"
+        )
+    return ResumePoint(path, epoch, global_step, epochs_done, first_logged_step, state_dict)
+
+
+def check_weights_fit(point: ResumePoint, module: DefectModule) -> None:
+    """A PipelineError naming the checkpoint when its weights do not fit ``module`` (the run's config
+    builds another model than the one it was trained with)."""
+    try:
+        module.load_state_dict(point.state_dict)
+    except (RuntimeError, KeyError, TypeError, ValueError) as error:
+        raise PipelineError(
+            f"{point.path}: its weights do not fit the model of this config, cannot resume from it "
+            f"({_detail(error)})"
+        ) from None

@@ -2,27 +2,44 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import shutil
+import signal
+import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from common_blocks.config_io import apply_overrides, validate_tree
-from common_blocks.errors import ConfigError, PipelineError
+from common_blocks.errors import ConfigError, Interrupted, PipelineError
 from common_blocks.evaluation.metric import ScoreSummary
 from common_blocks.files import atomic_output
 from common_blocks.run_folder import VAL_SCORE, RunPaths
-from common_blocks.training.callbacks import AtomicCheckpointIO, ProgressBar, Throughput
-from common_blocks.training.checkpoints import load_checkpoint
+from common_blocks.training.callbacks import (
+    AtomicCheckpointIO,
+    ProgressBar,
+    RunCSVLogger,
+    SelfContainedRunFolder,
+    Throughput,
+)
+from common_blocks.training.checkpoints import (
+    ResumePoint,
+    check_weights_fit,
+    load_checkpoint,
+    read_resume_point,
+)
 from common_blocks.training.config import TrainConfig
 from common_blocks.training.datamodule import SteelDataModule
 from common_blocks.training.module import DefectModule
@@ -47,20 +64,173 @@ def resolve_devices(cfg: TrainConfig, devices: int) -> tuple[str, int]:
     return accelerator, devices
 
 
-def prepare_run_dir(paths: RunPaths, resume: bool, overwrite: bool) -> Path | None:
-    """The checkpoint to resume from, if any; never silently reuses or discards earlier work."""
+# A hidden folder of a run folder: the earlier run that a fresh run (--overwrite) replaces, kept until
+# the new run has written its own checkpoint and put back if it fails before that.
+_SET_ASIDE_COMPLETE = ".complete"  # written once every file of the earlier run is in previous_run
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+class SetAside:
+    """The earlier run of a run folder, moved into ``RunPaths.previous_run`` while a fresh run starts over there.
+
+    ``discard`` deletes it (the new run has its own checkpoint); ``put_back`` removes what the new run
+    wrote and moves the earlier run back, as it was. ``recover`` settles what a killed process left:
+    the folder is put back unless a checkpoint of the new run exists.
+    """
+
+    def __init__(self, paths: RunPaths) -> None:
+        self.paths = paths
+        self.folder = paths.previous_run
+
+    def move_aside(self) -> bool:
+        """Move the earlier run's files aside (the run folder must exist); False when there were none."""
+        present = [path for path in self.paths.run_files if path.exists() or path.is_symlink()]
+        self.folder.mkdir()
+        for path in present:
+            os.replace(path, self.folder / path.name)
+        (self.folder / _SET_ASIDE_COMPLETE).touch()
+        return bool(present)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def put_back(self) -> None:
+        complete = (self.folder / _SET_ASIDE_COMPLETE).exists()
+        for path in self.paths.run_files:
+            kept = self.folder / path.name
+            # After a complete move everything in the run folder is the new run's; a move cut short
+            # left each earlier file either here or there.
+            if complete or kept.exists():
+                _remove(path)
+            if kept.exists() or kept.is_symlink():
+                os.replace(kept, path)
+        self.discard()
+
+    def recover(self) -> None:
+        if not self.folder.is_dir():
+            return
+        new_checkpoint = (self.folder / _SET_ASIDE_COMPLETE).exists() and (
+            self.paths.last.exists() or self.paths.best.exists()
+        )
+        if new_checkpoint:
+            self.discard()
+        else:
+            self.put_back()
+
+
+def stale_temporaries(paths: RunPaths) -> list[Path]:
+    """Temporaries (``atomic_output``'s ``.NAME.XXXX.tmp``, ``.NAME.XXXX.old``) of the run's files
+    that a killed process left behind; a checkpoint's is as big as the checkpoint."""
+    names = [(paths.root, path.name) for path in paths.run_files if path != paths.logs]
+    names.append((paths.metrics.parent, paths.metrics.name))
+    return sorted(
+        temporary
+        for folder, name in names
+        for suffix in ("tmp", "old")
+        for temporary in folder.glob(f".{name}.*.{suffix}")
+        if temporary.is_file()
+    )
+
+
+def prepare_run_dir(paths: RunPaths, resume: bool, overwrite: bool, max_epochs: int) -> ResumePoint | None:
+    """Where a resumed run continues (None: a fresh run); never silently reuses or discards earlier
+    work. Only checks: a refused or failed resume (missing, unreadable or foreign ``last.ckpt``, or
+    one that has trained ``max_epochs`` already) leaves the run folder untouched."""
     if resume:
         if not paths.last.is_file():
             raise PipelineError(f"--resume: no {paths.last} to resume from")
-        return paths.last
-    if paths.last.exists() or paths.best.exists():
-        if not overwrite:
-            raise PipelineError(
-                f"{paths.root} already has checkpoints; pass --resume to continue or --overwrite to start over"
-            )
-        for stale in (paths.last, paths.best, paths.summary):
-            stale.unlink(missing_ok=True)
+        return read_resume_point(paths.last, max_epochs)
+    if (paths.last.exists() or paths.best.exists()) and not overwrite:
+        raise PipelineError(
+            f"{paths.root} already has checkpoints; pass --resume to continue or --overwrite to start over"
+        )
     return None
+
+
+class _RunProgress:
+    """What this process's run has written: the newest ``last.ckpt`` (epoch, step). A fresh run's
+    first checkpoint discards the earlier run set aside for it; failing before that, the fresh run
+    leaves the folder as it found it."""
+
+    def __init__(self, paths: RunPaths, set_aside: SetAside | None, created: list[Path]) -> None:
+        self.paths = paths
+        self.set_aside = set_aside
+        self.created = created  # folders made for the run, deepest first
+        self.last: tuple[int, int] | None = None
+        self.fitted = False  # the fit is over; the best checkpoint is being validated
+
+    def checkpoint_written(self, checkpoint: dict[str, Any], path: Path) -> None:
+        if self.set_aside is not None:
+            self.set_aside.discard()
+            self.set_aside, self.created = None, []
+        if path.name == self.paths.last.name:
+            self.last = (int(checkpoint.get("epoch", -1)), int(checkpoint.get("global_step", -1)))
+
+    def failed(self) -> None:
+        """The run stops early. Before its first checkpoint, a fresh run's partial files (config.yaml,
+        logs) go, the earlier run comes back as it was and the folders made for the run are removed."""
+        if self.set_aside is None:
+            return
+        self.set_aside.put_back()
+        self.set_aside = None
+        for folder in self.created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty
+
+    def interrupted(self, resumed: ResumePoint | None, had_earlier_run: bool) -> Interrupted:
+        """What Ctrl-C left: the checkpoint to resume from, if any."""
+        label, last = self.paths.label, self.paths.last
+        if self.fitted:
+            return Interrupted(
+                f"{label}: the fit was over, validating its best checkpoint was interrupted: the checkpoints "
+                f"are kept, summary.json is not written (`severstal checkpoint --checkpoint {self.paths.best}` "
+                "scores it)"
+            )
+        state = self.last or (resumed and (resumed.epoch, resumed.global_step))
+        if state:
+            epoch, step = state
+            return Interrupted(
+                f"training {label} stopped; {last} (epoch {epoch}, step {step}) is kept: "
+                "run the same command with --resume to continue from it"
+            )
+        if had_earlier_run:
+            return Interrupted(
+                f"training {label} stopped before its first checkpoint; the earlier run in "
+                f"{self.paths.root} is kept as it was"
+            )
+        return Interrupted(
+            f"training {label} stopped before its first checkpoint; nothing to resume, run it again to start over"
+        )
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """``path`` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    for folder in (path, *path.parents):
+        if folder.exists() or folder.is_symlink():
+            break
+        missing.append(folder)
+    return missing
+
+
+def _interruptible(trainer: L.Trainer, run: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``run`` (``trainer.fit``, ``trainer.validate``), with Ctrl-C raised as KeyboardInterrupt.
+
+    Lightning catches KeyboardInterrupt itself, shuts down gracefully, ignores SIGINT from then on
+    and calls ``sys.exit(1)``.
+    """
+    try:
+        return run(*args, **kwargs)
+    except SystemExit as exit_:
+        if exit_.code == 1 and trainer.interrupted:
+            raise KeyboardInterrupt from None
+        raise
 
 
 def build_trainer(
@@ -69,7 +239,12 @@ def build_trainer(
     accelerator: str,
     devices: int,
     extra_callbacks: Sequence[L.Callback] = (),
+    *,
+    resume_step: int | None = None,
+    after_save: Callable[[dict[str, Any], Path], None] | None = None,
 ) -> tuple[L.Trainer, ModelCheckpoint]:
+    """The Trainer of a run; ``resume_step`` is the first logger step of a resumed run (its CSV log
+    keeps the earlier rows), ``after_save(checkpoint, path)`` is called after each checkpoint."""
     # best.ckpt by the validation score; last.ckpt after every validation and, mid-epoch, every
     # checkpoint_every_n_steps training steps, so a killed run loses little.
     best = ModelCheckpoint(
@@ -92,12 +267,17 @@ def build_trainer(
                 enable_version_counter=False,
             )
         )
-    callbacks += [Throughput(), ProgressBar(refresh_rate=1), *extra_callbacks]
+    callbacks += [
+        SelfContainedRunFolder(paths.root),
+        Throughput(),
+        ProgressBar(refresh_rate=1),
+        *extra_callbacks,
+    ]
     if cfg.trainer.early_stopping_patience is not None:
         callbacks.append(EarlyStopping(VAL_SCORE, mode="max", patience=cfg.trainer.early_stopping_patience))
     loggers = [
         TensorBoardLogger(save_dir=paths.logs.parent, name=paths.logs.name, version="tensorboard"),
-        CSVLogger(save_dir=paths.logs.parent, name=paths.logs.name, version=paths.metrics.parent.name),
+        RunCSVLogger(paths.logs.parent, paths.logs.name, paths.metrics.parent.name, resume_step),
     ]
     trainer = L.Trainer(
         accelerator=accelerator,
@@ -113,7 +293,7 @@ def build_trainer(
         log_every_n_steps=cfg.trainer.log_every_n_steps,
         callbacks=callbacks,
         logger=loggers,
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AtomicCheckpointIO(after_save)],
         use_distributed_sampler=False,  # the balanced sampler shards itself per rank
         num_sanity_val_steps=0,
         enable_model_summary=False,
@@ -128,7 +308,7 @@ def lightning_warnings_that_do_not_apply() -> Iterator[None]:
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
         # The run folder holds this run's config.yaml and logs beside the checkpoints; earlier
-        # checkpoints were refused or, with --overwrite, removed by prepare_run_dir.
+        # checkpoints were refused or, with --overwrite, set aside by train_fold.
         warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
         # Lightning 2.6's own call of a torch API that torch 2.13 deprecates; nothing to act on.
         warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
@@ -145,34 +325,91 @@ def train_fold(
 ) -> dict:
     """Fit one fold and evaluate its best checkpoint on the fold.
 
-    Returns the summary also written to ``summary.json``.
+    Returns the summary also written to ``summary.json``. The run folder ``OUT_DIR/NAME/foldK/``:
+
+    * ``resume``: ``last.ckpt`` is checked first (readable, of this pipeline, fits the config, fewer
+      than ``trainer.max_epochs`` epochs trained): a refused resume changes nothing. The CSV log keeps
+      the rows of the steps before the checkpoint and goes on after them.
+    * a fresh run (``overwrite`` where checkpoints exist): the earlier run's files are set aside in
+      ``RunPaths.previous_run`` and deleted once the new run writes its first checkpoint; if it fails or is
+      interrupted before that, they are put back as they were.
+    * Ctrl-C raises ``Interrupted`` naming the checkpoint to resume from.
+    * Stale temporaries of killed writes are removed; paths restored from a checkpoint are taken to
+      this folder, wherever it was copied or moved.
     """
     accelerator, devices = resolve_devices(cfg, devices)
     paths = RunPaths.of(out_dir, cfg.name, fold)
+    # The process that launches the others (DDP) owns the run folder; the others only read it.
+    lead = rank_zero_only.rank == 0
+    if lead:
+        SetAside(paths).recover()  # an earlier process killed between setting aside and its first checkpoint
     datamodule = SteelDataModule(cfg, fold)
-    resume_from = prepare_run_dir(paths, resume, overwrite)
+    point = prepare_run_dir(paths, resume, overwrite, cfg.trainer.max_epochs) if lead or resume else None
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
-    paths.root.mkdir(parents=True, exist_ok=True)
-    with atomic_output(paths.config) as temporary:
-        temporary.write_text(cfg.to_yaml())
     # A resumed run takes every weight from last.ckpt: no pretrained encoder to fetch.
-    module = DefectModule(cfg.model_dump(mode="json"), fold, pretrained=resume_from is None)
-    trainer, best = build_trainer(cfg, paths, accelerator, devices)
-    with lightning_warnings_that_do_not_apply():
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
-        best_path = best.best_model_path or str(paths.last)
-        trainer.validate(module, datamodule=datamodule, ckpt_path=best_path, verbose=False)
+    module = DefectModule(cfg.model_dump(mode="json"), fold, pretrained=point is None)
+    if point is not None:
+        check_weights_fit(point, module)
+    sigint = signal.getsignal(signal.SIGINT)
+    created = _missing_folders(paths.root) if lead else []
+    set_aside, had_earlier_run = None, False
+    if lead:
+        paths.root.mkdir(parents=True, exist_ok=True)
+        if point is None:
+            set_aside = SetAside(paths)
+            had_earlier_run = set_aside.move_aside()
+    progress = _RunProgress(paths, set_aside, created)
+    try:
+        if lead:
+            for temporary in stale_temporaries(paths):
+                temporary.unlink(missing_ok=True)
+            with atomic_output(paths.config, "the run's config") as temporary:
+                temporary.write_text(cfg.to_yaml())
+        trainer, _ = build_trainer(
+            cfg,
+            paths,
+            accelerator,
+            devices,
+            resume_step=None if point is None else point.first_logged_step,
+            after_save=progress.checkpoint_written,
+        )
+        with lightning_warnings_that_do_not_apply():
+            _interruptible(
+                trainer,
+                trainer.fit,
+                module,
+                datamodule=datamodule,
+                ckpt_path=None if point is None else point.path,
+            )
+            progress.fitted = True
+            # The best checkpoint of this folder, never a path restored from a checkpoint.
+            best_path = paths.best if paths.best.is_file() else paths.last
+            _interruptible(
+                trainer, trainer.validate, module, datamodule=datamodule, ckpt_path=best_path, verbose=False
+            )
+    except KeyboardInterrupt:
+        if lead:
+            progress.failed()
+        raise progress.interrupted(point, had_earlier_run) from None
+    except BaseException:
+        if lead:
+            progress.failed()
+        raise
+    finally:
+        # Lightning leaves SIGINT ignored after Ctrl-C; put back once the folder is settled.
+        if sigint is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, sigint)
     summary = {
         "name": cfg.name,
         "fold": fold,
         "config_digest": cfg.digest(),
-        "best_checkpoint": str(Path(best_path)),
+        "best_checkpoint": str(best_path.absolute()),
         "epochs": trainer.current_epoch,
         "n_valid_images": len(datamodule.valid_table),
         **module.last_summary.to_dict(),
     }
     if trainer.is_global_zero:
-        with atomic_output(paths.summary) as temporary:
+        with atomic_output(paths.summary, "the run's summary") as temporary:
             temporary.write_text(json.dumps(summary, indent=2))
     return summary
 
