@@ -105,6 +105,8 @@ def main() -> None:
             overrides.append(f"data.num_workers={args.workers}")
         cfg = load_config(args.config, overrides)
         datamodule = SteelDataModule(cfg, 0)
+        datamodule.prepare_data()
+        datamodule.setup("fit")
         loader = datamodule.train_dataloader()
         batches = [batch for batch, _ in zip(loader, range(min(args.steps, 8)))]
         module = DefectModule(cfg.model_dump(mode="json"), 0)

@@ -85,7 +85,11 @@ def add_fold(
     batch_size: int,
     workers: int | None,
 ) -> None:
-    """Add the statistics of the fold's validation images, as the fold's ensemble predicts them."""
+    """Add the statistics of the fold's validation images, as the fold's ensemble predicts them.
+
+    Per batch the images cross to the predictor's device once (the gate and the segmenters share
+    them) and the full-resolution probabilities come back once (``probabilities`` ends on the CPU;
+    ``.numpy()`` is a view of it); the masks stay on the CPU."""
     valid = table[table["fold"] == fold].reset_index(drop=True)
     if valid.empty:
         raise DataError(f"fold {fold} has no validation images in {images_dir.parent}")
@@ -95,7 +99,7 @@ def add_fold(
         errors = [error for error in batch["error"] if error]
         if errors:
             raise DataError(errors[0])
-        images = batch["image"]
+        images = predictor.to_device(batch["image"])
         builder.add(
             list(batch["image_id"]),
             predictor.probabilities(images).numpy(),

@@ -8,6 +8,7 @@ that skips half the segmentation. A skipped image gets the masks post-processing
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,19 @@ from common_blocks.training.losses import BINARY_MODE, CLASSIFICATION_MODE, MULT
 from common_blocks.training.module import DefectModule
 
 TTA_FLIPS: dict[str, tuple[int, ...]] = {"none": (), "hflip": (-1,), "vflip": (-2,)}
+# The networks' arithmetic: fp32, or autocast to fp16 (CUDA only) or bf16 (CUDA or CPU).
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 EMPTY_RLES = ("",) * N_CLASSES
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """A ConfigError unless ``precision`` is one of ``PRECISIONS`` that ``device`` can run."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError(
+            f"precision fp16 needs a CUDA device (the predictor runs on {device.type}); use fp32 or bf16"
+        )
 
 
 @dataclass(frozen=True)
@@ -52,6 +65,10 @@ class EnsemblePredictor:
     activates each output first. Weights are relative. ``grayscale`` tells the caller's loader which
     input the models were trained on (one grey channel or RGB). ``segmented_images`` counts the images
     that went through segmentation, so callers can report what the gate saved.
+
+    ``precision`` is the networks' arithmetic: ``fp32`` (the default), or their forward passes under
+    autocast to ``fp16`` (CUDA only) or ``bf16``; their outputs are taken to fp32 before flips are
+    undone, activated, averaged and resized, so only the networks themselves run in half precision.
     """
 
     def __init__(
@@ -64,6 +81,7 @@ class EnsemblePredictor:
         postprocess: PostprocessConfig | None = None,
         device: str | torch.device = "cpu",
         grayscale: bool = False,
+        precision: str = "fp32",
     ) -> None:
         modes = {model.mode for model in segmenters}
         if len(modes) != 1 or CLASSIFICATION_MODE in modes:
@@ -75,24 +93,41 @@ class EnsemblePredictor:
             raise ConfigError(f"tta: expected some of {', '.join(TTA_FLIPS)}, got {list(tta)}")
         if average not in ("probabilities", "logits"):
             raise ConfigError(f"average: expected 'probabilities' or 'logits', got {average!r}")
+        device = torch.device(device)
+        check_precision(precision, device)
         self.segmenters = list(segmenters)
         self.gates = list(gates)
         self.mode = modes.pop()
         self.tta = [TTA_FLIPS[name] for name in tta]
         self.average = average
         self.postprocess = postprocess or PostprocessConfig()
-        self.device = torch.device(device)
+        self.device = device
+        self.precision = precision
         self.grayscale = grayscale
         self.gate_thresholds = np.array([c.gate for c in self.postprocess.classes], dtype=np.float64)
         self.segmented_images = 0
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The context of the networks' forward passes: autocast to ``precision``, or nothing for fp32."""
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def to_device(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` on the predictor's device (the same tensor when already there): callers that use
+        both the gate and the segmenters move a batch once. From pinned memory the copy is asynchronous."""
+        return images.to(self.device, non_blocking=True)
 
     @torch.inference_mode()
     def gate_probabilities(self, images: torch.Tensor) -> np.ndarray | None:
         """(B, 4) float32 classifier probabilities averaged over the gate models; None without a gate."""
         if not self.gates:
             return None
-        images = images.to(self.device, non_blocking=True)
-        total = sum(gate.weight * gate.module(images).float().sigmoid() for gate in self.gates)
+        images = self.to_device(images)
+        with self.autocast():
+            outputs = [(gate.weight, gate.module(images)) for gate in self.gates]
+        total = sum(weight * output.float().sigmoid() for weight, output in outputs)
         return (total / sum(gate.weight for gate in self.gates)).cpu().numpy()
 
     @torch.inference_mode()
@@ -105,9 +140,9 @@ class EnsemblePredictor:
         because each extra full-resolution map is an allocation and a pass over memory of its own.
         The result is laid out class plane by class plane, as thresholding, component labelling and
         RLE want it (the networks' outputs are channels-last; post-processing strided planes was 3x
-        slower).
+        slower). The maps cross to the CPU once per batch, at the end.
         """
-        images = images.to(self.device, non_blocking=True)
+        images = self.to_device(images)
         norm = sum(model.weight for model in self.segmenters) * len(self.tta)
         total: torch.Tensor | None = None
         for model in self.segmenters:
@@ -124,7 +159,9 @@ class EnsemblePredictor:
         output is freed before the next forward pass allocates its own."""
         total: torch.Tensor | None = None
         for dims in self.tta:
-            value = module.model_logits(images.flip(dims) if dims else images).float()
+            with self.autocast():
+                value = module.model_logits(images.flip(dims) if dims else images)
+            value = value.float()
             if dims:
                 value = value.flip(dims)
             if self.average == "probabilities":
@@ -141,12 +178,17 @@ class EnsemblePredictor:
 
     def segment(self, images: torch.Tensor) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
         """Gate probabilities (B, 4) (None without a gate), the indices of the images that pass the gate,
-        and their (K, 4, H, W) probabilities: only those images are segmented."""
+        and their (K, 4, H, W) probabilities: only those images are segmented. The batch goes to the
+        device once, for the gate and the segmenters."""
+        images = self.to_device(images)
         gate_probs = self.gate_probabilities(images)
         chosen = np.flatnonzero(self.passes_gate(gate_probs, images.shape[0]))
         if not chosen.size:
             return gate_probs, chosen, np.zeros((0, len(EMPTY_RLES), *images.shape[-2:]), np.float32)
-        selected = images if chosen.size == len(images) else images[torch.from_numpy(chosen)]
+        if chosen.size == len(images):
+            selected = images
+        else:
+            selected = images[torch.from_numpy(chosen).to(images.device)]
         return gate_probs, chosen, self.probabilities(selected).numpy()
 
     def _masks(self, prob: np.ndarray, gate_probs: np.ndarray | None, index: int) -> np.ndarray:
@@ -243,13 +285,16 @@ def build_predictor(
     folds: list[int] | None = None,
     postprocess: PostprocessConfig | None = None,
     device: str | torch.device | None = None,
+    precision: str = "fp32",
 ) -> EnsemblePredictor:
     """Load the ensemble's checkpoints (only those of ``folds`` when given) once, into a predictor.
 
     Each member's folds share its weight equally. Missing checkpoints are all listed in one error
-    before anything loads; members of different modes are an error.
+    before anything loads; members of different modes are an error. ``precision`` is the
+    ``EnsemblePredictor``'s (fp32, fp16 on CUDA, bf16); a bad one is an error before anything loads.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    check_precision(precision, device)
     cfg.check_checkpoints(folds)
     members = [_load_runs(cfg, ref, folds, device) for ref in cfg.members]
     gates = _load_runs(cfg, cfg.gate, folds, device) if cfg.gate else []
@@ -269,4 +314,5 @@ def build_predictor(
         postprocess=postprocess,
         device=device,
         grayscale=segmenters[0].module.cfg.data.grayscale,
+        precision=precision,
     )

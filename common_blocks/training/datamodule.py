@@ -8,6 +8,7 @@ from pathlib import Path
 
 import lightning as L
 import pandas as pd
+import torch
 import torch.distributed as dist
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
 
@@ -130,7 +131,20 @@ class SteelDataModule(L.LightningDataModule):
     def test_images_dir(self) -> Path:
         return Path(self.cfg.data.data_dir) / "test_images"
 
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the batches go to a CUDA device: the attached Trainer's device when there is one
+        (Lightning attaches it before asking for loaders), else what ``trainer.accelerator`` resolves
+        to (``auto``: a GPU when one is visible, as ``runner.resolve_devices`` decides)."""
+        if self.trainer is not None:
+            return self.trainer.strategy.root_device.type == "cuda"
+        accelerator = self.cfg.trainer.accelerator
+        return accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available())
+
     def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler, drop_last: bool) -> DataLoader:
+        """Workers stay alive across epochs (no re-fork and re-import per epoch); for a GPU the
+        batches are collated into pinned (page-locked) memory, so Lightning's copy to the device is
+        asynchronous (non-blocking) and needs no staging copy."""
         workers = self.cfg.data.num_workers
         return DataLoader(
             dataset,
@@ -139,6 +153,7 @@ class SteelDataModule(L.LightningDataModule):
             num_workers=workers,
             drop_last=drop_last,
             persistent_workers=workers > 0,
+            pin_memory=self.on_gpu,
         )
 
     def train_sampler(self) -> Sampler[int]:
