@@ -34,6 +34,7 @@ fixup: $(STAMP)
 	$(PY) -m ruff format .
 
 bench: $(STAMP)
+	$(PY) -m benchmarks.bench_startup
 	$(PY) -m benchmarks.bench_rle
 	$(PY) -m benchmarks.bench_metric
 	$(PY) -m benchmarks.bench_loader

@@ -380,6 +380,144 @@ def _pseudo(args: argparse.Namespace) -> None:
         )
 
 
+# --- sweep ------------------------------------------------------------------------------------------
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    """An argparse type: ``KEY=VALUE`` with a non-empty key and value."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip() or not value:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value
+
+
+def _non_empty(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a name, got an empty string")
+    return text
+
+
+def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        required=True,
+        type=Path,
+        help=f"{ENSEMBLE_YAML}: every run of its members and gate is trained",
+    )
+    parser.add_argument(
+        "--executor",
+        required=True,
+        choices=("slurm", "local"),
+        help="slurm: submit a job array with sbatch and return; local: run the jobs on this machine and wait",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="overrides the ensemble's data_dir, which every run trains on and the OOF search validates on",
+    )
+    _set_option(parser, "override a key of every run's training config, e.g. --set trainer.max_epochs=5")
+    parser.add_argument(
+        "--out-dir",
+        type=_output_path,
+        help="runs root (default: the ensemble's runs_dir); logs in OUT_DIR/sweep_logs",
+    )
+    parser.add_argument(
+        "--pseudo", type=Path, metavar="CSV", help="pseudo-label CSV mixed into every run's training batches"
+    )
+    parser.add_argument("--train-only", action="store_true", help="train the runs, without the OOF search")
+    resources = parser.add_argument_group("resources of each job")
+    resources.add_argument(
+        "--gpus-per-job",
+        type=NON_NEGATIVE,
+        metavar="N",
+        help="GPUs (one DDP process each) per node of a training job (default: slurm 1; local 1 with a GPU, else 0)",
+    )
+    resources.add_argument(
+        "--timeout-min",
+        type=POSITIVE,
+        metavar="MIN",
+        help="time limit of a job in minutes; at it the job is requeued and resumes (default: slurm 240; local none)",
+    )
+    resources.add_argument(
+        "--array-parallelism",
+        type=POSITIVE,
+        metavar="K",
+        help="training jobs running at once (default: slurm all; local one per GPU group, 1 without a GPU)",
+    )
+    resources.add_argument(
+        "--num-nodes",
+        type=POSITIVE,
+        default=1,
+        metavar="N",
+        help="nodes of one run's DDP (slurm only; default 1)",
+    )
+    resources.add_argument("--partition", type=_non_empty, metavar="P", help="Slurm partition")
+    resources.add_argument(
+        "--slurm-option",
+        dest="slurm_options",
+        action="append",
+        default=[],
+        type=_key_value,
+        metavar="KEY=VALUE",
+        help="another sbatch option for every job, e.g. --slurm-option account=abc --slurm-option mem=64G",
+    )
+    resources.add_argument(
+        "--wait",
+        action="store_true",
+        help="slurm: wait for the jobs and fail as they do (local always waits)",
+    )
+    _loader_options(parser)  # of the OOF search
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    if args.executor == "local":
+        slurm_only = [
+            option
+            for option, given in (
+                ("--partition", args.partition is not None),
+                ("--num-nodes", args.num_nodes > 1),
+                ("--slurm-option", bool(args.slurm_options)),
+            )
+            if given
+        ]
+        if slurm_only:
+            raise ConfigError(
+                f"{', '.join(slurm_only)}: only with --executor slurm (the local executor runs on this machine)"
+            )
+    if args.out_dir is not None:
+        check_output_dir(args.out_dir, "the runs folder (--out-dir)")
+    if args.pseudo is not None:
+        _existing_file(args.pseudo, "--pseudo")
+    from common_blocks.cluster.availability import check_executor
+
+    check_executor(args.executor)  # what to install, before any config or model loads
+    from common_blocks.cluster.sweep import plan_sweep, resolve_resources, run_local, submit_slurm
+
+    resources = resolve_resources(
+        args.executor,
+        args.gpus_per_job,
+        args.timeout_min,
+        args.array_parallelism,
+        args.num_nodes,
+        args.partition,
+        dict(args.slurm_options),
+    )
+    plan = plan_sweep(
+        args.config,
+        train_overrides=args.overrides,
+        data_dir=args.data_dir,
+        pseudo=args.pseudo,
+        out_dir=args.out_dir,
+        train_only=args.train_only,
+        devices=resources.devices,
+        num_nodes=resources.num_nodes,
+    )
+    if args.executor == "slurm":
+        submit_slurm(plan, resources, args.batch_size, args.workers, args.wait)
+    else:
+        run_local(plan, resources, args.batch_size, args.workers)
+
+
 # --- data: folds, synthetic, dataset ----------------------------------------------------------------
 
 
@@ -466,6 +604,11 @@ COMMANDS: dict[str, Command] = {
     ),
     "report": Command("HTML report of an ensemble's out-of-fold results", _report_arguments, _report),
     "pseudo": Command("one pseudo-label round over the test images", _pseudo_arguments, _pseudo),
+    "sweep": Command(
+        "train every run of an ensemble as a job array (Slurm or this machine), then its OOF search",
+        _sweep_arguments,
+        _sweep,
+    ),
     "folds": Command("write folds.csv stratified on class combinations", _folds_arguments, _folds),
     "synthetic": Command("write a synthetic Severstal-like data set", _synthetic_arguments, _synthetic),
     "dataset": Command(

@@ -33,6 +33,7 @@ def test_help_lists_every_command():
         "folds",
         "synthetic",
         "dataset",
+        "sweep",
     } <= set(COMMANDS)
 
 
@@ -89,6 +90,37 @@ def test_data_commands_and_the_evaluation_package_load_no_torch(tmp_path):
             "--per-class: must be an integer >= 1",
         ),
         (["infer", "--config", "nowhere.yaml"], "nowhere.yaml: config file not found"),
+        (["sweep", "--config", "c.yaml"], "required: --executor"),
+        (["sweep", "--config", "c.yaml", "--executor", "pbs"], "invalid choice: 'pbs'"),
+        (
+            ["sweep", "--config", "c.yaml", "--executor", "slurm", "--timeout-min", "0"],
+            "--timeout-min: must be",
+        ),
+        (
+            ["sweep", "--config", "c.yaml", "--executor", "slurm", "--gpus-per-job", "-1"],
+            "--gpus-per-job: must",
+        ),
+        (
+            ["sweep", "--config", "c.yaml", "--executor", "slurm", "--array-parallelism", "x"],
+            "expected an integer",
+        ),
+        (
+            ["sweep", "--config", "c.yaml", "--executor", "slurm", "--slurm-option", "mem"],
+            "expected KEY=VALUE",
+        ),
+        (
+            ["sweep", "--config", "c.yaml", "--executor", "slurm", "--partition", ""],
+            "--partition: expected a name",
+        ),
+        (
+            ["sweep", "--config", "c.yaml", "--executor", "local", "--num-nodes", "2", "--partition", "gpu"],
+            "--partition, --num-nodes: only with --executor slurm",
+        ),
+        (
+            ["sweep", "--config", "c.yaml", "--executor", "local", "--pseudo", "p.csv"],
+            "p.csv: file not found",
+        ),
+        (["sweep", "--config", "nowhere.yaml", "--executor", "local"], "nowhere.yaml: config file not found"),
     ],
 )
 def test_bad_arguments_are_one_error_line(argv, message, tmp_path, monkeypatch, capsys):
@@ -102,7 +134,7 @@ def test_bad_arguments_are_one_error_line(argv, message, tmp_path, monkeypatch, 
     assert not list(tmp_path.iterdir())  # nothing written
 
 
-LAYERS = ("data", "evaluation", "training", "inference", "pseudo", "reports")
+LAYERS = ("data", "evaluation", "training", "inference", "cluster", "pseudo", "reports")
 PACKAGE = Path(__file__).resolve().parents[1] / "common_blocks"
 
 

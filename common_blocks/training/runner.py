@@ -19,6 +19,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
@@ -242,9 +243,11 @@ def build_trainer(
     *,
     resume_step: int | None = None,
     after_save: Callable[[dict[str, Any], Path], None] | None = None,
+    num_nodes: int = 1,
 ) -> tuple[L.Trainer, ModelCheckpoint]:
     """The Trainer of a run; ``resume_step`` is the first logger step of a resumed run (its CSV log
-    keeps the earlier rows), ``after_save(checkpoint, path)`` is called after each checkpoint."""
+    keeps the earlier rows), ``after_save(checkpoint, path)`` is called after each checkpoint;
+    ``num_nodes`` > 1 is one DDP run across nodes (Lightning reads the ranks from SLURM)."""
     # best.ckpt by the validation score; last.ckpt after every validation and, mid-epoch, every
     # checkpoint_every_n_steps training steps, so a killed run loses little.
     best = ModelCheckpoint(
@@ -282,8 +285,9 @@ def build_trainer(
     trainer = L.Trainer(
         accelerator=accelerator,
         devices=devices,
+        num_nodes=num_nodes,
         strategy=DDPStrategy(find_unused_parameters=cfg.trainer.find_unused_parameters)
-        if devices > 1
+        if devices * num_nodes > 1
         else "auto",
         precision=cfg.trainer.precision,
         max_epochs=cfg.trainer.max_epochs,
@@ -293,12 +297,25 @@ def build_trainer(
         log_every_n_steps=cfg.trainer.log_every_n_steps,
         callbacks=callbacks,
         logger=loggers,
-        plugins=[AtomicCheckpointIO(after_save)],
+        # Under SLURM the sweep's jobs requeue themselves (submitit); Lightning's own requeue stays off.
+        plugins=[
+            AtomicCheckpointIO(after_save),
+            *([SLURMEnvironment(auto_requeue=False)] if _under_slurm() else []),
+        ],
+        default_root_dir=paths.root,
         use_distributed_sampler=False,  # the balanced sampler shards itself per rank
         num_sanity_val_steps=0,
         enable_model_summary=False,
+        # Training crops and full validation images have fixed sizes: cuDNN picks the fastest
+        # convolution algorithms once per shape. None leaves the setting alone off the GPU.
+        benchmark=True if accelerator == "gpu" else None,
     )
     return trainer, best
+
+
+def _under_slurm() -> bool:
+    """Whether this process is a task of a SLURM job (Lightning's own test)."""
+    return SLURMEnvironment.detect()
 
 
 @contextmanager
@@ -322,8 +339,10 @@ def train_fold(
     devices: int = 1,
     resume: bool = False,
     overwrite: bool = False,
+    num_nodes: int = 1,
 ) -> dict:
-    """Fit one fold and evaluate its best checkpoint on the fold.
+    """Fit one fold and evaluate its best checkpoint on the fold (``num_nodes`` > 1: one DDP run
+    across nodes, ``devices`` per node).
 
     Returns the summary also written to ``summary.json``. The run folder ``OUT_DIR/NAME/foldK/``:
 
@@ -372,6 +391,7 @@ def train_fold(
             devices,
             resume_step=None if point is None else point.first_logged_step,
             after_save=progress.checkpoint_written,
+            num_nodes=num_nodes,
         )
         with lightning_warnings_that_do_not_apply():
             _interruptible(
