@@ -61,7 +61,7 @@ import lightning as L
 import pandas as pd
 
 from benchmarks.common import peak_rss_mib
-from common_blocks.cli import NON_NEGATIVE, POSITIVE, strict_json
+from common_blocks.cli import NON_NEGATIVE, POSITIVE, integer_at_least, strict_json
 from common_blocks.data.datasets import SegmentationDataset
 from common_blocks.data.formats import list_images
 from common_blocks.data.synthetic import generate
@@ -120,7 +120,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="training loader workers (default: min(12, CPUs - 2) on the GPU, 1 with --smoke)",
     )
     parser.add_argument(
-        "--n-train", type=_integer_at_least(8), help="synthetic training images (480; smoke 16)"
+        "--n-train", type=integer_at_least(8), help="synthetic training images (480; smoke 16)"
     )
     parser.add_argument(
         "--n-test", type=POSITIVE, help="synthetic test images for the predictor (48; smoke 4)"
@@ -153,19 +153,6 @@ def _path(text: str) -> Path:
     if not text:
         raise argparse.ArgumentTypeError("expected a path, got an empty string")
     return Path(text)
-
-
-def _integer_at_least(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
-        return value
-
-    return parse
 
 
 # --- devices and timing ------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
-def _integer(minimum: int) -> Callable[[str], int]:
+def integer_at_least(minimum: int) -> Callable[[str], int]:
     """An argparse type: an integer no smaller than ``minimum``."""
 
     def parse(text: str) -> int:
@@ -61,8 +61,8 @@ def _output_path(text: str) -> Path:
     return Path(text)
 
 
-POSITIVE = _integer(1)
-NON_NEGATIVE = _integer(0)
+POSITIVE = integer_at_least(1)
+NON_NEGATIVE = integer_at_least(0)
 
 
 def strict_json(value: object) -> object:
@@ -525,7 +525,9 @@ def _folds_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir", required=True, type=Path, help="folder with train.csv and train_images/"
     )
-    parser.add_argument("--n-folds", type=_integer(2), default=10, help="number of folds (default 10)")
+    parser.add_argument(
+        "--n-folds", type=integer_at_least(2), default=10, help="number of folds (default 10)"
+    )
     parser.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     parser.add_argument("--out", type=_output_path, help="output CSV (default DATA_DIR/folds.csv)")
 
