@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,15 @@ class Outcome:
     code: int
     stdout: str
     stderr: str
+
+
+def as_in_a_terminal() -> None:
+    """``preexec_fn`` for a child that a test interrupts: Ctrl-C delivered as in a terminal.
+
+    A shell's background job (CI may run the suite as one) inherits SIGINT ignored, and Python then
+    installs no KeyboardInterrupt handler in its children; a user's terminal always delivers it.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run(*args: object, cwd: Path | None = None, timeout: float = 300) -> Outcome:

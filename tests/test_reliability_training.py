@@ -31,7 +31,7 @@ from common_blocks.training.runner import (
     lightning_warnings_that_do_not_apply,
     train_fold,
 )
-from tests.cli_contract import Outcome, assert_one_error_line, run, run_in_process, snapshot
+from tests.cli_contract import Outcome, as_in_a_terminal, assert_one_error_line, run, run_in_process, snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLD = 0
@@ -92,6 +92,7 @@ def _start_train(args: list, stderr_path: Path) -> subprocess.Popen:
             stdout=subprocess.DEVNULL,
             stderr=stderr,
             start_new_session=True,  # the signal goes to its process group, as Ctrl-C in a terminal
+            preexec_fn=as_in_a_terminal,
         )
 
 

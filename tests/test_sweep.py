@@ -24,7 +24,7 @@ from common_blocks.errors import PipelineError
 from common_blocks.inference.ensemble_config import load_ensemble_config
 from common_blocks.run_folder import TRAIN_LOSS, RunPaths
 from common_blocks.training.config import load_config
-from tests.cli_contract import assert_one_error_line, run_in_process, snapshot
+from tests.cli_contract import as_in_a_terminal, assert_one_error_line, run_in_process, snapshot
 from tests.conftest import SEVERSTAL
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,6 +200,7 @@ def test_ctrl_c_stops_a_local_sweep_with_one_line_and_keeps_last_ckpt(tmp_path, 
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=as_in_a_terminal,
     )
     paths = RunPaths.of(tmp_path / "runs", "debug", 3)
     deadline = time.time() + 120
