@@ -24,27 +24,16 @@ import yaml
 
 from common_blocks.evaluation.metric import ScoreSummary
 from common_blocks.run_folder import RunPaths
-from common_blocks.training.config import load_config
-from common_blocks.training.datamodule import write_missing_folds
+from tests import test_inference
 from tests.cli_contract import assert_one_error_line, assert_unchanged, run, run_in_process, snapshot
 from tests.test_inference import DEBUG, DEBUG_GATE, ENSEMBLE, write_untrained
 
 FULL_DISK = OSError(errno.ENOSPC, "No space left on device")
 
 
-@pytest.fixture(scope="module")
-def data(synthetic_data):
-    write_missing_folds(load_config(DEBUG, [f"data.data_dir={synthetic_data}"]))  # as training does
-    return synthetic_data
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    runs = tmp_path_factory.mktemp("runs")
-    for config in (DEBUG, DEBUG_GATE):
-        for fold in (0, 1):
-            write_untrained(runs, config, fold)
-    return runs
+# The untrained debug runs and the data with its folds file, as test_inference builds them (one set per module).
+data = test_inference.data
+runs = test_inference.runs
 
 
 def ensemble_yaml(folder: Path, runs: Path, data: Path, **keys) -> Path:

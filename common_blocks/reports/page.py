@@ -152,57 +152,32 @@ def build_report(
     the labels of the OOF images and ``worst`` the images to draw (see ``worst_images``); returns the
     page."""
     with staged_folder(out_dir, "the report folder") as staging:
-        _write_report(
-            staging,
-            title=title,
-            table=table,
-            stats=stats,
-            result=result,
-            run_dirs=run_dirs,
-            images_dir=images_dir,
-            worst=worst,
-            cv_summary=cv_summary,
+        config = result.config
+        folds = sorted(set(stats.folds.tolist()))
+        intro = (
+            f'<p class="note">{stats.n_images} out-of-fold images, folds {", ".join(map(str, folds))}; '
+            f"classifier gate: {'yes' if stats.has_gate else 'none'}.</p>"
         )
+        plots = (
+            ("Class distribution", "class_distribution.png", class_distribution(table)),
+            ("Score against pixel threshold", "score_vs_threshold.png", score_vs_threshold(result)),
+            (
+                "Number of defect classes per image",
+                "confusion_class_count.png",
+                confusion_by_class_count(stats, config),
+            ),
+        )
+        sections = [intro, section_html("Local CV", _cv_html(cv_summary, config))]
+        sections += [
+            section_html(heading, figure_html(save_figure(fig, staging / name).name))
+            for heading, name, fig in plots
+        ]
+        if worst is None:
+            worst_body = '<p class="note">Not rendered (no predicted masks were given).</p>'
+        else:
+            class_dice = dict(zip(stats.image_ids.tolist(), pair_outcomes(stats, config)[0], strict=True))
+            worst_body = _worst_html(staging, worst, table, Path(images_dir), class_dice)
+        sections.append(section_html("Worst-scored validation images", worst_body))
+        sections.append(section_html("Training curves", _training_html(staging, run_dirs)))
+        write_page(staging, title, "".join(sections))
     return Path(out_dir) / "index.html"
-
-
-def _write_report(
-    out_dir: Path,
-    *,
-    title: str,
-    table: pd.DataFrame,
-    stats: OofStats,
-    result: SearchResult,
-    run_dirs: Sequence[str | os.PathLike],
-    images_dir: str | os.PathLike,
-    worst: Sequence[WorstImage] | None,
-    cv_summary: ScoreSummary,
-) -> Path:
-    config = result.config
-    folds = sorted(set(stats.folds.tolist()))
-    intro = (
-        f'<p class="note">{stats.n_images} out-of-fold images, folds {", ".join(map(str, folds))}; '
-        f"classifier gate: {'yes' if stats.has_gate else 'none'}.</p>"
-    )
-    plots = (
-        ("Class distribution", "class_distribution.png", class_distribution(table)),
-        ("Score against pixel threshold", "score_vs_threshold.png", score_vs_threshold(result)),
-        (
-            "Number of defect classes per image",
-            "confusion_class_count.png",
-            confusion_by_class_count(stats, config),
-        ),
-    )
-    sections = [intro, section_html("Local CV", _cv_html(cv_summary, config))]
-    sections += [
-        section_html(heading, figure_html(save_figure(fig, out_dir / name).name))
-        for heading, name, fig in plots
-    ]
-    if worst is None:
-        worst_body = '<p class="note">Not rendered (no predicted masks were given).</p>'
-    else:
-        class_dice = dict(zip(stats.image_ids.tolist(), pair_outcomes(stats, config)[0], strict=True))
-        worst_body = _worst_html(out_dir, worst, table, Path(images_dir), class_dice)
-    sections.append(section_html("Worst-scored validation images", worst_body))
-    sections.append(section_html("Training curves", _training_html(out_dir, run_dirs)))
-    return write_page(out_dir, title, "".join(sections))
