@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -169,7 +170,7 @@ BAD_RESUMES = {
         ["not a readable"],
         run_in_process,
     ),
-    "garbage": (lambda path: path.write_bytes(os.urandom(4096)), [], ["not a readable"], run_in_process),
+    "garbage": (lambda path: path.write_bytes(random.Random(0).randbytes(4096)), [], ["not a readable"], run_in_process),
     "foreign": (_foreign, [], ["not a training checkpoint of this pipeline"], run_in_process),
     "another model": (
         None,

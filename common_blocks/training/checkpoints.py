@@ -19,6 +19,7 @@ import torch
 from common_blocks.errors import PipelineError
 from common_blocks.training.module import DefectModule
 
+_ZIP_MAGIC = b"PK\x03\x04"  # how every torch.save file since torch 1.6 begins
 # What torch.load and load_state_dict raise for a truncated, foreign or mismatched file.
 _UNREADABLE = (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError)
 
@@ -54,15 +55,23 @@ def _read(path: Path) -> dict[str, Any]:
     torch file (truncated, empty, garbage)."""
     if not path.is_file():
         raise PipelineError(f"{path}: checkpoint not found")
+    with path.open("rb") as handle:
+        head = handle.read(len(_ZIP_MAGIC))
+    if not head:
+        raise PipelineError(f"{path}: not a readable checkpoint of this pipeline (the file is empty)")
+    if head != _ZIP_MAGIC:
+        # torch.save writes zip archives; torch's fallback unpickler fails on arbitrary bytes with
+        # whatever error the bytes happen to trigger, so anything else is refused before it runs
+        raise PipelineError(
+            f"{path}: not a readable checkpoint of this pipeline (not a torch checkpoint: no zip archive)"
+        )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except _UNREADABLE as error:
-        if path.stat().st_size == 0:
-            detail = "the file is empty"
-        elif isinstance(error, pickle.UnpicklingError):
+        if isinstance(error, pickle.UnpicklingError):
             # torch's text suggests loading it with weights_only=False: never for a file that is no checkpoint
             detail = "not a torch checkpoint, or one holding objects other than tensors and plain data"
-        elif "zip archive" in str(error):  # torch files are zip archives: a cut one has no central directory
+        elif "zip archive" in str(error):  # a cut archive has no central directory
             detail = "truncated or damaged, not a complete checkpoint file"
         else:
             detail = _detail(error)
