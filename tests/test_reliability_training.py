@@ -170,7 +170,12 @@ BAD_RESUMES = {
         ["not a readable"],
         run_in_process,
     ),
-    "garbage": (lambda path: path.write_bytes(random.Random(0).randbytes(4096)), [], ["not a readable"], run_in_process),
+    "garbage": (
+        lambda path: path.write_bytes(random.Random(0).randbytes(4096)),
+        [],
+        ["not a readable"],
+        run_in_process,
+    ),
     "foreign": (_foreign, [], ["not a training checkpoint of this pipeline"], run_in_process),
     "another model": (
         None,
