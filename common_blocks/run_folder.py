@@ -9,7 +9,10 @@ from pathlib import Path
 
 TRAIN_LOSS = "train/loss"
 VAL_LOSS = "val/loss"
-VAL_SCORE = "val/score"  # maximised: picks best.ckpt, drives the plateau schedule and early stopping
+VAL_SCORE = "val/score"  # the fold's score at the config's fixed validation threshold and minimum area
+VAL_TUNED_SCORE = "val/tuned_score"  # the same fold's score under the post-processing searched on it
+# trainer.monitor -> the metric (maximised) that picks best.ckpt, drives the plateau schedule and early stopping
+MONITORED = {"score": VAL_SCORE, "tuned_score": VAL_TUNED_SCORE}
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,20 @@ class RunPaths:
         return self.root / "last.ckpt"
 
     @property
+    def averaged(self) -> Path:
+        """The mean of the weights of the ``trainer.average_top_k`` best validations."""
+        return self.root / "averaged.ckpt"
+
+    @property
+    def top_k(self) -> Path:
+        """The weights of the best validations so far, one file per epoch, that ``averaged.ckpt`` averages."""
+        return self.root / "top_k"
+
+    def checkpoint(self, kind: str) -> Path:
+        """The checkpoint an ensemble member names: ``best``, ``averaged`` or ``last``."""
+        return {"best": self.best, "averaged": self.averaged, "last": self.last}[kind]
+
+    @property
     def config(self) -> Path:
         return self.root / "config.yaml"
 
@@ -51,7 +68,7 @@ class RunPaths:
     @property
     def run_files(self) -> tuple[Path, ...]:
         """Everything a run writes into its folder, checkpoints first."""
-        return self.last, self.best, self.summary, self.config, self.logs
+        return self.last, self.best, self.averaged, self.top_k, self.summary, self.config, self.logs
 
     @property
     def logs(self) -> Path:

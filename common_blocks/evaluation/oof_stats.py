@@ -323,6 +323,26 @@ class OofStats:
     def n_images(self) -> int:
         return int(self.image_ids.shape[0])
 
+    @classmethod
+    def merge(cls, parts: Sequence[OofStats]) -> OofStats:
+        """The statistics of disjoint image sets made on one grid (DDP ranks' shards) as one."""
+        first = parts[0]
+        for part in parts[1:]:
+            same_grid = (
+                np.array_equal(part.thresholds, first.thresholds)
+                and np.array_equal(part.min_sizes, first.min_sizes)
+                and part.fill_holes == first.fill_holes
+            )
+            if not same_grid:
+                raise DataError("cannot merge OOF stats made on different grids")
+        arrays = {
+            name: np.concatenate([getattr(part, name) for part in parts])
+            for name in ("image_ids", "folds", "area", "intersection", "truth_area", "gate")
+        }
+        return cls(
+            thresholds=first.thresholds, min_sizes=first.min_sizes, fill_holes=first.fill_holes, **arrays
+        )
+
     @property
     def has_gate(self) -> bool:
         """Whether any classifier probability is attached."""

@@ -3,7 +3,7 @@
 One YAML names the member families (a training config ``configs/NAME.yaml`` or a run name), the
 folds and weight of each, the test-time augmentations, the classifier gate, and the post-processing:
 per-class defaults, overridden by the tuned values ``validate.py oof`` writes to
-``postprocess.thresholds_file`` once that file exists. Checkpoints are ``RUNS_DIR/NAME/foldK/best.ckpt``.
+``postprocess.thresholds_file`` once that file exists. Checkpoints are ``RUNS_DIR/NAME/foldK/best.ckpt`` (or ``averaged.ckpt``, ``last.ckpt``).
 Relative paths are relative to the working directory, as in the training configs.
 """
 
@@ -34,6 +34,8 @@ class RunRef(Section):
 
     config: str
     folds: list[int] = Field(min_length=1)
+    # which checkpoint of each run: best.ckpt, averaged.ckpt (trainer.average_top_k) or last.ckpt
+    checkpoint: Literal["best", "averaged", "last"] = "best"
 
     @field_validator("config")
     @classmethod
@@ -58,8 +60,8 @@ class RunRef(Section):
             return self.config
         return str(read_yaml(self.config).get("name", Path(self.config).stem))
 
-    def checkpoint(self, runs_dir: Path, fold: int) -> Path:
-        return RunPaths.of(runs_dir, self.name, fold).best
+    def checkpoint_path(self, runs_dir: Path, fold: int) -> Path:
+        return RunPaths.of(runs_dir, self.name, fold).checkpoint(self.checkpoint)
 
 
 class MemberConfig(RunRef):
@@ -160,7 +162,7 @@ class EnsembleConfig(Section):
     def missing_checkpoints(self, folds: list[int] | None = None) -> list[Path]:
         """Checkpoints of the members and the gate (only of ``folds`` when given) that do not exist."""
         wanted = [
-            ref.checkpoint(self.runs_dir, fold)
+            ref.checkpoint_path(self.runs_dir, fold)
             for ref in self.runs
             for fold in ref.folds
             if folds is None or fold in folds

@@ -217,7 +217,7 @@ def activate_(logits: torch.Tensor, mode: str) -> torch.Tensor:
 
 
 def _checkpoints(cfg: EnsembleConfig, ref: RunRef, folds: list[int] | None) -> list[Path]:
-    return [ref.checkpoint(cfg.runs_dir, fold) for fold in ref.folds if folds is None or fold in folds]
+    return [ref.checkpoint_path(cfg.runs_dir, fold) for fold in ref.folds if folds is None or fold in folds]
 
 
 def _load_runs(

@@ -51,6 +51,15 @@ class TrainerConfig(Section):
     gradient_clip_val: float | None = Field(None, gt=0)
     channels_last: bool = True
     find_unused_parameters: bool = False  # DDP: needed when a model has parameters outside the loss path
+    # What picks best.ckpt, drives the plateau schedule and early stopping: val/score (fixed
+    # post-processing) or val/tuned_score (post-processing searched on the fold: optimistic)
+    monitor: Literal["score", "tuned_score"] = "score"
+    # Write averaged.ckpt: the mean weights of the K best validations by the monitored score
+    average_top_k: int | None = Field(None, ge=2)
+    # Batch-norm statistics of averaged.ckpt: the mean of the K checkpoints' statistics, or
+    # re-estimated on that many training batches with the averaged weights
+    average_batch_norm: Literal["mean", "reestimate"] = "mean"
+    reestimate_batches: int = Field(20, ge=1)
     early_stopping_patience: int | None = Field(6, ge=1)
     checkpoint_every_n_steps: int | None = Field(200, ge=1)  # refresh last.ckpt mid-epoch
     limit_train_batches: int | float | None = None  # Lightning's limit, for quick runs
@@ -59,10 +68,12 @@ class TrainerConfig(Section):
 
 
 class ValidationConfig(Section):
-    """Fixed, simple post-processing for the per-epoch validation score."""
+    """Fixed, simple post-processing for the per-epoch validation score; ``tuned_score`` also logs
+    the fold's score under the post-processing searched on it (the ``oof`` grid, the default minimum areas)."""
 
     threshold: float = Field(0.5, gt=0, lt=1)
     min_area: int = Field(0, ge=0)
+    tuned_score: bool = True
 
 
 class OofConfig(Section):
@@ -99,6 +110,12 @@ class TrainConfig(Section):
     def _consistent(self) -> TrainConfig:
         if not self.loss:
             raise ValueError("loss needs at least one term")
+        if self.trainer.monitor == "tuned_score" and not (
+            self.validation.tuned_score and self.task == "segmentation"
+        ):
+            raise ValueError(
+                "trainer.monitor 'tuned_score' needs validation.tuned_score: true and a segmentation task"
+            )
         if self.data.grayscale and self.model.args.get("in_channels", 1) != 1:
             raise ValueError("data.grayscale feeds one channel: model.args.in_channels must be 1 or unset")
         return self

@@ -6,10 +6,14 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
+from common_blocks.data.formats import N_CLASSES
 from common_blocks.errors import PipelineError
-from common_blocks.run_folder import TRAIN_LOSS, VAL_LOSS, VAL_SCORE
+from common_blocks.evaluation.oof_stats import OofStats, OofStatsBuilder
+from common_blocks.evaluation.threshold_search import search
+from common_blocks.run_folder import MONITORED, TRAIN_LOSS, VAL_LOSS, VAL_SCORE, VAL_TUNED_SCORE
 from common_blocks.training.competition_score import CompetitionScore
 from common_blocks.training.config import TrainConfig
 from common_blocks.training.losses import (
@@ -50,8 +54,14 @@ class DefectModule(L.LightningModule):
         self.model = build_model(model_cfg, num_outputs_for_mode(self.task_mode))
         self.loss = build_loss(self.cfg.loss, self.task_mode)
         self.val_score = CompetitionScore()
+        self.tunes_score = self.cfg.validation.tuned_score and not self.is_classifier
+        self.val_stats = self._new_stats_builder()
         if self.cfg.trainer.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+
+    def _new_stats_builder(self) -> OofStatsBuilder:
+        oof = self.cfg.oof
+        return OofStatsBuilder(oof.thresholds, oof.min_sizes, (oof.fill_holes,) * N_CLASSES)
 
     @property
     def is_classifier(self) -> bool:
@@ -132,7 +142,20 @@ class DefectModule(L.LightningModule):
         probs = probabilities(self.to_input_size(logits.float(), images), self.task_mode)
         truth = batch["target"] if self.is_classifier else batch["mask"]
         self.val_score.update(probs, truth, self.cfg.validation.threshold, self.cfg.validation.min_area)
+        if self.tunes_score:
+            self.val_stats.add(batch["image_id"], probs.cpu().numpy(), truth.cpu().numpy())
         return {"probs": probs}
+
+    def _tuned_score(self) -> float:
+        """The competition score of the epoch's validation images under the post-processing searched
+        on them: ``validate.py oof``'s exact search for this one model without TTA (optimistic)."""
+        stats = self.val_stats.build()
+        self.val_stats = self._new_stats_builder()
+        if dist.is_available() and dist.is_initialized():
+            parts: list[OofStats | None] = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, stats)
+            stats = OofStats.merge(parts)
+        return search(stats, gates=(0.0,)).score if stats.n_images else float("nan")
 
     def on_validation_epoch_end(self) -> None:
         summary = self.val_score.summary()
@@ -141,11 +164,15 @@ class DefectModule(L.LightningModule):
         self.log("val/positive_dice", summary.positive_dice)
         for class_id, value in summary.per_class.items():
             self.log(f"val/score_class{class_id}", value)
+        self.last_tuned_score = self._tuned_score() if self.tunes_score else None
+        if self.last_tuned_score is not None:
+            self.log(VAL_TUNED_SCORE, self.last_tuned_score)
         self.last_summary = summary
 
     def configure_optimizers(self) -> Any:
         optimizer = build_optimizer(self.model, self.cfg.optimizer)
-        scheduler = build_scheduler(optimizer, self.cfg.scheduler, self.cfg.trainer.max_epochs, VAL_SCORE)
+        monitor = MONITORED[self.cfg.trainer.monitor]
+        scheduler = build_scheduler(optimizer, self.cfg.scheduler, self.cfg.trainer.max_epochs, monitor)
         if scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": scheduler}

@@ -27,7 +27,8 @@ from common_blocks.config_io import apply_overrides, validate_tree
 from common_blocks.errors import ConfigError, Interrupted, PipelineError
 from common_blocks.evaluation.metric import ScoreSummary
 from common_blocks.files import atomic_output
-from common_blocks.run_folder import VAL_SCORE, RunPaths
+from common_blocks.run_folder import MONITORED, RunPaths
+from common_blocks.training.averaging import TopKWeights
 from common_blocks.training.callbacks import (
     AtomicCheckpointIO,
     ProgressBar,
@@ -248,12 +249,13 @@ def build_trainer(
     """The Trainer of a run; ``resume_step`` is the first logger step of a resumed run (its CSV log
     keeps the earlier rows), ``after_save(checkpoint, path)`` is called after each checkpoint;
     ``num_nodes`` > 1 is one DDP run across nodes (Lightning reads the ranks from SLURM)."""
-    # best.ckpt by the validation score; last.ckpt after every validation and, mid-epoch, every
+    # best.ckpt by the monitored score; last.ckpt after every validation and, mid-epoch, every
     # checkpoint_every_n_steps training steps, so a killed run loses little.
+    monitor = MONITORED[cfg.trainer.monitor]
     best = ModelCheckpoint(
         dirpath=paths.root,
         filename="best",
-        monitor=VAL_SCORE,
+        monitor=monitor,
         mode="max",
         save_top_k=1,
         save_last=True,
@@ -270,6 +272,9 @@ def build_trainer(
                 enable_version_counter=False,
             )
         )
+    if cfg.trainer.average_top_k is not None:
+        reestimate = cfg.trainer.reestimate_batches if cfg.trainer.average_batch_norm == "reestimate" else 0
+        callbacks.append(TopKWeights(paths, cfg.trainer.average_top_k, monitor, reestimate))
     callbacks += [
         SelfContainedRunFolder(paths.root),
         Throughput(),
@@ -277,7 +282,7 @@ def build_trainer(
         *extra_callbacks,
     ]
     if cfg.trainer.early_stopping_patience is not None:
-        callbacks.append(EarlyStopping(VAL_SCORE, mode="max", patience=cfg.trainer.early_stopping_patience))
+        callbacks.append(EarlyStopping(monitor, mode="max", patience=cfg.trainer.early_stopping_patience))
     loggers = [
         TensorBoardLogger(save_dir=paths.logs.parent, name=paths.logs.name, version="tensorboard"),
         RunCSVLogger(paths.logs.parent, paths.logs.name, paths.metrics.parent.name, resume_step),
@@ -404,9 +409,18 @@ def train_fold(
             progress.fitted = True
             # The best checkpoint of this folder, never a path restored from a checkpoint.
             best_path = paths.best if paths.best.is_file() else paths.last
-            _interruptible(
-                trainer, trainer.validate, module, datamodule=datamodule, ckpt_path=best_path, verbose=False
-            )
+            scores = {}
+            for path in (best_path, paths.averaged):
+                if path == best_path or path.is_file():
+                    _interruptible(
+                        trainer,
+                        trainer.validate,
+                        module,
+                        datamodule=datamodule,
+                        ckpt_path=path,
+                        verbose=False,
+                    )
+                    scores[path] = {**module.last_summary.to_dict(), "tuned_score": module.last_tuned_score}
     except KeyboardInterrupt:
         if lead:
             progress.failed()
@@ -426,8 +440,10 @@ def train_fold(
         "best_checkpoint": str(best_path.absolute()),
         "epochs": trainer.current_epoch,
         "n_valid_images": len(datamodule.valid_table),
-        **module.last_summary.to_dict(),
+        **scores[best_path],
     }
+    if paths.averaged in scores:
+        summary["averaged"] = {"checkpoint": str(paths.averaged.absolute()), **scores[paths.averaged]}
     if trainer.is_global_zero:
         with atomic_output(paths.summary, "the run's summary") as temporary:
             temporary.write_text(json.dumps(summary, indent=2))

@@ -1,0 +1,130 @@
+"""The top-solution techniques' mechanics: checkpoint weight averaging, the tuned validation score and
+its monitor, the soft gate, defect blackout, BCE positive weights, staged training."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from common_blocks.cli import main as cli_main
+from common_blocks.run_folder import VAL_SCORE, VAL_TUNED_SCORE, RunPaths
+from common_blocks.training.averaging import average_state_dicts, reestimate_batch_norm
+from common_blocks.training.checkpoints import load_checkpoint
+from common_blocks.training.config import load_config
+from common_blocks.training.runner import train_fold
+
+TOP_K = 2
+
+
+def _epoch_metrics(paths: RunPaths) -> pd.DataFrame:
+    metrics = pd.read_csv(paths.metrics)
+    return metrics.dropna(subset=[VAL_SCORE]).set_index("epoch")
+
+
+@pytest.fixture(scope="module")
+def averaged_run(synthetic_data, debug_config, tmp_path_factory):
+    """4 epochs of the debug model, best.ckpt and the averaged weights picked by the tuned score."""
+    out = tmp_path_factory.mktemp("runs")
+    overrides = [
+        f"data.data_dir={synthetic_data}",
+        "trainer.max_epochs=4",
+        f"trainer.average_top_k={TOP_K}",
+        "trainer.monitor=tuned_score",
+    ]
+    cfg = load_config(debug_config, overrides)
+    summary = train_fold(cfg, 0, out)
+    return cfg, RunPaths.of(out, cfg.name, 0), summary
+
+
+def test_averaged_weights_are_the_mean_of_the_k_best_validations(averaged_run):
+    _, paths, summary = averaged_run
+    tuned = _epoch_metrics(paths)[VAL_TUNED_SCORE]
+    kept = sorted(paths.top_k.glob("epoch*.pt"))
+    expected_epochs = sorted(tuned.sort_values(ascending=False, kind="stable").index[:TOP_K])
+    assert [int(path.stem.removeprefix("epoch")) for path in kept] == expected_epochs
+    states = [torch.load(path, weights_only=True)["state_dict"] for path in kept]
+    averaged = torch.load(paths.averaged, weights_only=True)
+    assert sorted(averaged["averaged_epochs"]) == expected_epochs
+    for name, tensor in averaged["state_dict"].items():
+        if tensor.is_floating_point():
+            torch.testing.assert_close(tensor, (states[0][name] + states[1][name]) / 2, rtol=1e-6, atol=1e-7)
+        else:
+            assert torch.equal(tensor, states[0][name]) or torch.equal(tensor, states[1][name])
+    assert "optimizer_states" not in averaged
+    assert load_checkpoint(paths.averaged).cfg.name == "debug"
+    assert summary["averaged"]["checkpoint"] == str(paths.averaged.absolute())
+    assert 0.0 <= summary["averaged"]["score"] <= 1.0
+
+
+def test_best_checkpoint_is_the_epoch_of_the_best_tuned_score(averaged_run):
+    _, paths, summary = averaged_run
+    tuned = _epoch_metrics(paths)[VAL_TUNED_SCORE]
+    best_epoch = int(tuned.idxmax())  # the first of ties, as ModelCheckpoint keeps the first
+    assert torch.load(paths.best, weights_only=True)["epoch"] == best_epoch
+    assert summary["tuned_score"] == pytest.approx(tuned.max(), abs=1e-6)
+
+
+def test_tuned_score_is_the_local_cv_of_the_run_alone(averaged_run, synthetic_data, tmp_path, capsys):
+    """The logged tuned score is what ``validate.py oof`` finds for an ensemble of this one checkpoint
+    without TTA: the same statistics grid and the same search."""
+    cfg, paths, summary = averaged_run
+    ensemble = tmp_path / "alone.yaml"
+    ensemble.write_text(
+        json.dumps(
+            {
+                "runs_dir": str(paths.root.parent.parent),
+                "data_dir": str(synthetic_data),
+                "members": [{"config": cfg.name, "folds": [0]}],
+                "tta": ["none"],
+                "leaderboard": str(tmp_path / "leaderboard.csv"),
+            }
+        )
+    )
+    cli_main(["oof", "--config", str(ensemble), "--json"])
+    local_cv = json.loads(capsys.readouterr().out)["score"]
+    assert local_cv == pytest.approx(summary["tuned_score"], abs=1e-9)
+
+
+def test_an_ensemble_member_can_use_the_averaged_checkpoint(averaged_run, synthetic_data, tmp_path, capsys):
+    cfg, paths, summary = averaged_run
+    ensemble = tmp_path / "averaged.yaml"
+    ensemble.write_text(
+        json.dumps(
+            {
+                "runs_dir": str(paths.root.parent.parent),
+                "data_dir": str(synthetic_data),
+                "members": [{"config": cfg.name, "folds": [0], "checkpoint": "averaged"}],
+                "tta": ["none"],
+                "leaderboard": str(tmp_path / "leaderboard.csv"),
+            }
+        )
+    )
+    cli_main(["oof", "--config", str(ensemble), "--json"])
+    assert json.loads(capsys.readouterr().out)["score"] == pytest.approx(
+        summary["averaged"]["tuned_score"], abs=1e-9
+    )
+
+
+def test_average_of_state_dicts_is_elementwise_and_keeps_counters():
+    generator = torch.Generator().manual_seed(0)
+    states = [{"w": torch.randn(3, 4, generator=generator), "n": torch.tensor(step)} for step in (5, 7, 9)]
+    averaged = average_state_dicts(states)
+    torch.testing.assert_close(averaged["w"], sum(s["w"] for s in states) / 3)
+    assert averaged["n"].item() == 5 and averaged["n"].dtype == torch.int64
+    with pytest.raises(ValueError, match="different keys"):
+        average_state_dicts([states[0], {"w": states[1]["w"]}])
+
+
+def test_batch_norm_reestimation_gives_the_statistics_of_the_batches():
+    layer = torch.nn.BatchNorm2d(2, momentum=0.1)
+    layer.running_mean.fill_(5.0)
+    model = torch.nn.Sequential(layer).eval()
+    generator = torch.Generator().manual_seed(1)
+    batches = [torch.randn(4, 2, 3, 3, generator=generator) * 2 + 1 for _ in range(3)]
+    reestimate_batch_norm(model, batches)
+    pixels = torch.cat(batches).transpose(0, 1).reshape(2, -1)
+    torch.testing.assert_close(layer.running_mean, pixels.mean(dim=1))
+    assert layer.momentum == 0.1 and not model.training
