@@ -149,3 +149,30 @@ def test_bad_loss_arguments_name_the_term() -> None:
 def test_unknown_mode_is_rejected() -> None:
     with pytest.raises(ConfigError, match="unknown mode 'multi'"):
         build_loss([LossTerm(type="bce")], "multi")
+
+
+def test_bce_positive_weights_multiply_each_class_defect_pixels(mask: torch.Tensor) -> None:
+    weights = [2.0, 2.0, 1.0, 1.5]
+    loss = build_loss([LossTerm(type="bce", args={"pos_weight": weights})], "multilabel")
+    logits = torch.randn(mask.shape, generator=torch.Generator().manual_seed(0))
+    positive = -F.logsigmoid(logits) * mask
+    negative = -F.logsigmoid(-logits) * (1 - mask)
+    expected = (positive * torch.tensor(weights).view(1, 4, 1, 1) + negative).mean()
+    torch.testing.assert_close(loss(logits, mask), expected)
+    gate = build_loss([LossTerm(type="bce", args={"pos_weight": weights})], "classification")
+    presence = mask.amax(dim=(2, 3))
+    assert gate(logits.mean(dim=(2, 3)), presence).ndim == 0
+
+
+@pytest.mark.parametrize(
+    ("mode", "pos_weight", "message"),
+    [
+        ("multilabel", [2.0, 1.0], "expected a list of 4 numbers"),
+        ("multilabel", [2.0, 1.0, 0.0, 1.0], "positive numbers"),
+        ("binary", [2.0, 1.0, 1.0, 1.0], "expected a list of 1 numbers"),
+        ("multiclass", [2.0, 1.0, 1.0, 1.0, 1.0], "takes 'weight'"),
+    ],
+)
+def test_bad_positive_weights_name_the_term(mode: str, pos_weight: list, message: str) -> None:
+    with pytest.raises(ConfigError, match=rf"loss\[0\]\.args: .*{message}"):
+        build_loss([LossTerm(type="bce", args={"pos_weight": pos_weight})], mode)

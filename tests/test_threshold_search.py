@@ -1,4 +1,5 @@
 import itertools
+import json
 
 import cv2
 import numpy as np
@@ -20,6 +21,7 @@ THRESHOLDS = (0.3, 0.5, 0.7)
 MIN_SIZES = (0, 5, 20)
 MIN_AREAS = (0, 10, 50, 200, 800)
 GATES = (0.0, 0.4, 0.7)
+FACTORS = (1.0, 2.5, 6.0, None)  # 1: no gate, None: the hard gate
 FILL = (False, True, False, True)
 
 
@@ -62,17 +64,19 @@ def case():
     return ids, probs, truths, gate, build_stats(ids, probs, truths, gate)
 
 
-def brute_force_scores(probs, truths, gate) -> np.ndarray:
-    """(4, T, M, A, G) mean Dice by running the inference post-processing for every setting."""
-    scores = np.empty((4, len(THRESHOLDS), len(MIN_SIZES), len(MIN_AREAS), len(GATES)))
+def brute_force_scores(probs, truths, gate, factors=FACTORS) -> np.ndarray:
+    """(4, T, M, A, G, F) mean Dice by running the inference post-processing for every setting."""
+    grids = (THRESHOLDS, MIN_SIZES, MIN_AREAS, GATES, factors)
+    scores = np.empty((4, *map(len, grids)))
     for k in range(4):
-        for index in itertools.product(*(range(len(g)) for g in (THRESHOLDS, MIN_SIZES, MIN_AREAS, GATES))):
-            t, m, a, g = index
+        for index in itertools.product(*(range(len(g)) for g in grids)):
+            t, m, a, g, f = index
             cfg = ClassPostprocess(
                 threshold=THRESHOLDS[t],
                 min_size=MIN_SIZES[m],
                 min_area=MIN_AREAS[a],
                 gate=GATES[g],
+                gate_factor=factors[f],
                 fill_holes=FILL[k],
             )
             gate_probs = [None] * len(probs) if gate is None else gate[:, k].tolist()
@@ -112,9 +116,10 @@ def test_image_stats_agree_with_postprocess_mask():
 
 def test_search_is_exact_against_brute_force(case):
     ids, probs, truths, gate, stats = case
-    result = search(stats, MIN_AREAS, GATES)
+    result = search(stats, MIN_AREAS, GATES, FACTORS)
     brute = brute_force_scores(probs, truths, gate)
     np.testing.assert_allclose(result.scores, brute, rtol=0, atol=1e-12)
+    assert [c.gate_factor for c in result.config.classes] != [None] * 4  # the soft gate wins somewhere
     best = brute.reshape(4, -1).max(axis=1)
     np.testing.assert_allclose(result.class_scores, best, rtol=0, atol=1e-12)
     assert result.score == pytest.approx(best.mean(), abs=1e-12)
@@ -156,9 +161,9 @@ def test_without_classifier_only_gate_zero_is_searched(case):
     ids, probs, truths, _, _ = case
     stats = build_stats(ids, probs, truths)
     assert not stats.has_gate
-    result = search(stats, MIN_AREAS, GATES)
-    assert result.gates.tolist() == [0.0]
-    brute = brute_force_scores(probs, truths, None)[..., :1]
+    result = search(stats, MIN_AREAS, GATES, FACTORS)
+    assert result.gates.tolist() == [0.0] and [c.gate_factor for c in result.config.classes] == [None] * 4
+    brute = brute_force_scores(probs, truths, None, (None,))[..., :1, :]
     np.testing.assert_allclose(result.scores, brute, rtol=0, atol=1e-12)
     partial = stats.gate.copy()
     partial[0] = 0.5
@@ -186,11 +191,45 @@ def test_stats_and_result_round_trip(case, tmp_path):
     for name in vars(stats):
         assert np.array_equal(getattr(loaded, name), getattr(stats, name), equal_nan=name == "gate"), name
     assert loaded.fill_holes == FILL
-    result = search(stats, MIN_AREAS, GATES)
+    result = search(stats, MIN_AREAS, GATES, FACTORS)
     result.save(tmp_path / "search.json")
     again = SearchResult.load(tmp_path / "search.json")
     assert again.config == result.config
     assert np.array_equal(again.scores, result.scores) and again.score == result.score
+    assert np.array_equal(again.gate_factors, result.gate_factors)
+
+
+def test_a_version_1_result_reads_as_the_hard_gate(case, tmp_path):
+    """Thresholds files written before the gate factor existed keep working."""
+    *_, stats = case
+    result = search(stats, MIN_AREAS, GATES)
+    data = result.to_dict()
+    data["format_version"] = 1
+    del data["grid"]["gate_factors"]
+    data["scores"] = np.asarray(data["scores"])[..., 0].tolist()
+    for cfg in data["config"]["classes"]:
+        del cfg["gate_factor"]
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    again = SearchResult.load(tmp_path / "old.json")
+    assert again.config == result.config and np.array_equal(again.scores, result.scores)
+
+
+@pytest.mark.parametrize("factors", [(), (None, 2.0), (0.5,), (3.0, 2.0), (None, None)])
+def test_bad_gate_factor_grids_are_config_errors(case, factors):
+    *_, stats = case
+    with pytest.raises(ConfigError, match="gate_factors"):
+        search(stats, MIN_AREAS, GATES, factors)
+
+
+def test_soft_gate_keeps_a_gated_mask_only_above_the_multiplied_area():
+    prob = np.zeros((16, 16), np.float32)
+    prob[:5, :6] = 0.9  # 30 pixels
+    soft = ClassPostprocess(min_area=10, gate=0.5, gate_factor=3.0)
+    assert postprocess_mask(prob, soft, gate_prob=0.4).sum() == 30  # 30 >= 10 * 3
+    assert postprocess_mask(prob, soft.model_copy(update={"gate_factor": 3.5}), gate_prob=0.4).sum() == 0
+    assert postprocess_mask(prob, soft.model_copy(update={"gate_factor": None}), gate_prob=0.4).sum() == 0
+    assert postprocess_mask(prob, soft.model_copy(update={"min_area": 40}), gate_prob=0.6).sum() == 0
+    assert postprocess_mask(prob, soft, gate_prob=0.6).sum() == 30
 
 
 def test_bad_files_raise_data_errors(case, tmp_path):

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pickle
 
 import albumentations as A
+import cv2
 import numpy as np
 import pytest
 from pydantic import ValidationError
@@ -10,6 +11,7 @@ from pydantic import ValidationError
 from common_blocks.data.rle import IMAGE_SHAPE
 from common_blocks.data.transforms import (
     AugmentConfig,
+    DefectBlackout,
     DefectCrop,
     build_train_transform,
     seed_transform,
@@ -136,3 +138,52 @@ def test_crop_preference_extremes_build_a_single_crop() -> None:
     for preference, crop_type in ((1.0, DefectCrop), (0.0, A.RandomCrop)):
         one_of = build_train_transform(AugmentConfig(crop_prefer_defect=preference)).transforms[0]
         assert [type(t) for t in one_of.transforms] == [crop_type]
+
+
+def blackout_case() -> tuple[np.ndarray, np.ndarray]:
+    """A textured RGB image (no black pixel) and a mask with 3 components in class 1 (two of them
+    touching only diagonally: one 8-connected component), 1 in class 3 overlapping class 1, none in 2 and 4."""
+    image = np.stack([asymmetric_image() % 200 + 20] * 3, axis=-1)
+    mask = np.zeros((HEIGHT, WIDTH, 4), np.uint8)
+    mask[10:20, 10:30, 0] = 1
+    mask[20:25, 30:40, 0] = 1  # touches the first at a corner
+    mask[100:140, 500:700, 0] = 1
+    mask[200:220, 1000:1100, 0] = 1
+    mask[110:130, 650:750, 2] = 1  # overlaps the third class-1 component
+    return image, mask
+
+
+def test_blackout_removes_exactly_the_component_it_blacks_out() -> None:
+    image, mask = blackout_case()
+    components = []
+    for channel in range(4):
+        count, labels = cv2.connectedComponents(mask[..., channel], connectivity=8)
+        components += [labels == label for label in range(1, count)]
+    assert len(components) == 4
+    blackout = A.Compose([DefectBlackout(p=1.0)])
+    seen = set()
+    for seed in range(40):
+        seed_transform(blackout, seed)
+        out = blackout(image=image, mask=mask)
+        hole = np.all(out["image"] == 0, axis=-1)
+        matches = [i for i, component in enumerate(components) if np.array_equal(hole, component)]
+        assert len(matches) == 1, "the black pixels are exactly one 8-connected component of one class"
+        seen.add(matches[0])
+        assert np.array_equal(out["image"][~hole], image[~hole])  # nothing else changes in the image
+        assert not out["mask"][hole].any()  # the hole is defect-free in every class
+        assert np.array_equal(out["mask"][~hole], mask[~hole])  # and the rest of the mask is kept
+    assert seen == {0, 1, 2, 3}  # every component can be drawn
+
+
+def test_blackout_leaves_an_image_without_defects_alone() -> None:
+    image, _ = blackout_case()
+    out = A.Compose([DefectBlackout(p=1.0)])(image=image, mask=np.zeros((HEIGHT, WIDTH, 4), np.uint8))
+    assert np.array_equal(out["image"], image)
+
+
+def test_blackout_is_in_the_pipeline_only_when_asked_for() -> None:
+    names = [type(t).__name__ for t in build_train_transform(AugmentConfig(blackout=0.3)).transforms]
+    assert "DefectBlackout" in names
+    assert "DefectBlackout" not in [
+        type(t).__name__ for t in build_train_transform(AugmentConfig()).transforms
+    ]

@@ -10,6 +10,7 @@ import random
 from typing import Any
 
 import albumentations as A
+import cv2
 import numpy as np
 from albumentations.augmentations.crops.transforms import BaseCrop
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -23,6 +24,9 @@ class AugmentConfig(BaseModel):
     (``DefectCrop``; a random patch when the image has no defect), otherwise anywhere:
     defects cover a small part of a 1600 px wide strip, and random crops alone would show the
     model mostly background.
+
+    ``blackout``: with this probability one defect component (8-connected, of one class) is painted
+    black and removed from the mask (1st place): more clean steel with real texture around it.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -35,6 +39,7 @@ class AugmentConfig(BaseModel):
     brightness_contrast: float = Field(0.3, ge=0, le=1)
     brightness_limit: float = Field(0.1, ge=0, le=1)
     contrast_limit: float = Field(0.1, ge=0, le=1)
+    blackout: float = Field(0.0, ge=0, le=1)
 
     @model_validator(mode="after")
     def _crop_both_or_neither(self) -> AugmentConfig:
@@ -90,6 +95,44 @@ def _defect_pixels(mask: np.ndarray) -> np.ndarray:
     return np.flatnonzero(pixels.any(axis=-1))
 
 
+class DefectBlackout(A.DualTransform):
+    """Paint one defect component black in the image and remove its pixels from every class's mask.
+
+    The component is drawn uniformly among the 8-connected components of all class channels;
+    nothing happens to an image without defects. ``A.MaskDropout`` is the close relative, but it
+    labels a multi-channel mask as one 3-d volume.
+    """
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        if "mask" not in data:
+            raise ValueError("DefectBlackout needs the mask: call the transform with mask=...")
+        mask = data["mask"]
+        channels = mask.reshape(*mask.shape[:2], -1)
+        labelled = [
+            cv2.connectedComponents((channels[..., c] > 0).view(np.uint8), connectivity=8)
+            for c in range(channels.shape[-1])
+        ]
+        counts = [count - 1 for count, _ in labelled]  # label 0 is the background
+        if not sum(counts):
+            return {"hole": None}
+        pick = self.py_random.randrange(sum(counts))
+        for count, labels in labelled:
+            if pick < count - 1:
+                return {"hole": labels == pick + 1}
+            pick -= count - 1
+        raise AssertionError("unreachable: the pick lies below the number of components")
+
+    def apply(self, img: np.ndarray, hole: np.ndarray | None = None, **params: Any) -> np.ndarray:
+        if hole is None:
+            return img
+        img = img.copy()
+        img[hole] = 0
+        return img
+
+    def apply_to_mask(self, mask: np.ndarray, hole: np.ndarray | None = None, **params: Any) -> np.ndarray:
+        return self.apply(mask, hole)
+
+
 def _crop(cfg: AugmentConfig) -> list[A.BasicTransform | A.BaseCompose]:
     """The crop step: a weighted choice between a defect-centred and a random patch of the same size."""
     if cfg.crop_height is None or cfg.crop_width is None:
@@ -104,14 +147,16 @@ def _crop(cfg: AugmentConfig) -> list[A.BasicTransform | A.BaseCompose]:
 
 
 def build_train_transform(cfg: AugmentConfig, seed: int | None = None) -> A.Compose:
-    """Crop, flips and brightness/contrast jitter; plain albumentations objects, so it pickles into workers.
+    """Crop, blackout, flips and brightness/contrast jitter; plain albumentations objects, so it
+    pickles into workers.
 
-    Crops come first so the later steps touch only the patch. ``seed`` makes the sequence of
+    Crops come first so the later steps touch only the patch (and blackout a component in it). ``seed`` makes the sequence of
     augmentations reproducible (DataLoader workers reseed it, see ``SegmentationDataset``).
     """
     transform = A.Compose(
         [
             *_crop(cfg),
+            *([DefectBlackout(p=cfg.blackout)] if cfg.blackout > 0 else []),
             A.HorizontalFlip(p=cfg.hflip),
             A.VerticalFlip(p=cfg.vflip),
             A.RandomBrightnessContrast(

@@ -2,8 +2,9 @@
 
 Per class, in this order: (1) pixel threshold ``prob > threshold``, (2) optional hole filling,
 (3) removal of connected components (8-connectivity) smaller than ``min_size`` pixels, (4) the whole
-mask is dropped when fewer than ``min_area`` pixels survive, (5) the mask is dropped when the image
-classifier's probability for the class is below ``gate``. The out-of-fold statistics
+mask is dropped when fewer than ``min_area`` pixels survive, (5) when the image classifier's
+probability for the class is below ``gate``, the mask is dropped (``gate_factor`` None: the hard gate)
+or kept only if it has at least ``min_area * gate_factor`` pixels (the soft gate of the 55th place). The out-of-fold statistics
 (``common_blocks.evaluation.oof_stats``) reproduce these steps exactly, so the searched score is the score
 inference gets.
 """
@@ -28,7 +29,14 @@ class ClassPostprocess(BaseModel):
     min_size: int = Field(0, ge=0)
     min_area: int = Field(0, ge=0)
     gate: float = Field(0.0, ge=0, le=1)
+    gate_factor: float | None = Field(None, ge=1)  # None: a gated class is dropped
     fill_holes: bool = False
+
+    def required_area(self, gated: bool) -> float:
+        """Steps 4-5: the fewest pixels a mask keeps (infinite: dropped whatever its size)."""
+        if not gated:
+            return float(self.min_area)
+        return float("inf") if self.gate_factor is None else self.min_area * self.gate_factor
 
 
 def _default_classes() -> tuple[ClassPostprocess, ...]:
@@ -73,12 +81,13 @@ def _check_probs(probs: np.ndarray, ndim: int) -> None:
 def postprocess_mask(prob: np.ndarray, cfg: ClassPostprocess, gate_prob: float | None = None) -> np.ndarray:
     """Apply steps 1-5 to an (H, W) probability map; (H, W) uint8 0/1.
 
-    ``gate_prob`` None (or NaN) means no classifier, so the gate never drops the mask. It is compared
-    in float64, as the statistics compare it.
+    ``gate_prob`` None (or NaN) means no classifier, so the gate never applies. It is compared in
+    float64, as the statistics compare it.
     """
     _check_probs(prob, 2)
     empty = np.zeros(prob.shape, np.uint8)
-    if gate_prob is not None and float(gate_prob) < cfg.gate:
+    required = cfg.required_area(gate_prob is not None and float(gate_prob) < cfg.gate)
+    if required == float("inf"):
         return empty
     mask = binary_mask(prob, cfg.threshold, cfg.fill_holes)
     if cfg.min_size > 0:
@@ -86,7 +95,7 @@ def postprocess_mask(prob: np.ndarray, cfg: ClassPostprocess, gate_prob: float |
         keep = (stats[:, cv2.CC_STAT_AREA] >= cfg.min_size).view(np.uint8)
         keep[0] = 0  # label 0 is the background
         mask = keep[labels]
-    if cv2.countNonZero(mask) < cfg.min_area:
+    if cv2.countNonZero(mask) < required:
         return empty
     return mask
 

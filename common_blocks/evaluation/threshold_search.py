@@ -2,19 +2,21 @@
 
 Classes are scored independently (every (image, class) pair counts once in the competition mean),
 so the best setting overall is the best setting of each class. For a class, every combination of
-pixel threshold t, minimum component size m, minimum area a and gate g is scored: a pair keeps its
-predicted mask iff ``A[t, m] >= a`` and the classifier probability is not below g, and then scores
-``2 I / (A + G)``; otherwise its prediction is empty and it scores 1 when the truth is empty too,
-else 0. Scores are exact sums over the images, not estimates.
+pixel threshold t, minimum component size m, minimum area a, gate g and gate factor f is scored: a
+pair keeps its predicted mask iff ``A[t, m] >= a`` (``>= a * f`` when the classifier probability is
+below g; f infinite is the hard gate, which drops it), and then scores ``2 I / (A + G)``; otherwise
+its prediction is empty and it scores 1 when the truth is empty too, else 0. Scores are exact sums
+over the images, not estimates.
 
-Ties go to the earliest grid values, in the priority threshold, min_size, min_area, gate (the
-first maximum of the score table in that order). Each score is a plain sum down one column of an
+Ties go to the earliest grid values, in the priority threshold, min_size, min_area, gate, gate factor
+(the first maximum of the score table in that order). Each score is a plain sum down one column of an
 (images x settings) array, so settings that keep the same masks get bit-identical scores and tie.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,7 +42,9 @@ from common_blocks.evaluation.oof_stats import (
 from common_blocks.evaluation.postprocess import ClassPostprocess, PostprocessConfig
 from common_blocks.files import atomic_output
 
-RESULT_FORMAT_VERSION = 1
+RESULT_FORMAT_VERSION = 2  # 2 added the gate factors; files of version 1 read as the hard gate
+HARD_GATE = math.inf  # the gate factor of the hard gate; None in configs and files
+DEFAULT_GATE_FACTORS = (None,)
 
 
 @dataclass(eq=False)
@@ -55,11 +59,12 @@ class SearchResult:
     min_sizes: np.ndarray  # (M,)
     min_areas: np.ndarray  # (A,)
     gates: np.ndarray  # (G,)
-    scores: np.ndarray  # (4, T, M, A, G) mean Dice of each class for every setting
+    gate_factors: np.ndarray  # (F,), HARD_GATE for the hard gate
+    scores: np.ndarray  # (4, T, M, A, G, F) mean Dice of each class for every setting
 
     def threshold_curves(self) -> np.ndarray:
         """(4, T): each class's best score at each pixel threshold, over the other parameters (for plots)."""
-        return self.scores.max(axis=(2, 3, 4))
+        return self.scores.max(axis=(2, 3, 4, 5))
 
     def to_dict(self) -> dict:
         return {
@@ -73,6 +78,7 @@ class SearchResult:
                 "min_sizes": self.min_sizes.tolist(),
                 "min_areas": self.min_areas.tolist(),
                 "gates": self.gates.tolist(),
+                "gate_factors": _factors_as_config(self.gate_factors),
             },
             "scores": self.scores.tolist(),
         }
@@ -90,7 +96,7 @@ class SearchResult:
         if missing:
             raise DataError(f"not a search result (missing {', '.join(missing)})")
         version = data["format_version"]
-        if not _is_integer(version) or version != RESULT_FORMAT_VERSION:
+        if not _is_integer(version) or version not in (1, RESULT_FORMAT_VERSION):
             raise DataError(
                 f"search result format version {version!r}, this code reads {RESULT_FORMAT_VERSION}"
             )
@@ -115,6 +121,16 @@ class SearchResult:
                 axes[name] = make_grid(values)
             except ConfigError as error:
                 raise DataError(f"not a search result: grid.{error}") from None
+        factors = grid.get("gate_factors", [None]) if version == 1 else grid.get("gate_factors")
+        if not isinstance(factors, list) or not all(f is None or _plain_numbers(f) for f in factors):
+            raise DataError("not a search result: grid.gate_factors: expected a list of numbers and nulls")
+        try:
+            axes["gate_factors"] = gate_factor_grid(factors)
+        except ConfigError as error:
+            raise DataError(f"not a search result: grid.{error}") from None
+        scores = _scores(data["scores"], "scores")
+        if version == 1:
+            scores = scores[..., None]
         score = _scores(data["score"], "score")
         if score.ndim:
             raise DataError("not a search result: score: expected one number")
@@ -123,13 +139,11 @@ class SearchResult:
             class_scores=_scores(data["class_scores"], "class_scores"),
             score=float(score),
             n_images=int(n_images),
-            scores=_scores(data["scores"], "scores"),
+            scores=scores,
             **axes,
         )
-        expected = (
-            N_CLASSES,
-            *(g.size for g in (result.thresholds, result.min_sizes, result.min_areas, result.gates)),
-        )
+        grids = (result.thresholds, result.min_sizes, result.min_areas, result.gates, result.gate_factors)
+        expected = (N_CLASSES, *(g.size for g in grids))
         if result.scores.shape != expected or result.class_scores.shape != (N_CLASSES,):
             raise DataError(
                 f"search result: score table of shape {result.scores.shape} and class scores of shape "
@@ -214,6 +228,24 @@ def gate_grid(values: Sequence[float] | np.ndarray) -> np.ndarray:
     return as_grid(values, "gates", np.float64, 0.0, 1.0)
 
 
+def gate_factor_grid(values: Sequence[float | None] | np.ndarray) -> np.ndarray:
+    """Gate factors, increasing, each >= 1, the hard gate (None or infinity) at most once and last."""
+    values = list(values)
+    hard = [value is None or value == HARD_GATE for value in values]
+    if not values or sum(hard) > 1 or (any(hard) and not hard[-1]):
+        raise ConfigError(
+            f"gate_factors: expected increasing numbers >= 1, then optionally null (the hard gate), got {values}"
+        )
+    finite = values[:-1] if hard[-1] else values
+    grid = as_grid(finite, "gate_factors", np.float64, 1.0, 1e9) if finite else np.zeros(0)
+    return np.append(grid, HARD_GATE) if hard[-1] else grid
+
+
+def _factors_as_config(factors: np.ndarray) -> list[float | None]:
+    """Gate factors as configs and files write them: None for the hard gate."""
+    return [None if factor == HARD_GATE else float(factor) for factor in factors]
+
+
 _GRIDS = {
     "thresholds": threshold_grid,
     "min_sizes": min_size_grid,
@@ -222,12 +254,13 @@ _GRIDS = {
 }
 
 
-def _kept(area: np.ndarray, gate: np.ndarray, min_area: float, min_gate: float) -> np.ndarray:
-    """Steps 4-5: whether a mask survives; a NaN gate probability (no classifier) never drops it.
-
-    The gate is compared in float64, as ``postprocess_mask`` compares it.
-    """
-    return (area >= min_area) & ~(gate.astype(np.float64) < float(min_gate))
+def _kept(area: np.ndarray, gate: np.ndarray, min_area: float, min_gate: float, factor: float) -> np.ndarray:
+    """Steps 4-5: whether a mask survives (``ClassPostprocess.required_area``); a NaN gate probability
+    (no classifier) never gates it. The gate is compared in float64, as ``postprocess_mask`` compares it."""
+    gated = gate.astype(np.float64) < float(min_gate)
+    if factor == HARD_GATE:
+        return (area >= min_area) & ~gated
+    return area >= np.where(gated, min_area * factor, float(min_area))
 
 
 def _class_score_sums(
@@ -237,45 +270,52 @@ def _class_score_sums(
     gate: np.ndarray,
     min_areas: np.ndarray,
     gates: np.ndarray,
+    factors: np.ndarray,
 ) -> np.ndarray:
-    """(A, G, K) sums of Dice over the N images for K = T*M columns of (N, K) area and intersection."""
+    """(A, G, F, K) sums of Dice over the N images for K = T*M columns of (N, K) area and intersection."""
     truth_area = truth_area.astype(np.int64)[:, None]
     kept_dice = dice_from_areas(intersection.astype(np.int64), area.astype(np.int64), truth_area)
     dropped_dice = np.broadcast_to((truth_area == 0).astype(np.float64), kept_dice.shape)
-    sums = np.empty((min_areas.size, gates.size, area.shape[1]))
+    sums = np.empty((min_areas.size, gates.size, factors.size, area.shape[1]))
     for i, min_area in enumerate(min_areas):
         for j, min_gate in enumerate(gates):
-            kept = _kept(area, gate[:, None], min_area, min_gate)
-            sums[i, j] = np.where(kept, kept_dice, dropped_dice).sum(axis=0)
+            for f, factor in enumerate(factors):
+                kept = _kept(area, gate[:, None], min_area, min_gate, factor)
+                sums[i, j, f] = np.where(kept, kept_dice, dropped_dice).sum(axis=0)
     return sums
 
 
-def _searched_gates(stats: OofStats, gates: Sequence[float] | np.ndarray) -> np.ndarray:
-    """The gate grid, reduced to 0 when there is no classifier (every gate would tie)."""
+def _searched_gates(
+    stats: OofStats, gates: Sequence[float] | np.ndarray, factors: Sequence[float | None] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The gate and gate-factor grids, reduced to gate 0 and the hard gate when there is no
+    classifier (every setting would tie)."""
     missing = np.isnan(stats.gate)
     if missing.all():
-        return np.zeros(1)
+        return np.zeros(1), np.array([HARD_GATE])
     if missing.any():
         raise DataError(
             f"gate probabilities are missing for {int(missing.any(axis=1).sum())} of {stats.n_images} "
             "images; attach them to all images or to none"
         )
-    return gate_grid(gates)
+    return gate_grid(gates), gate_factor_grid(factors)
 
 
 def search(
     stats: OofStats,
     min_areas: Sequence[int] | np.ndarray = DEFAULT_MIN_AREAS,
     gates: Sequence[float] | np.ndarray = DEFAULT_GATES,
+    gate_factors: Sequence[float | None] | np.ndarray = DEFAULT_GATE_FACTORS,
 ) -> SearchResult:
-    """Score every setting of the grid (the stats' thresholds and min sizes x ``min_areas`` x ``gates``)
-    and pick each class's best; without classifier probabilities only gate 0 is searched."""
+    """Score every setting of the grid (the stats' thresholds and min sizes x ``min_areas`` x ``gates``
+    x ``gate_factors``) and pick each class's best; without classifier probabilities only gate 0 is
+    searched."""
     if stats.n_images == 0:
         raise DataError("no images in the OOF stats")
     min_areas = min_area_grid(min_areas)
-    gates = _searched_gates(stats, gates)
+    gates, factors = _searched_gates(stats, gates, gate_factors)
     n_thresholds, n_sizes = stats.thresholds.size, stats.min_sizes.size
-    scores = np.empty((N_CLASSES, n_thresholds, n_sizes, min_areas.size, gates.size))
+    scores = np.empty((N_CLASSES, n_thresholds, n_sizes, min_areas.size, gates.size, factors.size))
     chosen = []
     for k in range(N_CLASSES):
         sums = _class_score_sums(
@@ -285,19 +325,21 @@ def search(
             stats.gate[:, k],
             min_areas,
             gates,
+            factors,
         )
         scores[k] = (
             (sums / stats.n_images)
-            .reshape(min_areas.size, gates.size, n_thresholds, n_sizes)
-            .transpose(2, 3, 0, 1)
+            .reshape(min_areas.size, gates.size, factors.size, n_thresholds, n_sizes)
+            .transpose(3, 4, 0, 1, 2)
         )
-        t, m, a, g = np.unravel_index(np.argmax(scores[k]), scores[k].shape)
+        t, m, a, g, f = np.unravel_index(np.argmax(scores[k]), scores[k].shape)
         chosen.append(
             ClassPostprocess(
                 threshold=float(stats.thresholds[t]),
                 min_size=int(stats.min_sizes[m]),
                 min_area=int(min_areas[a]),
                 gate=float(gates[g]),
+                gate_factor=_factors_as_config(factors[f : f + 1])[0],
                 fill_holes=stats.fill_holes[k],
             )
         )
@@ -311,6 +353,7 @@ def search(
         min_sizes=stats.min_sizes,
         min_areas=min_areas,
         gates=gates,
+        gate_factors=factors,
         scores=scores,
     )
 
@@ -339,7 +382,8 @@ def pair_outcomes(stats: OofStats, config: PostprocessConfig) -> tuple[np.ndarra
         t = _grid_index(stats.thresholds, cfg.threshold, "threshold", class_id)
         m = _grid_index(stats.min_sizes, cfg.min_size, "min_size", class_id)
         area = stats.area[:, k, t, m].astype(np.int64)
-        kept = _kept(area, stats.gate[:, k], cfg.min_area, cfg.gate)
+        factor = HARD_GATE if cfg.gate_factor is None else cfg.gate_factor
+        kept = _kept(area, stats.gate[:, k], cfg.min_area, cfg.gate, factor)
         pred_area = np.where(kept, area, 0)
         intersection = np.where(kept, stats.intersection[:, k, t, m].astype(np.int64), 0)
         dice[:, k] = dice_from_areas(intersection, pred_area, stats.truth_area[:, k].astype(np.int64))

@@ -21,7 +21,13 @@ from common_blocks.config_io import Section, load_config_file, read_yaml
 from common_blocks.errors import ConfigError, DataError
 from common_blocks.evaluation.oof_stats import DEFAULT_GATES, DEFAULT_MIN_AREAS, min_size_grid, threshold_grid
 from common_blocks.evaluation.postprocess import ClassPostprocess, PostprocessConfig
-from common_blocks.evaluation.threshold_search import SearchResult, gate_grid, min_area_grid
+from common_blocks.evaluation.threshold_search import (
+    DEFAULT_GATE_FACTORS,
+    SearchResult,
+    gate_factor_grid,
+    gate_grid,
+    min_area_grid,
+)
 from common_blocks.training.runner import RunPaths
 
 TtaName = Literal["none", "hflip", "vflip"]
@@ -87,6 +93,7 @@ _GRID_CHECKS = {
     "min_sizes": min_size_grid,
     "min_areas": min_area_grid,
     "gates": gate_grid,
+    "gate_factors": gate_factor_grid,
 }
 
 
@@ -98,8 +105,10 @@ class SearchConfig(Section):
     fill_holes: bool | None = None
     min_areas: tuple[int, ...] = DEFAULT_MIN_AREAS
     gates: tuple[float, ...] = DEFAULT_GATES
+    # a gated class's min_area is multiplied by the factor (the soft gate); null drops it (the hard gate)
+    gate_factors: tuple[float | None, ...] = DEFAULT_GATE_FACTORS
 
-    @field_validator("thresholds", "min_sizes", "min_areas", "gates")
+    @field_validator("thresholds", "min_sizes", "min_areas", "gates", "gate_factors")
     @classmethod
     def _valid_grid(cls, values: tuple | None, info: ValidationInfo) -> tuple | None:
         if values is not None:
