@@ -176,6 +176,14 @@ def validate_tree(schema: type[SchemaT], tree: dict[str, Any], source: str) -> S
         raise ConfigError(f"{source}: not a tree of plain values ({error})") from None
 
 
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def config_name(path: str | os.PathLike) -> str:
+    """The run name a config file trains into: its ``name``, else the file's stem."""
+    return str(read_yaml(path).get("name", Path(path).stem))
+
+
 def load_config_file(
     schema: type[SchemaT], path: str | os.PathLike, overrides: list[str] | None = None
 ) -> SchemaT:

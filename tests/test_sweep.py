@@ -24,6 +24,7 @@ from common_blocks.errors import PipelineError
 from common_blocks.inference.ensemble_config import load_ensemble_config
 from common_blocks.run_folder import TRAIN_LOSS, RunPaths
 from common_blocks.training.config import load_config
+from common_blocks.training.module import DefectModule
 from tests.cli_contract import as_in_a_terminal, assert_one_error_line, run_in_process, snapshot
 from tests.conftest import SEVERSTAL
 
@@ -310,3 +311,51 @@ def test_a_run_folder_that_cannot_be_continued_is_refused_before_any_job(tmp_pat
     line = _refused(tmp_path, "--data-dir", synthetic_data)
     assert "debug/fold1: cannot continue the run" in line and "--overwrite" in line
     assert paths.last.read_bytes() == b"not a checkpoint"
+
+
+def _second_stage(tmp_path: Path) -> Path:
+    """A full-image fine-tune of the debug model that starts from its crops stage (configs/debug.yaml)."""
+    tree = yaml.safe_load(DEBUG.read_text())
+    tree.update(name="debug_full", init_from=str(DEBUG))
+    tree["augment"] = {"crop_height": None, "crop_width": None}
+    path = tmp_path / "debug_full.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def test_slurm_sweep_submits_each_stage_after_the_one_before(fake_slurm, synthetic_data):
+    tmp_path = fake_slurm
+    ensemble = _ensemble(
+        tmp_path, synthetic_data, [{"config": str(_second_stage(tmp_path)), "folds": [0, 1]}]
+    )
+    outcome = run_in_process("sweep", "--config", ensemble, "--executor", "slurm", *_sets(*QUICK))
+    assert outcome.code == 0, outcome.stderr[-3000:]
+    first, second, oof = ((tmp_path / f"sbatch_{n}.sh").read_text() for n in (0, 1, 2))
+    assert (
+        "#SBATCH --array=0-3%4\n" in first and "--dependency" not in first
+    )  # debug and the gate, 2 folds each
+    assert "#SBATCH --array=0-1%2\n" in second and "#SBATCH --dependency=afterok:4200\n" in second
+    assert "#SBATCH --dependency=afterok:4201\n" in oof
+    assert "debug_full/fold1: start: job 4201_1" in outcome.stdout and "(after array 4200)" in outcome.stdout
+
+
+def test_local_sweep_starts_a_stage_from_its_earlier_stage_of_the_same_fold(tmp_path, synthetic_data):
+    stage = _second_stage(tmp_path)
+    ensemble = _ensemble(tmp_path, synthetic_data, [{"config": str(stage), "folds": [0]}], folds=(0,))
+    args = ["sweep", "--config", ensemble, "--executor", "local", "--array-parallelism", "2", "--train-only"]
+    outcome = run_in_process(*args, *_sets(*QUICK))
+    assert outcome.code == 0, outcome.stderr[-3000:] + outcome.stdout[-3000:]
+    runs = tmp_path / "runs"
+    first, later = RunPaths.of(runs, "debug", 0), RunPaths.of(runs, "debug_full", 0)
+    assert outcome.stdout.index("debug/fold0: done") < outcome.stdout.index("debug_full/fold0: start")
+    assert load_config(later.config).init_from == str(DEBUG)
+    # the later stage's first checkpoint moved on from the earlier stage's best weights, not from scratch
+    start = torch.load(first.best, weights_only=True)["state_dict"]
+    end = torch.load(later.best, weights_only=True)["state_dict"]
+    assert start.keys() == end.keys()
+    distance = sum((end[k].float() - start[k].float()).norm() for k in start if start[k].is_floating_point())
+    fresh = DefectModule(load_config(later.config).model_dump(mode="json")).state_dict()
+    from_scratch = sum(
+        (end[k].float() - fresh[k].float()).norm() for k in start if start[k].is_floating_point()
+    )
+    assert distance < from_scratch

@@ -10,18 +10,23 @@ import pytest
 import torch
 
 from common_blocks.cli import main as cli_main
+from common_blocks.errors import ConfigError
 from common_blocks.run_folder import VAL_SCORE, VAL_TUNED_SCORE, RunPaths
 from common_blocks.training.averaging import average_state_dicts, reestimate_batch_norm
+from common_blocks.training.callbacks import frozen_encoder_parameters
 from common_blocks.training.checkpoints import load_checkpoint
 from common_blocks.training.config import load_config
 from common_blocks.training.runner import train_fold
+from tests.cli_contract import assert_one_error_line, run_in_process
 
 TOP_K = 2
 
 
-def _epoch_metrics(paths: RunPaths) -> pd.DataFrame:
-    metrics = pd.read_csv(paths.metrics)
-    return metrics.dropna(subset=[VAL_SCORE]).set_index("epoch")
+def _epoch_metrics(paths: RunPaths, epochs: int = 4) -> pd.DataFrame:
+    """The validation rows of the fit's epochs (the later rows are the validations of best.ckpt and
+    averaged.ckpt after the fit, logged at epoch ``epochs``)."""
+    metrics = pd.read_csv(paths.metrics).dropna(subset=[VAL_SCORE])
+    return metrics[metrics["epoch"] < epochs].set_index("epoch")
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +133,107 @@ def test_batch_norm_reestimation_gives_the_statistics_of_the_batches():
     pixels = torch.cat(batches).transpose(0, 1).reshape(2, -1)
     torch.testing.assert_close(layer.running_mean, pixels.mean(dim=1))
     assert layer.momentum == 0.1 and not model.training
+
+
+def _weights(path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def _stage_two(averaged_run, out, *overrides):
+    """A later stage over the debug run: a new name, its weights taken from the run's best.ckpt."""
+    _, paths, _ = averaged_run
+    cfg = load_config(
+        paths.config,
+        ["name=debug_stage2", f"init_from={paths.best}", "trainer.average_top_k=null", *overrides],
+    )
+    train_fold(cfg, 0, out)
+    return RunPaths.of(out, cfg.name, 0)
+
+
+def test_frozen_encoder_weights_stay_while_the_decoder_and_batch_norm_learn(averaged_run, tmp_path):
+    """Started from the earlier stage's weights: after one frozen epoch the encoder's weights are
+    exactly that stage's, batch norm and decoder moved; one epoch later the encoder moved too."""
+    _, paths, _ = averaged_run
+    parent = _weights(paths.best)
+    module = load_checkpoint(paths.best)
+    frozen = {
+        name
+        for name, p in module.named_parameters()
+        if any(p is q for q in frozen_encoder_parameters(module.model))
+    }
+    norms = {
+        f"{name}.weight" for name, layer in module.named_modules() if isinstance(layer, torch.nn.BatchNorm2d)
+    }
+    encoder_norms = {name for name in norms if name.startswith("model.encoder.")}
+    decoder = {name for name, _ in module.named_parameters() if not name.startswith("model.encoder.")}
+    assert frozen and encoder_norms and decoder and not frozen & encoder_norms
+    one = _weights(
+        _stage_two(
+            averaged_run, tmp_path / "one", "trainer.max_epochs=1", "optimizer.freeze_encoder_epochs=1"
+        ).last
+    )
+    for name in frozen:
+        assert torch.equal(one[name], parent[name]), name
+    assert not all(torch.equal(one[name], parent[name]) for name in encoder_norms)
+    assert not all(torch.equal(one[name], parent[name]) for name in decoder)
+    two = _weights(
+        _stage_two(
+            averaged_run, tmp_path / "two", "trainer.max_epochs=2", "optimizer.freeze_encoder_epochs=1"
+        ).last
+    )
+    assert not all(torch.equal(two[name], parent[name]) for name in frozen)
+
+
+def test_a_stage_named_by_config_starts_from_that_runs_best_checkpoint_of_the_fold(averaged_run, tmp_path):
+    cfg, paths, _ = averaged_run
+    out = paths.root.parent.parent
+    stage = load_config(paths.config, ["name=debug_stage_by_config", f"init_from={paths.config}"])
+    assert stage.parent_stage == paths.config
+    assert stage.init_checkpoint(out, 0) == paths.best
+    assert stage.init_checkpoint(out, 3) == RunPaths.of(out, cfg.name, 3).best
+    with pytest.raises(ConfigError, match="trains this run itself"):
+        load_config(paths.config, [f"init_from={paths.config}"])
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(paths.config, ["name=x", f"init_from={tmp_path / 'missing.yaml'}"])
+    with pytest.raises(ConfigError, match="expected a .ckpt file or configs/NAME.yaml"):
+        load_config(paths.config, ["name=x", "init_from=debug"])
+
+
+def test_init_from_another_architecture_is_one_error_line_and_writes_nothing(
+    averaged_run, synthetic_data, tmp_path
+):
+    _, paths, _ = averaged_run
+    outcome = run_in_process(
+        "train",
+        "--config",
+        paths.config,
+        "--fold",
+        0,
+        "--out-dir",
+        tmp_path / "runs",
+        "--data-dir",
+        synthetic_data,
+        "--set",
+        "name=other",
+        "--set",
+        "model.args.decoder_channels=[32,16,8]",
+        "--init-from",
+        paths.best,
+    )
+    assert_one_error_line(
+        outcome,
+        f"init_from: {paths.best}: its weights do not fit the model of this config, cannot start from it",
+    )
+    assert not (tmp_path / "runs").exists()
+    missing = run_in_process(
+        "train",
+        "--config",
+        paths.config,
+        "--fold",
+        0,
+        "--out-dir",
+        tmp_path / "runs",
+        "--init-from",
+        tmp_path / "none.ckpt",
+    )
+    assert_one_error_line(missing, f"--init-from {tmp_path / 'none.ckpt'}: expected an existing .ckpt file")

@@ -9,6 +9,10 @@ Slurm job array and the OOF search as a job that starts once all of them succeed
 ``run_local`` runs the same jobs on this machine with submitit's ``LocalExecutor``, at most
 ``array_parallelism`` at a time (one GPU group each), and the OOF search after them. submitit keeps
 each job's pickles and logs in ``OUT_DIR/sweep_logs/<job id>/``.
+
+Staged training: a training config whose ``init_from`` names an earlier stage's config adds that
+stage's runs of the same folds to the sweep, and each run starts after its earlier stage's run of
+its fold has succeeded (on Slurm: one job array per stage, each ``afterok`` the one before).
 """
 
 from __future__ import annotations
@@ -27,9 +31,10 @@ from typing import Any
 import torch
 
 from common_blocks.cluster.jobs import OofJob, RunState, TrainJob, run_state
+from common_blocks.config_io import YAML_SUFFIXES, config_name
 from common_blocks.errors import ConfigError, Interrupted, PipelineError
 from common_blocks.files import check_output_dir
-from common_blocks.inference.ensemble_config import YAML_SUFFIXES, EnsembleConfig, load_ensemble_config
+from common_blocks.inference.ensemble_config import EnsembleConfig, load_ensemble_config
 from common_blocks.inference.oof import check_outputs, common_folds, training_data
 from common_blocks.run_folder import RunPaths
 from common_blocks.training.config import TrainConfig, load_config
@@ -47,6 +52,8 @@ LOCAL_POLL_S = 0.5
 class PlannedRun:
     job: TrainJob
     state: RunState
+    after: str | None = None  # the label of the earlier stage's run this one starts from
+    stage: int = 0  # how many earlier stages it has
 
     @property
     def label(self) -> str:
@@ -72,6 +79,12 @@ class SweepPlan:
     def to_train(self) -> list[PlannedRun]:
         return [run for run in self.runs if run.state.action != "finished"]
 
+    @property
+    def stages(self) -> list[list[PlannedRun]]:
+        """The runs to do, grouped by stage: each group starts when the one before has succeeded."""
+        depth = max((run.stage for run in self.to_train), default=-1) + 1
+        return [group for stage in range(depth) if (group := [r for r in self.to_train if r.stage == stage])]
+
     def oof_job(self, batch_size: int = 4, workers: int | None = None) -> OofJob:
         return OofJob(self.ensemble, self.workdir, batch_size, workers)
 
@@ -96,6 +109,8 @@ def _check_tasks(ensemble_path: Path, configs: dict[str, tuple[str, TrainConfig]
     """Members are segmenters of one mode and the gate a classifier, as the OOF search needs."""
     modes = {}
     for name, (where, cfg) in configs.items():
+        if where == "an earlier stage":
+            continue
         if where == "gate" and cfg.task != "classification":
             raise ConfigError(f"{ensemble_path}: gate: {name} is not a classifier (task: {cfg.task})")
         if where != "gate":
@@ -156,6 +171,7 @@ def plan_sweep(
         configs.setdefault(cfg.name, (where, cfg))
         folds.setdefault(cfg.name, [])
         folds[cfg.name] += [fold for fold in ref.folds if fold not in folds[cfg.name]]
+    _add_earlier_stages(configs, folds, overrides)
 
     # The data and its folds, once per distinct data section; the folds file is written here when
     # missing, before any job could race another to write it.
@@ -179,14 +195,48 @@ def plan_sweep(
 
     workdir = Path.cwd()
     runs = []
-    for name, (_, cfg) in configs.items():
+    for name, (_, cfg) in sorted(configs.items(), key=lambda item: _stage(item[1][1], configs)):
+        parent = config_name(cfg.parent_stage) if cfg.parent_stage is not None else None
         for fold in folds[name]:
             paths = RunPaths.of(out_dir, name, fold)
             check_output_dir(paths.root, "the run folder")
             SetAside(paths).recover()  # what a process killed mid --overwrite left, as train_fold settles it
             job = TrainJob(cfg, fold, out_dir, workdir, devices, num_nodes)
-            runs.append(PlannedRun(job, run_state(paths, cfg, fold)))
+            after = f"{parent}/fold{fold}" if parent is not None else None
+            runs.append(PlannedRun(job, run_state(paths, cfg, fold), after, _stage(cfg, configs)))
     return SweepPlan(ensemble, runs, out_dir, workdir, train_only)
+
+
+def _add_earlier_stages(
+    configs: dict[str, tuple[str, TrainConfig]], folds: dict[str, list[int]], overrides: list[str]
+) -> None:
+    """Add the earlier stages the configs start from (``init_from: configs/NAME.yaml``), with the folds
+    of their later stages, into ``configs`` and ``folds``."""
+    todo = list(configs)
+    while todo:
+        name = todo.pop()
+        parent_path = configs[name][1].parent_stage
+        if parent_path is None:
+            continue
+        parent = load_config(parent_path, overrides)
+        if parent.name not in configs:
+            configs[parent.name] = ("an earlier stage", parent)
+            folds[parent.name] = []
+            todo.append(parent.name)
+        elif configs[parent.name][1].digest() != parent.digest():
+            raise ConfigError(f"{parent_path}: two different training configs are named {parent.name}")
+        folds[parent.name] += [fold for fold in folds[name] if fold not in folds[parent.name]]
+
+
+def _stage(cfg: TrainConfig, configs: dict[str, tuple[str, TrainConfig]]) -> int:
+    """How many earlier stages ``cfg`` starts from."""
+    depth = 0
+    while cfg.parent_stage is not None:
+        if depth == len(configs):
+            raise ConfigError(f"{cfg.parent_stage}: the stages' init_from form a cycle")
+        cfg = configs[config_name(cfg.parent_stage)][1]
+        depth += 1
+    return depth
 
 
 @dataclass(frozen=True)
@@ -354,15 +404,24 @@ def submit_slurm(
     for run in plan.runs:
         if run.state.action == "finished":
             report(f"  {run.label}: finished already, skipped")
-    jobs = []
-    if plan.to_train:
-        executor = _slurm_executor(plan.logs_dir, **slurm_parameters(plan, res))
-        jobs = _submitted(lambda: executor.submit_array([run.job for run in plan.to_train]), "the job array")
-        for run, job in zip(plan.to_train, jobs):
-            report(f"  {run.label}: {run.state.describe()}: {_log_line(job)}")
+    jobs, runs, array_id = [], [], None
+    for stage in plan.stages:  # one array per stage, each after the one before
+        parameters = slurm_parameters(plan, res)
+        if array_id is not None:
+            parameters["dependency"] = f"afterok:{array_id}"
+        executor = _slurm_executor(plan.logs_dir, **parameters)
+        array = [run.job for run in stage]
+        stage_jobs = _submitted(lambda e=executor, a=array: e.submit_array(a), "the job array")
+        array_id = stage_jobs[0].job_id.split("_")[0]
+        after = (
+            f" (after array {parameters['dependency'].split(':')[1]})" if "dependency" in parameters else ""
+        )
+        for run, job in zip(stage, stage_jobs):
+            report(f"  {run.label}: {run.state.describe()}: {_log_line(job)}{after}")
+        jobs += stage_jobs
+        runs += stage
     oof = None
     if not plan.train_only:
-        array_id = jobs[0].job_id.split("_")[0] if jobs else None
         executor = _slurm_executor(
             plan.logs_dir,
             job_name=f"{plan.ensemble.name}-oof",
@@ -385,7 +444,7 @@ def submit_slurm(
     )
     if not wait:
         return
-    for run, job in zip(plan.to_train, jobs):
+    for run, job in zip(runs, jobs):
         result, problem = _outcome(job)
         report(
             f"  {run.label}: failed ({_log_line(job)}): {problem}"
@@ -491,6 +550,12 @@ def run_local(
             (plan.logs_dir / "%j").rmdir()
 
 
+def _next_ready(pending: list[PlannedRun], runner: _LocalRunner) -> PlannedRun | None:
+    """The first pending run whose earlier stage (if any) is neither pending nor running."""
+    waiting = {run.label for run in pending} | {label for label, _ in runner.running.values()}
+    return next((run for run in pending if run.after not in waiting), None)
+
+
 def _run_local(
     plan: SweepPlan, runner: _LocalRunner, batch_size: int, workers: int | None, report: Callable[[str], None]
 ) -> dict[str, Any] | None:
@@ -498,9 +563,14 @@ def _run_local(
     failed: list[str] = []
     try:
         while pending or runner.running:
+            for run in [run for run in pending if run.after in failed]:
+                pending.remove(run)
+                failed.append(run.label)
+                report(f"  {run.label}: not started: its earlier stage {run.after} failed")
             for slot, gpus in enumerate(runner.slots):
-                if pending and slot not in runner.running:
-                    run = pending.pop(0)
+                run = _next_ready(pending, runner)
+                if run is not None and slot not in runner.running:
+                    pending.remove(run)
                     job = runner.submit(slot, run.label, run.job, gpus)
                     report(f"  {run.label}: {run.state.describe()}: {_log_line(job)}")
             time.sleep(LOCAL_POLL_S)

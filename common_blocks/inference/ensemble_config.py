@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from common_blocks.config_io import Section, load_config_file, read_yaml
+from common_blocks.config_io import YAML_SUFFIXES, Section, config_name, load_config_file
 from common_blocks.errors import ConfigError, DataError
 from common_blocks.evaluation.oof_stats import DEFAULT_GATES, DEFAULT_MIN_AREAS, min_size_grid, threshold_grid
 from common_blocks.evaluation.postprocess import ClassPostprocess, PostprocessConfig
@@ -31,7 +31,6 @@ from common_blocks.evaluation.threshold_search import (
 from common_blocks.training.runner import RunPaths
 
 TtaName = Literal["none", "hflip", "vflip"]
-YAML_SUFFIXES = (".yaml", ".yml")
 
 
 class RunRef(Section):
@@ -64,7 +63,7 @@ class RunRef(Section):
         """The run name, which is the folder of its checkpoints under the runs directory."""
         if not self.config.endswith(YAML_SUFFIXES):
             return self.config
-        return str(read_yaml(self.config).get("name", Path(self.config).stem))
+        return config_name(self.config)
 
     def checkpoint_path(self, runs_dir: Path, fold: int) -> Path:
         return RunPaths.of(runs_dir, self.name, fold).checkpoint(self.checkpoint)

@@ -19,6 +19,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from common_blocks.files import atomic_output
+from common_blocks.training.optim import split_parameters
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -184,6 +185,33 @@ class RunCSVLogger(CSVLogger):
 
     def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
         self.save()
+
+
+class FreezeEncoder(L.Callback):
+    """The encoder's weights stay fixed for the first ``epochs`` epochs, its batch-norm layers
+    excepted (they keep learning, as in the 8th place's progressive stages); from then on everything
+    trains. A frozen parameter gets no gradient, so the optimiser leaves it (and its state) alone.
+    Under DDP set ``trainer.find_unused_parameters: true``: the frozen weights take no part in the loss."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        frozen = trainer.current_epoch < self.epochs
+        for parameter in frozen_encoder_parameters(pl_module.model):
+            parameter.requires_grad_(not frozen)
+
+
+def frozen_encoder_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The encoder parameters ``FreezeEncoder`` fixes: all but those of its batch-norm layers."""
+    encoder, _ = split_parameters(model)
+    norms = {
+        id(parameter)
+        for layer in model.modules()
+        if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm)
+        for parameter in layer.parameters()
+    }
+    return [parameter for parameter in encoder if id(parameter) not in norms]
 
 
 class Throughput(L.Callback):

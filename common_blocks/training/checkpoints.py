@@ -152,10 +152,28 @@ def read_resume_point(path: str | os.PathLike, max_epochs: int) -> ResumePoint:
 def check_weights_fit(point: ResumePoint, module: DefectModule) -> None:
     """A PipelineError naming the checkpoint when its weights do not fit ``module`` (the run's config
     builds another model than the one it was trained with)."""
+    load_fitting_weights(point.path, point.state_dict, module, "cannot resume from it")
+
+
+def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The weights of a checkpoint of this pipeline (best, averaged or last) for staged training; a
+    PipelineError naming the file when it is missing, unreadable or holds no weights."""
+    path = Path(path)
+    checkpoint = _read(path)
+    state_dict = checkpoint.get("state_dict")
+    if not isinstance(state_dict, dict) or not state_dict:
+        raise PipelineError(f"{path}: not a checkpoint of this pipeline (no state_dict of weights)")
+    return state_dict
+
+
+def load_fitting_weights(
+    path: Path, state_dict: dict[str, torch.Tensor], module: DefectModule, consequence: str
+) -> None:
+    """Load ``state_dict`` (from ``path``) into ``module`` with strictly matching names and shapes; a
+    one-line PipelineError naming the file and ending in ``consequence`` otherwise."""
     try:
-        module.load_state_dict(point.state_dict)
+        module.load_state_dict(state_dict)
     except (RuntimeError, KeyError, TypeError, ValueError) as error:
         raise PipelineError(
-            f"{point.path}: its weights do not fit the model of this config, cannot resume from it "
-            f"({_detail(error)})"
+            f"{path}: its weights do not fit the model of this config, {consequence} ({_detail(error)})"
         ) from None

@@ -17,9 +17,10 @@ from typing import Literal
 import yaml
 from pydantic import Field, model_validator
 
-from common_blocks.config_io import Section, load_config_file
+from common_blocks.config_io import YAML_SUFFIXES, Section, config_name, load_config_file
 from common_blocks.data.transforms import AugmentConfig
 from common_blocks.evaluation.oof_stats import DEFAULT_MIN_SIZES, DEFAULT_THRESHOLDS
+from common_blocks.run_folder import RunPaths
 from common_blocks.training.losses import LossTerm
 from common_blocks.training.models import ModelConfig
 from common_blocks.training.optim import OptimizerConfig, SchedulerConfig
@@ -105,6 +106,23 @@ class TrainConfig(Section):
     validation: ValidationConfig = ValidationConfig()
     oof: OofConfig = OofConfig()
     pseudo: PseudoConfig = PseudoConfig()
+    # Staged training: start from these weights instead of the pretrained encoder, with a fresh
+    # optimiser and schedule: a .ckpt file, or the earlier stage's training config (configs/NAME.yaml),
+    # whose run of the same fold gives its best.ckpt (OUT_DIR/NAME/foldK/best.ckpt).
+    init_from: str | None = None
+
+    @property
+    def parent_stage(self) -> Path | None:
+        """The earlier stage's training config, when ``init_from`` names one."""
+        return Path(self.init_from) if self.init_from and self.init_from.endswith(YAML_SUFFIXES) else None
+
+    def init_checkpoint(self, out_dir: str | os.PathLike, fold: int) -> Path | None:
+        """The checkpoint ``init_from`` names for ``fold`` under the runs folder ``out_dir``."""
+        if self.init_from is None:
+            return None
+        if self.parent_stage is None:
+            return Path(self.init_from)
+        return RunPaths.of(out_dir, config_name(self.parent_stage), fold).best
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
@@ -116,6 +134,18 @@ class TrainConfig(Section):
             raise ValueError(
                 "trainer.monitor 'tuned_score' needs validation.tuned_score: true and a segmentation task"
             )
+        if self.init_from is not None:
+            if not self.init_from.endswith((".ckpt", *YAML_SUFFIXES)):
+                raise ValueError(
+                    f"init_from: expected a .ckpt file or configs/NAME.yaml, got {self.init_from!r}"
+                )
+            if self.parent_stage is not None:
+                if not self.parent_stage.is_file():
+                    raise ValueError(f"init_from: {self.init_from}: config file not found")
+                if config_name(self.parent_stage) == self.name:
+                    raise ValueError(
+                        f"init_from: {self.init_from} trains this run itself, not an earlier stage"
+                    )
         if self.data.grayscale and self.model.args.get("in_channels", 1) != 1:
             raise ValueError("data.grayscale feeds one channel: model.args.in_channels must be 1 or unset")
         return self

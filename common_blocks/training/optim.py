@@ -32,6 +32,9 @@ class OptimizerConfig(BaseModel):
     encoder_lr: float = Field(1e-4, gt=0)
     decoder_lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    # Train only the decoder (and the encoder's batch norm) for the first N epochs: a pretrained or
+    # earlier-stage encoder is not disturbed while the new decoder is random (8th place)
+    freeze_encoder_epochs: int = Field(0, ge=0)
 
 
 class SchedulerConfig(BaseModel):

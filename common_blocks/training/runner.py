@@ -31,6 +31,7 @@ from common_blocks.run_folder import MONITORED, RunPaths
 from common_blocks.training.averaging import TopKWeights
 from common_blocks.training.callbacks import (
     AtomicCheckpointIO,
+    FreezeEncoder,
     ProgressBar,
     RunCSVLogger,
     SelfContainedRunFolder,
@@ -40,7 +41,9 @@ from common_blocks.training.checkpoints import (
     ResumePoint,
     check_weights_fit,
     load_checkpoint,
+    load_fitting_weights,
     read_resume_point,
+    read_weights,
 )
 from common_blocks.training.config import TrainConfig
 from common_blocks.training.datamodule import SteelDataModule
@@ -275,6 +278,8 @@ def build_trainer(
     if cfg.trainer.average_top_k is not None:
         reestimate = cfg.trainer.reestimate_batches if cfg.trainer.average_batch_norm == "reestimate" else 0
         callbacks.append(TopKWeights(paths, cfg.trainer.average_top_k, monitor, reestimate))
+    if cfg.optimizer.freeze_encoder_epochs:
+        callbacks.append(FreezeEncoder(cfg.optimizer.freeze_encoder_epochs))
     callbacks += [
         SelfContainedRunFolder(paths.root),
         Throughput(),
@@ -370,10 +375,17 @@ def train_fold(
     datamodule = SteelDataModule(cfg, fold)
     point = prepare_run_dir(paths, resume, overwrite, cfg.trainer.max_epochs) if lead or resume else None
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
-    # A resumed run takes every weight from last.ckpt: no pretrained encoder to fetch.
-    module = DefectModule(cfg.model_dump(mode="json"), fold, pretrained=point is None)
+    # A resumed run takes every weight from last.ckpt, a later stage from the earlier stage's
+    # checkpoint: no pretrained encoder to fetch.
+    init = cfg.init_checkpoint(out_dir, fold) if point is None else None
+    module = DefectModule(cfg.model_dump(mode="json"), fold, pretrained=point is None and init is None)
     if point is not None:
         check_weights_fit(point, module)
+    if init is not None:
+        try:
+            load_fitting_weights(init, read_weights(init), module, "cannot start from it")
+        except PipelineError as error:
+            raise PipelineError(f"init_from: {error}") from None
     sigint = signal.getsignal(signal.SIGINT)
     created = _missing_folders(paths.root) if lead else []
     set_aside, had_earlier_run = None, False
