@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole mission on synthetic data, end to end (what `make demo` runs):
-# generate -> folds -> train debug segmenter on 2 folds + debug gate -> OOF thresholds and
+# generate -> folds -> train debug segmenter on 2 folds (its 3 best epochs averaged) + debug gate ->
+# OOF thresholds (soft and hard gates searched) and
 # leaderboard row -> submission.csv -> its score against the synthetic truth -> HTML report.
 set -euo pipefail
 python=${1:-.venv/bin/python}
@@ -29,7 +30,8 @@ PY
 for fold in 0 1; do
   step "train debug segmenter, fold $fold"
   "$python" train.py --config configs/debug.yaml --fold "$fold" --data-dir "$data" --out-dir "$runs" \
-    --overwrite --set trainer.max_epochs=12 --set augment.crop_height=null --set augment.crop_width=null
+    --overwrite --set trainer.max_epochs=12 --set augment.crop_height=null --set augment.crop_width=null \
+    --set trainer.average_top_k=3
   step "train debug classifier gate, fold $fold"
   "$python" train.py --config configs/debug_classifier.yaml --fold "$fold" --data-dir "$data" \
     --out-dir "$runs" --overwrite --set trainer.max_epochs=6

@@ -84,3 +84,16 @@ def test_grayscale_data_builds_a_one_channel_model(debug_config):
     cfg = load_config(debug_config, ["data.grayscale=true"])
     module = DefectModule(cfg.model_dump(mode="json"))
     assert module(torch.zeros(1, 1, 64, 128)).shape == (1, 4, 64, 128)
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in TRAIN_CONFIGS if load_config(p).parent_stage is not None], ids=lambda p: p.stem
+)
+def test_a_shipped_later_stage_takes_the_weights_of_its_earlier_stage(path):
+    """The staged recipe's stages build the same network, so ``init_from`` loads strictly."""
+    from common_blocks.training.module import DefectModule
+
+    later = load_config(path, ["model.args.encoder_weights=null"])
+    earlier = load_config(later.parent_stage, ["model.args.encoder_weights=null"])
+    weights = DefectModule(earlier.model_dump(mode="json")).state_dict()
+    DefectModule(later.model_dump(mode="json")).load_state_dict(weights)  # strict: raises on a mismatch

@@ -33,7 +33,8 @@ def test_debug_ensemble_is_what_the_demo_trains():
     assert [(m.name, m.folds) for m in cfg.members] == [("debug", [0, 1])]
     assert (cfg.gate.name, cfg.gate.folds) == ("debug_classifier", [0, 1])
     assert cfg.runs_dir == Path("runs/demo") and cfg.data_dir == Path("data/synthetic")
-    assert cfg.members[0].checkpoint_path(cfg.runs_dir, 1) == Path("runs/demo/debug/fold1/best.ckpt")
+    assert cfg.members[0].checkpoint_path(cfg.runs_dir, 1) == Path("runs/demo/debug/fold1/averaged.ckpt")
+    assert cfg.gate.checkpoint_path(cfg.runs_dir, 1) == Path("runs/demo/debug_classifier/fold1/best.ckpt")
     assert cfg.oof_path == cfg.thresholds_path.with_name("oof.npz")
     assert cfg.leaderboard_path == Path("runs/leaderboard.csv")
 

@@ -164,8 +164,12 @@ class EnsembleConfig(Section):
         return [*self.members, *([self.gate] if self.gate else [])]
 
     def describe_members(self) -> str:
-        """``name[folds]xweight`` of each member, ``+``-joined: the leaderboard's members column."""
-        return "+".join(f"{m.name}[{','.join(map(str, m.folds))}]x{m.weight:g}" for m in self.members)
+        """``name[folds]xweight`` of each member (``name:averaged[...]`` when it is not ``best.ckpt``),
+        ``+``-joined: the leaderboard's members column."""
+        return "+".join(
+            f"{m.name}{'' if m.checkpoint == 'best' else ':' + m.checkpoint}[{','.join(map(str, m.folds))}]x{m.weight:g}"
+            for m in self.members
+        )
 
     def missing_checkpoints(self, folds: list[int] | None = None) -> list[Path]:
         """Checkpoints of the members and the gate (only of ``folds`` when given) that do not exist."""
