@@ -290,7 +290,11 @@ def test_validation_scores_fp32_full_resolution_probabilities_under_mixed_precis
     monkeypatch.setattr(module, "log", lambda *args, **kwargs: None)
     seen = []
     monkeypatch.setattr(module.val_score, "update", lambda probs, *rest: seen.append(probs))
-    batch = {"image": torch.randn(2, 3, 256, 1600), "mask": torch.zeros(2, 4, 256, 1600, dtype=torch.uint8)}
+    batch = {
+        "image": torch.randn(2, 3, 256, 1600),
+        "mask": torch.zeros(2, 4, 256, 1600, dtype=torch.uint8),
+        "image_id": ["a.jpg", "b.jpg"],
+    }
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         module.validation_step(batch, 0)
     (probs,) = seen

@@ -96,3 +96,18 @@ def test_invalid_arguments() -> None:
         BalancedSampler(np.zeros((0, 4), dtype=bool))
     with pytest.raises(ValueError, match="num_samples"):
         BalancedSampler(SKEWED, num_samples=0)
+
+
+def test_width_batches_keep_the_samplers_order_and_give_each_batch_one_width():
+    from common_blocks.data.samplers import WidthBatchSampler
+
+    inner = list(range(23))
+    batches = WidthBatchSampler(inner, 4, (256, 416, 608), seed=3)
+    epoch = list(batches)
+    assert len(epoch) == len(batches) == 5  # the short last batch is dropped, as drop_last does
+    assert [index for batch in epoch for index, _ in batch] == inner[:20]
+    assert all(len({width for _, width in batch}) == 1 for batch in epoch)
+    widths = [batch[0][1] for _ in range(10) for batch in batches]
+    assert set(widths) == {256, 416, 608}  # every width is drawn, epoch after epoch
+    again = WidthBatchSampler(inner, 4, (256, 416, 608), seed=3)
+    assert list(again) == epoch  # the draws follow the seed

@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from common_blocks.cli import main as cli_main
-from common_blocks.errors import PipelineError
+from common_blocks.errors import ConfigError, PipelineError
 from common_blocks.run_folder import RunPaths
 from common_blocks.training.checkpoints import load_checkpoint, read_resume_point
 from common_blocks.training.config import load_config
@@ -323,3 +323,29 @@ def test_validation_sees_full_unaugmented_images(synthetic_data, debug_config):
     first = Path(synthetic_data) / "train_images" / batch["image_id"][0]
     assert batch["image"].shape[-2:] == (256, 1600)
     assert torch.equal(batch["image"][0], to_tensor(read_image(first)))
+
+
+def test_multi_scale_crops_give_each_training_batch_one_of_the_widths(synthetic_data, debug_config):
+    from common_blocks.training.datamodule import SteelDataModule
+
+    widths = (128, 256, 512)
+    cfg = _config(
+        debug_config, synthetic_data, "augment.crop_width=null", f"augment.crop_widths={list(widths)}"
+    )
+    data = SteelDataModule(cfg, 0)
+    data.prepare_data()
+    data.setup("fit")
+    seen = set()
+    for _ in range(4):
+        for batch in data.train_dataloader():
+            assert batch["image"].shape[-2] == 256 and batch["mask"].shape[-1] == batch["image"].shape[-1]
+            seen.add(batch["image"].shape[-1])
+    assert seen <= set(widths) and len(seen) > 1
+    with pytest.raises(ConfigError, match="does not combine with pseudo-labels"):
+        _config(
+            debug_config,
+            synthetic_data,
+            "augment.crop_width=null",
+            "augment.crop_widths=[128]",
+            "pseudo.labels=x.csv",
+        )

@@ -187,3 +187,25 @@ def test_blackout_is_in_the_pipeline_only_when_asked_for() -> None:
     assert "DefectBlackout" not in [
         type(t).__name__ for t in build_train_transform(AugmentConfig()).transforms
     ]
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"crop_widths": (256, 416)}, "crop_width null"),
+        ({"crop_width": None, "crop_widths": (256, 400)}, "multiples of 32"),
+        ({"crop_width": None, "crop_widths": (256, 256)}, "distinct"),
+        ({"crop_width": None, "crop_height": None, "crop_widths": (256,)}, "crop_height set"),
+    ],
+)
+def test_bad_multi_scale_crop_widths_are_refused(fields: dict, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        AugmentConfig(**fields)
+
+
+def test_a_multi_scale_pipeline_crops_to_its_own_width() -> None:
+    cfg = AugmentConfig(crop_width=None, crop_widths=(256, 608))
+    image = asymmetric_image()
+    for width in cfg.crop_widths:
+        out = build_train_transform(cfg, seed=0, crop_width=width)(image=image, mask=mask_of(image))
+        assert out["image"].shape == (256, width) and out["mask"].shape == (256, width, 4)

@@ -7,6 +7,7 @@ columns ``rle_1`` .. ``rle_4`` ('' = no defect of that class).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import albumentations as A
@@ -76,6 +77,8 @@ class SegmentationDataset(Dataset):
 
     ``transform`` is an albumentations pipeline applied to the uint8 image and the HxWx4 mask
     together, so crops and flips move both alike; normalisation comes after it (``to_tensor``).
+    Multi-scale crops: ``transform`` maps each crop width to its pipeline, and items are asked for
+    as ``(index, width)`` (``samplers.WidthBatchSampler`` draws one width per batch).
     ``with_masks=False`` serves unlabelled images (inference); the table then only needs ``ImageId``.
     """
 
@@ -83,7 +86,7 @@ class SegmentationDataset(Dataset):
         self,
         table: pd.DataFrame,
         images_dir: str | os.PathLike,
-        transform: A.Compose | None = None,
+        transform: A.Compose | Mapping[int, A.Compose] | None = None,
         grayscale: bool = False,
         with_masks: bool = True,
     ) -> None:
@@ -105,23 +108,26 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
         self._prepare_worker()
-        image, mask = self.load(index)
+        index, width = key if isinstance(key, tuple) else (key, None)
+        image, mask = self.load(index, width)
         item = {"image": to_tensor(image), "image_id": self.image_ids[index], "index": index}
         if mask is not None:
             item.update(self.mask_targets(mask))
         return item
 
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """The augmented uint8 image and HxWx4 mask (None without masks), before normalisation."""
+    def load(self, index: int, width: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """The augmented uint8 image and HxWx4 mask (None without masks), before normalisation;
+        ``width`` picks the pipeline of that crop width (multi-scale crops)."""
         image = read_image(self.images_dir / self.image_ids[index], grayscale=self.grayscale)
         mask = self.decode_masks(index, image.shape[:2]) if self.with_masks else None
-        if self.transform is None:
+        transform = self.transform if width is None else self.transform[width]
+        if transform is None:
             return image, mask
         if mask is None:
-            return self.transform(image=image)["image"], None
-        augmented = self.transform(image=image, mask=mask)
+            return transform(image=image)["image"], None
+        augmented = transform(image=image, mask=mask)
         return augmented["image"], augmented["mask"]
 
     def decode_masks(self, index: int, shape: tuple[int, int]) -> np.ndarray:
@@ -149,8 +155,10 @@ class SegmentationDataset(Dataset):
             return
         self._worker_seed = worker.seed
         cv2.setNumThreads(0)  # workers are the parallelism; OpenCV threads on top only contend
-        if self.transform is not None:
-            seed_transform(self.transform, worker.seed)
+        transforms = self.transform.values() if isinstance(self.transform, Mapping) else [self.transform]
+        for offset, transform in enumerate(transforms):
+            if transform is not None:
+                seed_transform(transform, worker.seed + offset)
 
 
 class ClassificationDataset(SegmentationDataset):

@@ -183,3 +183,37 @@ class MixedSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.counts) * self.batch_size
+
+
+class WidthBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Batches of ``sampler``'s indices, ``batch_size`` at a time (a short last batch dropped), each
+    with one crop width drawn uniformly from ``widths``: items ``(index, width)`` for a dataset of
+    multi-scale crops. The draws follow ``seed`` and the number of epochs iterated so far.
+
+    ``sampler`` is exposed as ``.sampler``: Lightning calls ``set_epoch`` on a batch sampler's
+    ``sampler``, which keeps a balanced or sharded epoch as without multi-scale crops.
+    """
+
+    def __init__(
+        self, sampler: Sampler[int], batch_size: int, widths: tuple[int, ...], seed: int = 0
+    ) -> None:
+        if not widths:
+            raise ValueError("WidthBatchSampler needs at least one width")
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.widths = widths
+        self.seed = seed
+        self.iterations = 0
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        rng = np.random.default_rng([self.seed, self.iterations])
+        self.iterations += 1
+        indices = iter(self.sampler)
+        while batch := list(itertools.islice(indices, self.batch_size)):
+            if len(batch) < self.batch_size:
+                return
+            width = int(self.widths[rng.integers(len(self.widths))])
+            yield [(index, width) for index in batch]
+
+    def __len__(self) -> int:
+        return len(self.sampler) // self.batch_size

@@ -15,6 +15,8 @@ import numpy as np
 from albumentations.augmentations.crops.transforms import BaseCrop
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from common_blocks.data.rle import IMAGE_SHAPE
+
 
 class AugmentConfig(BaseModel):
     """Training augmentation; probabilities are per image.
@@ -25,6 +27,9 @@ class AugmentConfig(BaseModel):
     defects cover a small part of a 1600 px wide strip, and random crops alone would show the
     model mostly background.
 
+    ``crop_widths`` (with ``crop_height``, ``crop_width`` null): multi-scale crops, one of these widths
+    per batch, drawn uniformly (9th place: 256/416/608-wide crops mixed every epoch).
+
     ``blackout``: with this probability one defect component (8-connected, of one class) is painted
     black and removed from the mask (1st place): more clean steel with real texture around it.
     """
@@ -33,6 +38,7 @@ class AugmentConfig(BaseModel):
 
     crop_height: int | None = Field(256, gt=0)
     crop_width: int | None = Field(416, gt=0)
+    crop_widths: tuple[int, ...] | None = None
     crop_prefer_defect: float = Field(0.5, ge=0, le=1)
     hflip: float = Field(0.5, ge=0, le=1)
     vflip: float = Field(0.5, ge=0, le=1)
@@ -43,7 +49,18 @@ class AugmentConfig(BaseModel):
 
     @model_validator(mode="after")
     def _crop_both_or_neither(self) -> AugmentConfig:
-        if (self.crop_height is None) != (self.crop_width is None):
+        if self.crop_widths is not None:
+            if self.crop_height is None or self.crop_width is not None:
+                raise ValueError(
+                    "crop_widths needs crop_height set and crop_width null (one width per batch)"
+                )
+            if not self.crop_widths or len(set(self.crop_widths)) != len(self.crop_widths):
+                raise ValueError(f"crop_widths: expected distinct widths, got {list(self.crop_widths)}")
+            if any(width <= 0 or width % 32 or width > IMAGE_SHAPE[1] for width in self.crop_widths):
+                raise ValueError(
+                    f"crop_widths: expected multiples of 32 up to {IMAGE_SHAPE[1]}, got {list(self.crop_widths)}"
+                )
+        elif (self.crop_height is None) != (self.crop_width is None):
             raise ValueError(
                 "crop_height and crop_width must both be set (crop) or both be None (full image)"
             )
@@ -133,11 +150,11 @@ class DefectBlackout(A.DualTransform):
         return self.apply(mask, hole)
 
 
-def _crop(cfg: AugmentConfig) -> list[A.BasicTransform | A.BaseCompose]:
+def _crop(cfg: AugmentConfig, width: int | None) -> list[A.BasicTransform | A.BaseCompose]:
     """The crop step: a weighted choice between a defect-centred and a random patch of the same size."""
-    if cfg.crop_height is None or cfg.crop_width is None:
+    if cfg.crop_height is None or width is None:
         return []
-    size = {"height": cfg.crop_height, "width": cfg.crop_width}
+    size = {"height": cfg.crop_height, "width": width}
     choices = [
         DefectCrop(**size, p=cfg.crop_prefer_defect),
         A.RandomCrop(**size, p=1 - cfg.crop_prefer_defect),
@@ -146,16 +163,19 @@ def _crop(cfg: AugmentConfig) -> list[A.BasicTransform | A.BaseCompose]:
     return [A.OneOf([choice for choice in choices if choice.p > 0], p=1)]
 
 
-def build_train_transform(cfg: AugmentConfig, seed: int | None = None) -> A.Compose:
+def build_train_transform(
+    cfg: AugmentConfig, seed: int | None = None, crop_width: int | None = None
+) -> A.Compose:
     """Crop, blackout, flips and brightness/contrast jitter; plain albumentations objects, so it
     pickles into workers.
 
     Crops come first so the later steps touch only the patch (and blackout a component in it). ``seed`` makes the sequence of
     augmentations reproducible (DataLoader workers reseed it, see ``SegmentationDataset``).
+    ``crop_width`` is the width of this pipeline's crops when ``cfg.crop_widths`` offers several.
     """
     transform = A.Compose(
         [
-            *_crop(cfg),
+            *_crop(cfg, crop_width if cfg.crop_widths else cfg.crop_width),
             *([DefectBlackout(p=cfg.blackout)] if cfg.blackout > 0 else []),
             A.HorizontalFlip(p=cfg.hflip),
             A.VerticalFlip(p=cfg.vflip),

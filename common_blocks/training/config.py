@@ -134,6 +134,10 @@ class TrainConfig(Section):
             raise ValueError(
                 "trainer.monitor 'tuned_score' needs validation.tuned_score: true and a segmentation task"
             )
+        if self.augment.crop_widths and self.pseudo.labels is not None:
+            raise ValueError(
+                "augment.crop_widths (multi-scale crops) does not combine with pseudo-labels yet"
+            )
         if self.init_from is not None:
             if not self.init_from.endswith((".ckpt", *YAML_SUFFIXES)):
                 raise ValueError(

@@ -15,7 +15,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSamp
 from common_blocks.data.datasets import ClassificationDataset, SegmentationDataset
 from common_blocks.data.folds import read_folds, write_folds
 from common_blocks.data.formats import class_presence, read_labels, read_pseudo_labels
-from common_blocks.data.samplers import BalancedSampler, MixedSampler, ShardSampler
+from common_blocks.data.samplers import BalancedSampler, MixedSampler, ShardSampler, WidthBatchSampler
 from common_blocks.data.transforms import build_train_transform
 from common_blocks.errors import DataError
 from common_blocks.training.config import PseudoConfig, TrainConfig
@@ -141,19 +141,25 @@ class SteelDataModule(L.LightningDataModule):
         accelerator = self.cfg.trainer.accelerator
         return accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available())
 
-    def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler, drop_last: bool) -> DataLoader:
+    def _loader(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        sampler: Sampler,
+        drop_last: bool,
+        widths: tuple[int, ...] | None = None,
+    ) -> DataLoader:
         """Workers stay alive across epochs (no re-fork and re-import per epoch); for a GPU the
         batches are collated into pinned (page-locked) memory, so Lightning's copy to the device is
-        asynchronous (non-blocking) and needs no staging copy."""
+        asynchronous (non-blocking) and needs no staging copy. ``widths``: one crop width per batch."""
         workers = self.cfg.data.num_workers
+        batching = (
+            {"batch_sampler": WidthBatchSampler(sampler, batch_size, widths, self.cfg.trainer.seed)}
+            if widths
+            else {"batch_size": batch_size, "sampler": sampler, "drop_last": drop_last}
+        )
         return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            num_workers=workers,
-            drop_last=drop_last,
-            persistent_workers=workers > 0,
-            pin_memory=self.on_gpu,
+            dataset, num_workers=workers, persistent_workers=workers > 0, pin_memory=self.on_gpu, **batching
         )
 
     def train_sampler(self) -> Sampler[int]:
@@ -168,18 +174,21 @@ class SteelDataModule(L.LightningDataModule):
         return RandomSampler(range(len(self.train_table)), num_samples=n_samples)
 
     def _train_dataset(self, table: pd.DataFrame, images_dir: Path) -> SegmentationDataset:
-        return self.dataset_class(
-            table,
-            images_dir,
-            transform=build_train_transform(self.cfg.augment),
-            grayscale=self.cfg.data.grayscale,
-        )
+        augment = self.cfg.augment
+        if augment.crop_widths:
+            transform = {
+                width: build_train_transform(augment, crop_width=width) for width in augment.crop_widths
+            }
+        else:
+            transform = build_train_transform(augment)
+        return self.dataset_class(table, images_dir, transform=transform, grayscale=self.cfg.data.grayscale)
 
     def train_dataloader(self) -> DataLoader:
         dataset = self._train_dataset(self.train_table, self.images_dir)
         batch = min(self.cfg.data.batch_size, len(self.train_table))
+        widths = self.cfg.augment.crop_widths
         if self.pseudo_table is None:
-            return self._loader(dataset, batch, self.train_sampler(), drop_last=True)
+            return self._loader(dataset, batch, self.train_sampler(), drop_last=True, widths=widths)
         pseudo = self._train_dataset(self.pseudo_table, self.test_images_dir)
         rank, world = _rank_and_world()
         sampler = MixedSampler(
