@@ -10,13 +10,14 @@ RUNS_DIR ?= runs/demo
 
 venv: $(STAMP)
 
-# The project itself goes in editable (the `severstal` command; tests import the installed package).
+# The project itself goes in editable (the `severstal` command; tests import the installed package),
+# with the extras of the exported backends (OpenVINO, ONNX Runtime: CPU wheels, no torch among their deps).
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -c constraints.txt -r requirements.txt
-	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip install --quiet -c constraints.txt --no-build-isolation -e '.[onnxruntime,openvino]'
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -7,6 +7,14 @@
 3. The classifier gate on that half defect-free test set against no gate, end to end.
 4. Peak RSS of a whole inference run over 1,000 and 4,000 images, each in its own process (a tiny
    untrained member, no TTA, no gate): streaming keeps it flat (target: within 10%).
+5. Backends x precisions: the ``cpu_small`` member and FPN + se_resnext50_32x4d (both random init,
+   exported once by ``export_ensemble``) at 256x1600, each installed backend (torch channels-last,
+   OpenVINO, ONNX Runtime) in fp32 and, where the CPU has bf16 instructions, bf16: img/s of the
+   network alone (preloaded batches, logits at its resolution) and end to end on the first
+   ``--images`` real images of ``../shared/severstal-sample/train_images`` (that column is skipped
+   when the sample is absent; the networks then run on synthetic images), no TTA, no gate. Targets:
+   fastest fp32 >= 1.5x torch fp32 and bf16 >= 2.5x torch fp32 on FPN, network alone; end to end >=
+   0.9 of the network alone for the backend ``--backend auto`` picks.
 
 Models (1-3): fold 0 of the ``--member`` segmenter and ``--gate`` classifier configs (default: the
 debug ones that ``make demo`` trains) from ``--runs-dir``, else untrained ones written to the work
@@ -18,7 +26,8 @@ how heavy the member is: the tiny debug member is the hardest case.
     .venv/bin/python -m benchmarks.bench_inference [--runs-dir runs/demo] [--member configs/debug.yaml]
         [--gate configs/debug_classifier.yaml] [--images 48] [--batch-size 4] [--workers 0 1]
         [--tta none hflip vflip] [--average probabilities|logits] [--rss-images 1000 4000]
-        [--work-dir /tmp/bench_inference] [--parts 1 2 3 4] [--threads N]
+        [--work-dir /tmp/bench_inference] [--parts 1 2 3 4 5] [--threads N]
+    .venv/bin/python -m benchmarks.bench_inference --parts 5 --images 16 --batch-size 2 --repeats 1
 
 On a shared machine, other processes' load slows two torch threads far more than one (each parallel
 region waits for a descheduled thread), so ``--threads 1`` gives the steadier ratios there.
@@ -41,6 +50,9 @@ import torch
 from common_blocks.data.datasets import SegmentationDataset
 from common_blocks.data.formats import list_images
 from common_blocks.data.synthetic import generate
+from common_blocks.deploy.backends import ExportedRuntime, cpu_has_bf16
+from common_blocks.deploy.export import export_ensemble, open_export
+from common_blocks.deploy.runtimes import RUNTIME_PRECISIONS, installed_runtimes
 from common_blocks.evaluation.postprocess import ClassPostprocess, PostprocessConfig
 from common_blocks.inference.ensemble_config import EnsembleConfig
 from common_blocks.inference.predictor import EnsemblePredictor, build_predictor
@@ -54,6 +66,13 @@ TARGET_RATIO = 0.85
 RSS_TOLERANCE = 0.10
 UNTRAINED_THRESHOLD = 0.65
 DEBUG_CONFIGS = (ROOT / "configs" / "debug.yaml", ROOT / "configs" / "debug_classifier.yaml")
+REAL_IMAGES = ROOT.parent / "shared" / "severstal-sample" / "train_images"
+# Part 5's members: config and the overrides that build it offline (random init).
+BACKEND_MEMBERS = {
+    "cpu_small": (ROOT / "configs" / "cpu_small.yaml", ()),
+    "fpn_se_resnext50": (ROOT / "configs" / "fpn_se_resnext50.yaml", ("model.args.encoder_weights=null",)),
+}
+FP32_TARGET, BF16_TARGET, END_TO_END_TARGET = 1.5, 2.5, 0.9
 
 
 def synthetic_test_images(work_dir: Path, n_images: int) -> Path:
@@ -65,15 +84,17 @@ def synthetic_test_images(work_dir: Path, n_images: int) -> Path:
 
 
 def models(
-    runs_dir: Path, work_dir: Path, configs: tuple[Path, ...], scale: float | None = None
+    runs_dir: Path, work_dir: Path, configs: tuple[Path, ...], overrides: tuple[str, ...] = ()
 ) -> tuple[Path, bool]:
     """A runs folder holding fold 0 of the member (and gate) ``configs``, and whether they are trained:
-    ``runs_dir`` when it has both, else untrained ones written to the work folder."""
-    cfgs = [load_config(path, [] if scale is None else [f"data.scale={scale}"]) for path in configs]
+    ``runs_dir`` when it has both and there are no config ``overrides``, else untrained ones written
+    to the work folder."""
+    cfgs = [load_config(path, list(overrides)) for path in configs]
     trained = all(RunPaths.of(runs_dir, cfg.name, 0).best.is_file() for cfg in cfgs)
-    if trained and scale is None:
+    if trained and not overrides:
         return runs_dir, True
-    untrained = work_dir / f"untrained_runs_{'_'.join(cfg.name for cfg in cfgs)}_{scale or 'as_configured'}"
+    variant = "_".join(overrides) or "as_configured"
+    untrained = work_dir / f"untrained_runs_{'_'.join(cfg.name for cfg in cfgs)}_{variant}"
     import lightning  # after common_blocks.training, which makes torchvision importable for it
 
     for cfg in cfgs:
@@ -116,15 +137,21 @@ def configs(args: argparse.Namespace) -> tuple[Path, ...]:
 
 
 def end_to_end_rate(
-    predictor: EnsemblePredictor, images_dir: Path, ids: list[str], batch: int, workers: int
+    predictor: EnsemblePredictor,
+    images_dir: Path,
+    ids: list[str],
+    batch: int,
+    workers: int,
+    out: Path | None = None,
 ) -> float:
-    """Images/s of a whole inference run: decode, predict, post-process, encode, write the CSV."""
+    """Images/s of a whole inference run: decode, predict, post-process, encode, write the CSV (to
+    ``out``, default beside the images)."""
     start = time.perf_counter()
     make_submission(
         predictor,
         images_dir,
         ids,
-        images_dir.parent / "bench_submission.csv",
+        out or images_dir.parent / "bench_submission.csv",
         batch_size=batch,
         workers=workers,
     )
@@ -133,13 +160,14 @@ def end_to_end_rate(
 
 @torch.inference_mode()
 def forward_rate(predictor: EnsemblePredictor, batches: list[torch.Tensor]) -> float:
-    """Images/s of the members' networks alone (every TTA flip), on preloaded normalised batches: their
-    logits at the network's own resolution, nothing resized, flipped back or activated."""
+    """Images/s of the members' networks alone (every TTA flip) as the predictor's backend runs them,
+    on preloaded normalised batches: their logits at the network's own resolution, nothing resized,
+    flipped back or activated."""
     start = time.perf_counter()
     for images in batches:
         for model in predictor.segmenters:
             for dims in predictor.tta:
-                model.module.model_logits(images.flip(dims) if dims else images)
+                predictor.network_logits(model, images.flip(dims) if dims else images)
     return sum(len(b) for b in batches) / (time.perf_counter() - start)
 
 
@@ -254,7 +282,7 @@ def rss_child(args) -> None:
     """One inference run over the first ``--rss-child`` images; prints its peak RSS in MiB (this
     process, where the rows accumulate; the loader worker's memory does not depend on the count)."""
     images_dir = synthetic_test_images(args.work_dir, max(args.rss_images))
-    runs_dir, _ = models(args.runs_dir, args.work_dir, DEBUG_CONFIGS, scale=0.125)
+    runs_dir, _ = models(args.runs_dir, args.work_dir, DEBUG_CONFIGS, ("data.scale=0.125",))
     ensemble = predictor(runs_dir, False, DEBUG_CONFIGS, ["none"], gate=False)
     ids = list_images(images_dir)[: args.rss_child]
     rate = end_to_end_rate(ensemble, images_dir, ids, args.batch_size, args.workers[-1])
@@ -295,20 +323,110 @@ def compare_memory(args) -> None:
         print(f"   {workers} worker(s): largest / smallest = {high / low:.3f}: {verdict} {RSS_TOLERANCE:.0%}")
 
 
+def cpu_description() -> str:
+    """The CPU's model name and whether it has the bf16 instructions (from /proc/cpuinfo)."""
+    text = Path("/proc/cpuinfo").read_text()
+    model = next(
+        (line.partition(":")[2].strip() for line in text.splitlines() if line.startswith("model name")), "?"
+    )
+    flags = set(
+        next((line.partition(":")[2].split() for line in text.splitlines() if line.startswith("flags")), [])
+    )
+    return f"{model}; " + ", ".join(
+        f"{flag} {'yes' if flag in flags else 'no'}" for flag in ("avx512_bf16", "amx_bf16")
+    )
+
+
+def backend_member(args: argparse.Namespace, name: str, data_dir: Path) -> tuple[EnsembleConfig, Path]:
+    """Part 5's one-member ensemble of ``name`` (untrained, fold 0, no TTA, no gate) and its export."""
+    config, overrides = BACKEND_MEMBERS[name]
+    runs_dir, _ = models(args.runs_dir, args.work_dir, (config,), overrides)
+    cfg = EnsembleConfig.model_validate(
+        {
+            "name": f"bench_{name}",
+            "runs_dir": runs_dir,
+            "data_dir": data_dir,
+            "members": [{"config": str(config), "folds": [0]}],
+            "tta": ["none"],
+            "postprocess": {"thresholds_file": args.work_dir / "no_thresholds.json"},
+        }
+    )
+    folder = args.work_dir / f"export_{name}"
+    start = time.perf_counter()
+    export_ensemble(cfg, folder, installed_runtimes())
+    print(
+        f"   {name}: exported and checked under {', '.join(installed_runtimes())} in {time.perf_counter() - start:.0f} s"
+    )
+    return cfg, folder
+
+
+def backends_and_precisions(args: argparse.Namespace) -> None:
+    real = REAL_IMAGES.is_dir()
+    images_dir = REAL_IMAGES if real else synthetic_test_images(args.work_dir, args.images)
+    ids = list_images(images_dir)[: args.images]
+    precisions = ["fp32", *(["bf16"] if cpu_has_bf16() else [])]
+    print(
+        f"\n5. backends x precisions at 256x1600 ({len(ids)} {'real' if real else 'synthetic'} images, batch "
+        f"{args.batch_size}, no TTA, {torch.get_num_threads()} thread(s); {cpu_description()})"
+    )
+    postprocess = PostprocessConfig(classes=(ClassPostprocess(threshold=UNTRAINED_THRESHOLD),) * 4)
+    for name in BACKEND_MEMBERS:
+        cfg, folder = backend_member(args, name, images_dir.parent)
+        export = open_export(folder)
+        predictors = {
+            (backend, precision): build_predictor(
+                cfg,
+                postprocess=postprocess,
+                device="cpu",
+                precision=precision,
+                runtime=None if backend == "torch" else ExportedRuntime(backend, lambda e=export: e),
+            )
+            for backend in ("torch", *installed_runtimes())
+            for precision in precisions
+            if backend == "torch" or precision in RUNTIME_PRECISIONS[backend]
+        }
+        batches = preload(images_dir, ids, args.batch_size, next(iter(predictors.values())).grayscale)
+        measures = {}
+        for key, ensemble in predictors.items():
+            forward_rate(ensemble, batches[:1])  # warm-up: first calls of every kernel
+            measures[(*key, "network")] = lambda e=ensemble, b=batches: forward_rate(e, b)
+            if real:
+                measures[(*key, "end to end")] = lambda e=ensemble: end_to_end_rate(
+                    e, images_dir, ids, args.batch_size, 0, args.work_dir / "bench_submission.csv"
+                )
+        rates = in_turns(measures, args.repeats)
+        print(f"   {name}: backend, precision: network alone / end to end img/s (end to end / network)")
+        for backend, precision in predictors:
+            network = rates[(backend, precision, "network")]
+            whole = rates.get((backend, precision, "end to end"))
+            tail = (
+                f" / {whole:6.2f} ({whole / network:.2f})" if whole is not None else " / - (no real images)"
+            )
+            print(f"     {backend:12s} {precision}: {network:6.2f}{tail}")
+        torch_fp32 = rates[("torch", "fp32", "network")]
+        for precision, target in (("fp32", FP32_TARGET), ("bf16", BF16_TARGET)):
+            candidates = {b: r for (b, p, part), r in rates.items() if p == precision and part == "network"}
+            if candidates:
+                best = max(candidates, key=candidates.get)
+                ratio = candidates[best] / torch_fp32
+                verdict = "meets" if ratio >= target else "is below"
+                print(f"     fastest {precision}: {best} {ratio:.2f}x torch fp32 ({verdict} {target}x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "demo", help="trained runs")
     parser.add_argument("--member", type=Path, default=DEBUG_CONFIGS[0], help="segmenter config (parts 1-3)")
     parser.add_argument("--gate", type=Path, default=DEBUG_CONFIGS[1], help="classifier config (part 3)")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/bench_inference"), help="images, models")
-    parser.add_argument("--images", type=int, default=48, help="images for parts 1-3")
+    parser.add_argument("--images", type=int, default=48, help="images for parts 1-3 and 5")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1], help="loader workers to time")
     parser.add_argument("--tta", nargs="+", default=["none", "hflip", "vflip"])
     parser.add_argument("--average", choices=["probabilities", "logits"], default="probabilities")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per figure (best is kept)")
     parser.add_argument("--rss-images", type=int, nargs="+", default=[1000, 4000])
-    parser.add_argument("--parts", type=int, nargs="+", default=[1, 2, 3, 4], choices=[1, 2, 3, 4])
+    parser.add_argument("--parts", type=int, nargs="+", default=[1, 2, 3, 4], choices=[1, 2, 3, 4, 5])
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
     parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -317,19 +435,21 @@ def main() -> None:
     if args.rss_child:
         rss_child(args)
         return
-    runs_dir, trained = models(args.runs_dir, args.work_dir, configs(args))
-    kind = "trained" if trained else "untrained"
-    print(
-        f"{kind} {' and '.join(path.stem for path in configs(args))} from {runs_dir}; "
-        f"{torch.get_num_threads()} torch thread(s)"
-    )
     if {1, 2, 3} & set(args.parts):
+        runs_dir, trained = models(args.runs_dir, args.work_dir, configs(args))
+        kind = "trained" if trained else "untrained"
+        print(
+            f"{kind} {' and '.join(path.stem for path in configs(args))} from {runs_dir}; "
+            f"{torch.get_num_threads()} torch thread(s)"
+        )
         bench = PipelineBench(args, runs_dir, trained)
         parts = {1: bench.end_to_end_vs_forward, 2: bench.compile, 3: bench.gate}
         for part in sorted({1, 2, 3} & set(args.parts)):
             parts[part]()
     if 4 in args.parts:
         compare_memory(args)
+    if 5 in args.parts:
+        backends_and_precisions(args)
 
 
 if __name__ == "__main__":

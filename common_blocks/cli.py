@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from common_blocks.errors import ConfigError, DataError, cli_entry
+from common_blocks.errors import ConfigError, DataError, PipelineError, cli_entry
 from common_blocks.files import OutputError, check_output_dir, check_output_file, is_write_failure
 
 
@@ -129,6 +129,51 @@ def _loader_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# The choices of --backend and --precision: common_blocks.deploy.backends.BACKENDS and the keys of
+# common_blocks.inference.predictor.PRECISIONS (tests/test_deploy.py checks it), without importing torch.
+BACKEND_CHOICES = ("auto", "torch", "openvino", "onnxruntime")
+PRECISION_CHOICES = ("fp32", "fp16", "bf16")
+
+
+def _backend_options(parser: argparse.ArgumentParser) -> None:
+    """``--backend``, ``--precision`` and ``--exported`` of the commands that predict."""
+    parser.add_argument(
+        "--backend",
+        choices=BACKEND_CHOICES,
+        default="torch",
+        help="what runs the networks: torch (the checkpoints; default), openvino or onnxruntime (their ONNX "
+        "export, on the CPU; optional extras), auto (torch on CUDA, else the fastest installed)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISION_CHOICES,
+        default="fp32",
+        help="the networks' arithmetic: fp32 (default), bf16 (CUDA, or a CPU with avx512_bf16/amx_bf16), "
+        "fp16 (CUDA)",
+    )
+    parser.add_argument(
+        "--exported",
+        type=Path,
+        metavar="DIR",
+        help="with openvino/onnxruntime: the networks `severstal export` wrote (default: exported now "
+        "into a temporary folder)",
+    )
+
+
+def _backend(args: argparse.Namespace) -> str:
+    """The backend ``--backend``, ``--precision`` and ``--exported`` choose, checked before anything loads."""
+    from common_blocks.deploy.backends import choose_backend
+
+    return choose_backend(args.backend, args.precision, args.exported)
+
+
+def _runtime(args: argparse.Namespace, backend: str, cfg):
+    """The context holding the chosen backend's ``Runtime`` (None for torch), for ``build_predictor``."""
+    from common_blocks.deploy.backends import backend_runtime
+
+    return backend_runtime(backend, cfg, args.exported)
+
+
 def _json_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
@@ -163,6 +208,11 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     resume.add_argument("--resume", action="store_true", help="continue from OUT_DIR/NAME/foldK/last.ckpt")
     resume.add_argument("--overwrite", action="store_true", help="discard earlier checkpoints of this fold")
     parser.add_argument("--pseudo", type=Path, help="pseudo-label CSV mixed into training batches")
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        help="start from this checkpoint's weights (an earlier stage; same model), fresh optimiser and schedule",
+    )
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -172,6 +222,10 @@ def _train(args: argparse.Namespace) -> None:
     overrides = _with_data_dir(args, "data.data_dir")
     if args.pseudo is not None:
         overrides.append(f"pseudo.labels={args.pseudo}")
+    if args.init_from is not None:
+        if args.init_from.suffix != ".ckpt" or not args.init_from.is_file():
+            raise PipelineError(f"--init-from {args.init_from}: expected an existing .ckpt file")
+        overrides.append(f"init_from={json.dumps(str(args.init_from))}")
     cfg = load_config(args.config, overrides)
     from common_blocks.run_folder import RunPaths
 
@@ -192,6 +246,7 @@ def _infer_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--format", choices=("current", "2019"), default="current", help="submission format")
     _loader_options(parser)
+    _backend_options(parser)
     parser.add_argument(
         "--skip-bad-images", action="store_true", help="predict no defect for unreadable images, list them"
     )
@@ -212,6 +267,7 @@ def _infer(args: argparse.Namespace) -> None:
             _not_an_input(args.overlay, "--overlay", args.image, *([args.truth] if args.truth else []))
     else:
         check_output_file(args.out, "the submission (--out)")
+    backend = _backend(args)
     cfg = _ensemble(args)
     if args.image is None:
         _not_an_input(args.out, "--out", cfg.data_dir / "sample_submission.csv")
@@ -221,22 +277,23 @@ def _infer(args: argparse.Namespace) -> None:
     image_ids = None if args.image else submission_image_ids(cfg.data_dir)  # bad data fails before loading
     postprocess, source = cfg.resolved_postprocess()
     print(source)
-    predictor = build_predictor(cfg, postprocess=postprocess)
-    if args.image is not None:
-        from common_blocks.reports.single_image import show_prediction
+    with _runtime(args, backend, cfg) as runtime:
+        predictor = build_predictor(cfg, postprocess=postprocess, precision=args.precision, runtime=runtime)
+        if args.image is not None:
+            from common_blocks.reports.single_image import show_prediction
 
-        print(show_prediction(predictor, args.image, args.overlay, args.truth))
-        return
-    report = make_submission(
-        predictor,
-        cfg.data_dir / "test_images",
-        image_ids,
-        args.out,
-        args.format,
-        args.batch_size,
-        args.workers,
-        args.skip_bad_images,
-    )
+            print(show_prediction(predictor, args.image, args.overlay, args.truth))
+            return
+        report = make_submission(
+            predictor,
+            cfg.data_dir / "test_images",
+            image_ids,
+            args.out,
+            args.format,
+            args.batch_size,
+            args.workers,
+            args.skip_bad_images,
+        )
     print(report.format())
 
 
@@ -246,14 +303,17 @@ def _infer(args: argparse.Namespace) -> None:
 def _oof_arguments(parser: argparse.ArgumentParser) -> None:
     _config_options(parser, ENSEMBLE_YAML, "train.csv, train_images/, the folds file", "tta=[none]")
     _loader_options(parser)
+    _backend_options(parser)
     _json_option(parser)
 
 
 def _oof(args: argparse.Namespace) -> None:
+    backend = _backend(args)
     cfg = _ensemble(args)
     from common_blocks.inference.oof import run_oof
 
-    report = run_oof(cfg, args.batch_size, args.workers)
+    with _runtime(args, backend, cfg) as runtime:
+        report = run_oof(cfg, args.batch_size, args.workers, args.precision, runtime)
     if args.json:
         print_json(report.to_dict())
     else:
@@ -350,6 +410,7 @@ def _pseudo_arguments(parser: argparse.ArgumentParser) -> None:
         "--p-low", type=_probability, default=0.05, help="gate probability below which it is absent (0.05)"
     )
     _loader_options(parser)
+    _backend_options(parser)
 
 
 def _pseudo(args: argparse.Namespace) -> None:
@@ -357,6 +418,7 @@ def _pseudo(args: argparse.Namespace) -> None:
 
     summary = SelectionSummary(args.p_high, args.p_low)  # checks the thresholds before anything loads
     check_output_dir(args.out_dir, "the pseudo-label folder (--out-dir)")
+    backend = _backend(args)
     cfg = _ensemble(args)
     from common_blocks.pseudo.rounds import round_path
 
@@ -365,9 +427,17 @@ def _pseudo(args: argparse.Namespace) -> None:
     cfg.resolved_postprocess()  # a thresholds file that cannot be read fails before any model loads
     from common_blocks.pseudo.rounds import pseudo_label_round
 
-    report, _ = pseudo_label_round(
-        cfg, args.round_number, args.out_dir, summary, args.batch_size, args.workers
-    )
+    with _runtime(args, backend, cfg) as runtime:
+        report, _ = pseudo_label_round(
+            cfg,
+            args.round_number,
+            args.out_dir,
+            summary,
+            args.batch_size,
+            args.workers,
+            precision=args.precision,
+            runtime=runtime,
+        )
     print(summary.format())
     print(f"wrote {report['labels']}")
     for error in report["unreadable_images"]:
@@ -378,6 +448,40 @@ def _pseudo(args: argparse.Namespace) -> None:
             "uses the real images only (lower --p-high / raise --p-low, or improve the ensemble)",
             file=sys.stderr,
         )
+
+
+# --- export -----------------------------------------------------------------------------------------
+
+
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    _config_options(
+        parser, ENSEMBLE_YAML, "its images check the export (test_images/, else train_images/)", "tta=[none]"
+    )
+    parser.add_argument(
+        "--out", required=True, type=_output_path, help="folder for the .onnx files and manifest.json"
+    )
+
+
+def _export(args: argparse.Namespace) -> None:
+    check_output_dir(args.out, "the export folder (--out)")
+    cfg = _ensemble(args)
+    from common_blocks.deploy.export import export_ensemble
+    from common_blocks.deploy.runtimes import installed_runtimes
+
+    runtimes = installed_runtimes()  # the export is checked under every one installed
+    manifest = export_ensemble(cfg, args.out, runtimes)
+    print(manifest["postprocess_source"])
+    for network in manifest["networks"]:
+        differences = ", ".join(
+            f"{name} {value:.1e}" for name, value in network["largest_difference"].items()
+        )
+        print(
+            f"  {network['file']}: {network['role']} {network['run']} fold {network['fold']} ({differences})"
+        )
+    print(
+        f"wrote {args.out}: {len(manifest['networks'])} network(s) and manifest.json; probabilities within "
+        f"{manifest['check']['tolerance']:g} of PyTorch on {len(manifest['check']['images'])} image(s)"
+    )
 
 
 # --- sweep ------------------------------------------------------------------------------------------
@@ -583,6 +687,68 @@ def _dataset(args: argparse.Namespace) -> None:
     print(f"wrote {dataset_overview(args.data_dir, args.out, args.per_class, args.seed)}")
 
 
+# --- bundle -----------------------------------------------------------------------------------------
+
+
+def _bundle_arguments(parser: argparse.ArgumentParser) -> None:
+    _config_options(
+        parser,
+        f"{ENSEMBLE_YAML} whose checkpoints and tuned thresholds go into the bundle",
+        "written into the bundled config: where the notebook finds test_images/ "
+        "(default /kaggle/input/severstal-steel-defect-detection)",
+        "runs_dir=runs/exp2",
+    )
+    parser.add_argument(
+        "--out", required=True, type=_output_path, help="the bundle folder, to upload as a Kaggle dataset"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace a bundle already in --out")
+    parser.add_argument(
+        "--kaggle-dataset",
+        metavar="NAME",
+        help="the dataset's slug on Kaggle (the end of its URL): the notebook reads /kaggle/input/NAME "
+        "(default: --out's folder name)",
+    )
+    wheels = parser.add_mutually_exclusive_group()
+    wheels.add_argument(
+        "--wheels-from",
+        type=Path,
+        metavar="DIR",
+        help="copy the dependency wheels from this folder instead of downloading them from PyPI",
+    )
+    wheels.add_argument(
+        "--no-dependency-wheels",
+        action="store_true",
+        help="bundle only the project's wheel: the notebook's image has every dependency",
+    )
+
+
+def _bundle(args: argparse.Namespace) -> None:
+    from common_blocks.deploy.bundle import DEPENDENCY_WHEELS, check_bundle_folder, dataset_name
+
+    check_bundle_folder(args.out, args.overwrite)
+    dataset_name(args.out, args.kaggle_dataset)
+    if args.wheels_from is not None and not args.wheels_from.is_dir():
+        raise DataError(f"{args.wheels_from}: no such folder (--wheels-from)")
+    from common_blocks.inference.ensemble_config import load_ensemble_config
+
+    cfg = load_ensemble_config(args.config, args.overrides)
+    from common_blocks.deploy.bundle import build_bundle
+
+    bundle = build_bundle(
+        cfg,
+        args.out,
+        config_path=args.config,
+        dataset=args.kaggle_dataset,
+        data_dir=None if args.data_dir is None else str(args.data_dir),
+        dependencies=() if args.no_dependency_wheels else DEPENDENCY_WHEELS,
+        wheels_from=args.wheels_from,
+        overwrite=args.overwrite,
+    )
+    for warning in bundle.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(bundle.format())
+
+
 @dataclass(frozen=True)
 class Command:
     help: str
@@ -606,6 +772,11 @@ COMMANDS: dict[str, Command] = {
     ),
     "report": Command("HTML report of an ensemble's out-of-fold results", _report_arguments, _report),
     "pseudo": Command("one pseudo-label round over the test images", _pseudo_arguments, _pseudo),
+    "export": Command(
+        "every network of an ensemble as ONNX, checked against PyTorch, with a manifest",
+        _export_arguments,
+        _export,
+    ),
     "sweep": Command(
         "train every run of an ensemble as a job array (Slurm or this machine), then its OOF search",
         _sweep_arguments,
@@ -615,6 +786,11 @@ COMMANDS: dict[str, Command] = {
     "synthetic": Command("write a synthetic Severstal-like data set", _synthetic_arguments, _synthetic),
     "dataset": Command(
         "overview of a data set: sample images per class, class distribution", _dataset_arguments, _dataset
+    ),
+    "bundle": Command(
+        "one folder to upload as a Kaggle dataset: checkpoints, config, thresholds, wheels, notebook lines",
+        _bundle_arguments,
+        _bundle,
     ),
 }
 

@@ -34,6 +34,8 @@ def test_help_lists_every_command():
         "synthetic",
         "dataset",
         "sweep",
+        "export",
+        "bundle",
     } <= set(COMMANDS)
 
 
@@ -121,6 +123,39 @@ def test_data_commands_and_the_evaluation_package_load_no_torch(tmp_path):
             "p.csv: file not found",
         ),
         (["sweep", "--config", "nowhere.yaml", "--executor", "local"], "nowhere.yaml: config file not found"),
+        (["infer", "--config", "c.yaml", "--backend", "tensorrt"], "--backend: invalid choice: 'tensorrt'"),
+        (["oof", "--config", "c.yaml", "--precision", "fp8"], "--precision: invalid choice: 'fp8'"),
+        (
+            ["infer", "--config", "c.yaml", "--backend", "openvino", "--precision", "fp16"],
+            "precision fp16 needs a CUDA device",
+        ),
+        (
+            ["oof", "--config", "c.yaml", "--backend", "onnxruntime", "--precision", "bf16"],
+            "--backend onnxruntime runs fp32 only, not --precision bf16",
+        ),
+        (
+            ["pseudo", "--config", "c.yaml", "--round", "1", "--exported", "e"],
+            "--exported: the torch backend runs the checkpoints",
+        ),
+        (["infer", "--config", "c.yaml", "--backend", "openvino", "--exported", "e"], "e: no such folder"),
+        (["export", "--config", "c.yaml"], "required: --out"),
+        (["export", "--config", "nowhere.yaml", "--out", "e"], "nowhere.yaml: config file not found"),
+        (["export", "--config", "c.yaml", "--out", ""], "--out: expected a path, got an empty string"),
+        (["bundle", "--config", "c.yaml"], "required: --out"),
+        (["bundle", "--config", "nowhere.yaml", "--out", "b"], "nowhere.yaml: config file not found"),
+        (["bundle", "--config", "c.yaml", "--out", "."], ".: is the working directory or holds it"),
+        (
+            ["bundle", "--config", "c.yaml", "--out", "b", "--wheels-from", "w", "--no-dependency-wheels"],
+            "not allowed with argument",
+        ),
+        (
+            ["bundle", "--config", "c.yaml", "--out", "b", "--wheels-from", "w"],
+            "w: no such folder (--wheels-from)",
+        ),
+        (
+            ["bundle", "--config", "c.yaml", "--out", "b", "--kaggle-dataset", "my data"],
+            "--kaggle-dataset: 'my data' is no Kaggle dataset name",
+        ),
     ],
 )
 def test_bad_arguments_are_one_error_line(argv, message, tmp_path, monkeypatch, capsys):
@@ -134,7 +169,7 @@ def test_bad_arguments_are_one_error_line(argv, message, tmp_path, monkeypatch, 
     assert not list(tmp_path.iterdir())  # nothing written
 
 
-LAYERS = ("data", "evaluation", "training", "inference", "cluster", "pseudo", "reports")
+LAYERS = ("data", "evaluation", "training", "inference", "deploy", "cluster", "pseudo", "reports")
 PACKAGE = Path(__file__).resolve().parents[1] / "common_blocks"
 
 

@@ -25,7 +25,7 @@ from common_blocks.evaluation.oof_stats import OofStatsBuilder
 from common_blocks.evaluation.threshold_search import SearchResult, evaluate, search
 from common_blocks.files import check_output_file, staged_outputs
 from common_blocks.inference.ensemble_config import EnsembleConfig
-from common_blocks.inference.predictor import EnsemblePredictor, build_predictor
+from common_blocks.inference.predictor import EnsemblePredictor, Runtime, build_predictor
 from common_blocks.inference.submission import ReadTolerantDataset, image_loader
 from common_blocks.training.config import TrainConfig
 from common_blocks.training.datamodule import labelled_folds
@@ -202,8 +202,16 @@ def check_outputs(cfg: EnsembleConfig) -> None:
     read_leaderboard(cfg.leaderboard_path)
 
 
-def run_oof(cfg: EnsembleConfig, batch_size: int = 4, workers: int | None = None) -> OofReport:
-    """Validate each fold's ensemble on its fold, search the post-processing, write the outputs."""
+def run_oof(
+    cfg: EnsembleConfig,
+    batch_size: int = 4,
+    workers: int | None = None,
+    precision: str = "fp32",
+    runtime: Runtime | None = None,
+) -> OofReport:
+    """Validate each fold's ensemble on its fold, search the post-processing, write the outputs.
+
+    ``precision`` and ``runtime`` are ``build_predictor``'s: the backend that runs the networks."""
     folds = common_folds(cfg)
     cfg.check_checkpoints()
     check_outputs(cfg)
@@ -211,7 +219,7 @@ def run_oof(cfg: EnsembleConfig, batch_size: int = 4, workers: int | None = None
     gates: dict[str, TrainConfig] = {}
     builder: OofStatsBuilder | None = None
     for fold in folds:
-        predictor = build_predictor(cfg, [fold])
+        predictor = build_predictor(cfg, [fold], precision=precision, runtime=runtime)
         segmenters.update({f"{m.module.cfg.name}/fold{fold}": m.module.cfg for m in predictor.segmenters})
         gates.update({f"{m.module.cfg.name}/fold{fold}": m.module.cfg for m in predictor.gates})
         grid = search_grid(cfg, segmenters)  # the runs of every fold so far must agree
@@ -224,7 +232,7 @@ def run_oof(cfg: EnsembleConfig, batch_size: int = 4, workers: int | None = None
         add_fold(builder, predictor, table, data.data.data_dir / "train_images", fold, batch_size, workers)
     stats = builder.build()
     gate_grid = (cfg.gate.threshold,) if cfg.gate and cfg.gate.threshold is not None else cfg.search.gates
-    result = search(stats, cfg.search.min_areas, gate_grid)
+    result = search(stats, cfg.search.min_areas, gate_grid, cfg.search.gate_factors)
     summary = summarize(evaluate(stats, result.config))
     digest = run_digest(cfg, {**segmenters, **gates})
     row = {

@@ -9,9 +9,10 @@ that skips half the segmentation. A skipped image gets the masks post-processing
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -27,8 +28,12 @@ from common_blocks.training.losses import BINARY_MODE, CLASSIFICATION_MODE, MULT
 from common_blocks.training.module import DefectModule
 
 TTA_FLIPS: dict[str, tuple[int, ...]] = {"none": (), "hflip": (-1,), "vflip": (-2,)}
-# The networks' arithmetic: fp32, or autocast to fp16 (CUDA only) or bf16 (CUDA or CPU).
+# The networks' arithmetic, whichever backend runs them: fp32, fp16 (CUDA only) or bf16 (CUDA, or a
+# CPU with bf16 instructions); the torch backend runs the reduced ones as autocast to these dtypes.
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+# A network as a backend runs it: a normalised float32 (B, C, H, W) CPU batch -> its logits at the
+# network's own resolution (``data.scale``), as ``DefectModule.model_logits`` gives them.
+Network = Callable[[torch.Tensor], torch.Tensor]
 EMPTY_RLES = ("",) * N_CLASSES
 
 
@@ -42,16 +47,31 @@ def check_precision(precision: str, device: torch.device) -> None:
         )
 
 
+class Runtime(Protocol):
+    """A backend that runs the networks outside torch (``common_blocks.deploy``: ONNX Runtime,
+    OpenVINO), on the CPU."""
+
+    name: str
+
+    def load(self, checkpoint: Path, precision: str) -> Network:
+        """The network of ``checkpoint`` compiled to run in ``precision``."""
+        ...
+
+
 @dataclass(frozen=True)
 class WeightedModel:
     """A network, its ``task_mode`` (see ``losses``), and its weight in the average.
 
-    Segmenters are used as ``DefectModule`` is: ``model_logits(images)`` gives logits at the network's
-    resolution and ``to_input_size(logits, images)`` resizes them to the images'. Gates are called.
+    Used as ``DefectModule`` is: ``model_logits(images)`` gives logits at the network's resolution
+    (a gate's are (B, 4)) and ``to_input_size(logits, images)`` resizes them to the images'.
+    ``compiled`` is the same network as a ``Runtime`` runs it; without one the module runs in torch.
+    ``checkpoint`` is the file it was loaded from, when it was.
     """
 
     module: nn.Module
     weight: float = 1.0
+    compiled: Network | None = None
+    checkpoint: Path | None = None
 
     @property
     def mode(self) -> str:
@@ -66,9 +86,11 @@ class EnsemblePredictor:
     input the models were trained on (one grey channel or RGB). ``segmented_images`` counts the images
     that went through segmentation, so callers can report what the gate saved.
 
-    ``precision`` is the networks' arithmetic: ``fp32`` (the default), or their forward passes under
-    autocast to ``fp16`` (CUDA only) or ``bf16``; their outputs are taken to fp32 before flips are
-    undone, activated, averaged and resized, so only the networks themselves run in half precision.
+    ``precision`` is the networks' arithmetic: ``fp32`` (the default), or ``fp16`` (CUDA only) or
+    ``bf16``: torch modules run under autocast to it, compiled networks were compiled for it. Their
+    outputs are taken to fp32 before flips are undone, activated, averaged and resized, so only the
+    networks themselves run in half precision, and everything after them is one code path for every
+    backend.
     """
 
     def __init__(
@@ -108,11 +130,19 @@ class EnsemblePredictor:
         self.segmented_images = 0
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """The context of the networks' forward passes: autocast to ``precision``, or nothing for fp32."""
+        """The context of the torch modules' forward passes: autocast to ``precision``; none for fp32."""
         dtype = PRECISIONS[self.precision]
         if dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=dtype)
+
+    def network_logits(self, model: WeightedModel, images: torch.Tensor) -> torch.Tensor:
+        """``model``'s logits at its network's resolution: its compiled network's, or its module's
+        under ``autocast``."""
+        if model.compiled is not None:
+            return model.compiled(images)
+        with self.autocast():
+            return model.module.model_logits(images)
 
     def to_device(self, images: torch.Tensor) -> torch.Tensor:
         """``images`` on the predictor's device (the same tensor when already there): callers that use
@@ -125,8 +155,7 @@ class EnsemblePredictor:
         if not self.gates:
             return None
         images = self.to_device(images)
-        with self.autocast():
-            outputs = [(gate.weight, gate.module(images)) for gate in self.gates]
+        outputs = [(gate.weight, self.network_logits(gate, images)) for gate in self.gates]
         total = sum(weight * output.float().sigmoid() for weight, output in outputs)
         return (total / sum(gate.weight for gate in self.gates)).cpu().numpy()
 
@@ -146,29 +175,27 @@ class EnsemblePredictor:
         norm = sum(model.weight for model in self.segmenters) * len(self.tta)
         total: torch.Tensor | None = None
         for model in self.segmenters:
-            member = self._member_output(model.module, images, model.weight / norm)
+            member = self._member_output(model, images, model.weight / norm)
             total = member if total is None else total.add_(member)
         if self.average == "logits":
             total = activate_(total, self.mode)
         self.segmented_images += images.shape[0]
         return total.contiguous().cpu()
 
-    def _member_output(self, module: nn.Module, images: torch.Tensor, weight: float) -> torch.Tensor:
-        """``weight`` times the sum over the flips of the module's output on the flipped images, flipped
+    def _member_output(self, model: WeightedModel, images: torch.Tensor, weight: float) -> torch.Tensor:
+        """``weight`` times the sum over the flips of the network's output on the flipped images, flipped
         back (and activated when averaging probabilities), resized to the input's size. Each pass's
         output is freed before the next forward pass allocates its own."""
         total: torch.Tensor | None = None
         for dims in self.tta:
-            with self.autocast():
-                value = module.model_logits(images.flip(dims) if dims else images)
-            value = value.float()
+            value = self.network_logits(model, images.flip(dims) if dims else images).float()
             if dims:
                 value = value.flip(dims)
             if self.average == "probabilities":
                 value = activate_(value, self.mode)
             total = value.mul_(weight) if total is None else total.add_(value, alpha=weight)
             del value
-        return module.to_input_size(total, images)
+        return model.module.to_input_size(total, images)
 
     def passes_gate(self, gate_probs: np.ndarray | None, n_images: int) -> np.ndarray:
         """(B,) bool: the images for which some class's gate probability reaches its threshold."""
@@ -286,29 +313,41 @@ def build_predictor(
     postprocess: PostprocessConfig | None = None,
     device: str | torch.device | None = None,
     precision: str = "fp32",
+    runtime: Runtime | None = None,
 ) -> EnsemblePredictor:
     """Load the ensemble's checkpoints (only those of ``folds`` when given) once, into a predictor.
 
     Each member's folds share its weight equally. Missing checkpoints are all listed in one error
     before anything loads; members of different modes are an error. ``precision`` is the
     ``EnsemblePredictor``'s (fp32, fp16 on CUDA, bf16); a bad one is an error before anything loads.
+    With a ``runtime`` the networks run there, on the CPU; the checkpoints load all the same: their
+    configs say how to use the networks, and the runtime finds each network by its checkpoint.
     """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    default = "cuda" if runtime is None and torch.cuda.is_available() else "cpu"
+    device = torch.device(device or default)
+    if runtime is not None and device.type != "cpu":
+        raise ConfigError(f"the {runtime.name} backend runs on the CPU, not on {device}")
     check_precision(precision, device)
     cfg.check_checkpoints(folds)
     members = [_load_runs(cfg, ref, folds, device) for ref in cfg.members]
     gates = _load_runs(cfg, cfg.gate, folds, device) if cfg.gate else []
     _check_compatible(cfg, members, gates, folds)
+
+    def weighted(module: DefectModule, path: Path, weight: float) -> WeightedModel:
+        compiled = None if runtime is None else runtime.load(path, precision)
+        return WeightedModel(module, weight, compiled, path)
+
     segmenters = [
-        WeightedModel(module, ref.weight / len(loaded))
+        weighted(module, path, ref.weight / len(loaded))
         for ref, loaded in zip(cfg.members, members, strict=True)
-        for module in loaded
+        for path, module in zip(_checkpoints(cfg, ref, folds), loaded, strict=True)
     ]
     if not segmenters:
         raise ConfigError(f"no member of ensemble {cfg.name} has a checkpoint of fold(s) {folds}")
+    gate_files = _checkpoints(cfg, cfg.gate, folds) if cfg.gate else []
     return EnsemblePredictor(
         segmenters,
-        [WeightedModel(module) for module in gates],
+        [weighted(module, path, 1.0) for path, module in zip(gate_files, gates, strict=True)],
         tta=cfg.tta,
         average=cfg.average,
         postprocess=postprocess,

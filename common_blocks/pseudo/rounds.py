@@ -21,7 +21,7 @@ from common_blocks.data.formats import CLASS_IDS, RLE_COLUMNS, list_images, writ
 from common_blocks.errors import ConfigError
 from common_blocks.files import staged_outputs
 from common_blocks.inference.ensemble_config import EnsembleConfig
-from common_blocks.inference.predictor import EnsemblePredictor, build_predictor
+from common_blocks.inference.predictor import EnsemblePredictor, Runtime, build_predictor
 from common_blocks.inference.submission import ReadTolerantDataset, image_loader
 from common_blocks.pseudo.selection import SelectionSummary
 
@@ -73,11 +73,14 @@ def pseudo_label_round(
     batch_size: int = 4,
     workers: int | None = None,
     device: str | None = None,
+    precision: str = "fp32",
+    runtime: Runtime | None = None,
 ) -> tuple[dict, pd.DataFrame]:
     """Run the round, write its label file and summary; returns the summary and every prediction.
 
     The rule needs the classifier's probabilities, so an ensemble without a gate is an error (before
-    any checkpoint loads); ``build_predictor`` lists missing checkpoints.
+    any checkpoint loads); ``build_predictor`` lists missing checkpoints. ``device``, ``precision``
+    and ``runtime`` are ``build_predictor``'s: where and by which backend the networks run.
     """
     if cfg.gate is None:
         raise ConfigError(
@@ -85,7 +88,9 @@ def pseudo_label_round(
         )
     start = time.perf_counter()
     postprocess, source = cfg.resolved_postprocess()
-    predictor = build_predictor(cfg, postprocess=postprocess, device=device)
+    predictor = build_predictor(
+        cfg, postprocess=postprocess, device=device, precision=precision, runtime=runtime
+    )
     loader = folder_loader(
         Path(cfg.data_dir) / "test_images", predictor.grayscale, batch_size, workers, predictor.device
     )

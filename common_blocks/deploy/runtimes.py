@@ -1,0 +1,99 @@
+"""The ONNX runtimes that run exported networks on the CPU: OpenVINO and ONNX Runtime.
+
+Both are optional extras (``pip install '.[openvino]'``, ``'.[onnxruntime]'``), imported only when a
+command uses one; a missing one is a one-line error naming the install command. Each compiles one
+``.onnx`` file into a function from a float32 NumPy batch to the network's output, with torch's
+number of threads, so that every backend gets the same cores.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import torch
+
+from common_blocks.errors import ConfigError
+
+# The runtimes, fastest first (the order ``--backend auto`` tries them in), and the precisions each
+# runs on the CPU. ONNX Runtime's CPU provider has no bf16 kernels for these networks.
+RUNTIME_PRECISIONS: dict[str, tuple[str, ...]] = {"openvino": ("fp32", "bf16"), "onnxruntime": ("fp32",)}
+OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16"}  # INFERENCE_PRECISION_HINT; unset, AMX CPUs pick bf16
+
+NumpyNetwork = Callable[[np.ndarray], np.ndarray]
+
+
+def install_hint(*extras: str) -> str:
+    """The install command of an extra (or of any one of several), in the repository."""
+    return "install it: " + " or ".join(f"pip install '.[{extra}]'" for extra in extras)
+
+
+def import_runtime(name: str) -> ModuleType:
+    """The runtime's Python package; a ConfigError naming the install command when it is missing."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise ConfigError(f"--backend {name}: {name} is not installed; {install_hint(name)}") from None
+
+
+def installed_runtimes() -> list[str]:
+    """The runtimes that import here, fastest first."""
+    installed = []
+    for name in RUNTIME_PRECISIONS:
+        try:
+            import_runtime(name)
+        except ConfigError:
+            continue
+        installed.append(name)
+    return installed
+
+
+def _openvino(path: Path, precision: str) -> NumpyNetwork:
+    openvino = import_runtime("openvino")
+    compiled = openvino.Core().compile_model(
+        str(path),
+        "CPU",
+        {
+            "INFERENCE_PRECISION_HINT": OPENVINO_HINTS[precision],
+            "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+        },
+    )
+    request = compiled.create_infer_request()
+    # infer() copies the outputs (share_outputs=False): the next call reuses the request's buffers
+    return lambda images: request.infer({0: images})[0]
+
+
+def _onnxruntime(path: Path, precision: str) -> NumpyNetwork:
+    onnxruntime = import_runtime("onnxruntime")
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: its warnings would reach the terminal
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda images: session.run(None, {name: images})[0]
+
+
+_COMPILERS: dict[str, Callable[[Path, str], NumpyNetwork]] = {
+    "openvino": _openvino,
+    "onnxruntime": _onnxruntime,
+}
+
+
+def check_runtime_precision(runtime: str, precision: str) -> None:
+    """A ConfigError when ``runtime`` does not run ``precision`` on the CPU."""
+    if precision not in RUNTIME_PRECISIONS[runtime]:
+        others = [name for name, precisions in RUNTIME_PRECISIONS.items() if precision in precisions]
+        raise ConfigError(
+            f"--backend {runtime} runs {' and '.join(RUNTIME_PRECISIONS[runtime])} only, not "
+            f"--precision {precision}; use --backend {' or '.join([*others, 'torch'])} for {precision}"
+        )
+
+
+def compile_network(runtime: str, path: Path, precision: str) -> NumpyNetwork:
+    """``path``'s network compiled by ``runtime`` to run in ``precision``."""
+    check_runtime_precision(runtime, precision)
+    return _COMPILERS[runtime](path, precision)

@@ -1,0 +1,346 @@
+"""Exported backends give the same answers: ``severstal export``, ``--backend``, ``--precision``, ``--exported``.
+
+The debug ensemble of test_inference (segmenter and gate, folds 0 and 1, at 32x200 inside the
+network) is exported once; the submissions of OpenVINO and ONNX Runtime are scored against torch's
+with the competition metric, bf16 against fp32 by the local CV of ``severstal oof``. Tests that need
+an extra skip without it (``make`` installs both).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from common_blocks import cli
+from common_blocks.deploy import backends, export
+from common_blocks.deploy.backends import BACKENDS, choose_backend, cpu_has_bf16
+from common_blocks.deploy.export import MANIFEST, TOLERANCE, open_export, sha256_of
+from common_blocks.errors import ConfigError
+from common_blocks.evaluation.scorer import score_submission
+from common_blocks.inference.predictor import PRECISIONS
+from tests import test_inference
+from tests.cli_contract import assert_one_error_line, assert_unchanged, run, run_in_process, snapshot
+from tests.test_inference import DEBUG, DEBUG_GATE, ENSEMBLE, write_untrained
+
+data = test_inference.data  # the synthetic data with its folds file, and the untrained debug runs
+runs = test_inference.runs
+
+RUNTIMES = ("openvino", "onnxruntime")
+SAME_SUBMISSION = 0.999  # competition score of a backend's submission with torch's as the truth
+CV_MOVE = 0.002  # the most bf16 may move the local CV
+
+
+def needs(*modules: str):
+    """Skip unless every module imports (the optional extras)."""
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    return pytest.mark.skipif(
+        bool(missing), reason=f"not installed: {', '.join(missing)} (pip install '.[X]')"
+    )
+
+
+def needs_bf16():
+    return pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no avx512_bf16 / amx_bf16")
+
+
+def ensemble_yaml(folder: Path, runs: Path, data: Path, **keys) -> Path:
+    """The debug ensemble (TTA none + hflip) as a config file in ``folder``, its tuned files there too."""
+    tree = yaml.safe_load(ENSEMBLE.read_text())
+    tree.update(
+        runs_dir=str(runs),
+        data_dir=str(data),
+        members=[{"config": str(DEBUG), "folds": [0, 1]}],
+        gate={"config": str(DEBUG_GATE), "folds": [0, 1]},
+        tta=["none", "hflip"],
+        postprocess={"thresholds_file": str(folder / "thresholds.json")},
+        leaderboard=str(folder / "leaderboard.csv"),
+    )
+    tree.update(keys)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "ensemble.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory, runs, data) -> Path:
+    return ensemble_yaml(tmp_path_factory.mktemp("ensemble"), runs, data)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, config) -> Path:
+    """The folder ``severstal export`` wrote for the debug ensemble (checked under every runtime installed)."""
+    if not any(importlib.util.find_spec(name) for name in RUNTIMES):
+        pytest.skip("neither openvino nor onnxruntime is installed")
+    folder = tmp_path_factory.mktemp("export") / "onnx"
+    outcome = run_in_process("export", "--config", config, "--out", folder)
+    assert outcome.code == 0, outcome.stderr
+    assert f"wrote {folder}: 4 network(s)" in outcome.stdout
+    return folder
+
+
+@pytest.fixture(scope="module")
+def torch_submission(tmp_path_factory, config) -> Path:
+    """torch's submission, in the 2019 format (four rows per image), to score the others against."""
+    out = tmp_path_factory.mktemp("torch") / "submission.csv"
+    outcome = run_in_process("infer", "--config", config, "--out", out, "--format", "2019", "--workers", 0)
+    assert outcome.code == 0, outcome.stderr
+    return out
+
+
+def test_the_command_line_offers_every_backend_and_precision():
+    assert set(cli.BACKEND_CHOICES) == set(BACKENDS) and set(cli.PRECISION_CHOICES) == set(PRECISIONS)
+
+
+# --- export --------------------------------------------------------------------------------------
+
+
+def test_export_writes_every_network_and_a_manifest_whose_checksums_match(exported, config, runs):
+    manifest = json.loads((exported / MANIFEST).read_text())
+    assert manifest["format"] == export.FORMAT and manifest["opset"] >= 17
+    assert manifest["input"]["kind"] == "RGB" and manifest["input"]["shape"] == [3, 256, 1600]
+    assert manifest["tta"] == ["none", "hflip"] and manifest["mode"] == "multilabel"
+    assert (
+        manifest["postprocess"]["classes"][0]["threshold"] == 0.5
+        and "default" in manifest["postprocess_source"]
+    )
+    networks = manifest["networks"]
+    assert sorted((n["role"], n["run"], n["fold"]) for n in networks) == [
+        ("gate", "debug_classifier", 0),
+        ("gate", "debug_classifier", 1),
+        ("member", "debug", 0),
+        ("member", "debug", 1),
+    ]
+    assert {n["file"] for n in networks} == {
+        f"{run}/fold{k}/best.onnx" for run in ("debug", "debug_classifier") for k in (0, 1)
+    }
+    for network in networks:
+        assert network["weight"] == (0.5 if network["role"] == "member" else 1.0)
+        assert network["sha256"] == hashlib.sha256((exported / network["file"]).read_bytes()).hexdigest()
+        assert network["checkpoint_sha256"] == sha256_of(Path(network["checkpoint"]))
+        assert Path(network["checkpoint"]).is_relative_to(runs)
+        installed = [name for name in RUNTIMES if importlib.util.find_spec(name)]
+        assert sorted(network["largest_difference"]) == sorted(installed)
+        assert all(0 <= value <= TOLERANCE for value in network["largest_difference"].values())
+    assert not [p for p in exported.parent.iterdir() if p.name != exported.name]  # no staging left
+    assert open_export(exported).manifest == manifest
+
+
+def test_a_network_that_differs_from_pytorch_fails_the_export_naming_it_and_writes_nothing(
+    tmp_path, config, monkeypatch, exported
+):
+    before = snapshot(exported)
+    calls = []
+
+    def off_on_the_third(model, path, runtime, images):
+        calls.append(path)
+        return 0.5 if len(calls) == 3 else 0.0
+
+    monkeypatch.setattr(export, "largest_difference", off_on_the_third)
+    for out in (tmp_path / "new", exported):  # a new folder is not created; an earlier export stays as it was
+        calls.clear()
+        outcome = run_in_process("export", "--config", config, "--out", out)
+        line = assert_one_error_line(outcome, "differs from PyTorch by 0.5 in probability", "tolerance 0.001")
+        assert "fold" in line and ".ckpt" in line and "nothing exported" in line
+    assert not (tmp_path / "new").exists() and sorted(p.name for p in tmp_path.iterdir()) == []
+    assert_unchanged(before, exported)
+
+
+def test_a_network_the_exporter_cannot_trace_is_one_error_line_naming_it(tmp_path, config, monkeypatch):
+    def unsupported(module, path):
+        raise torch.onnx.errors.OnnxExporterError("Unsupported: ONNX export of operator frobnicate")
+
+    monkeypatch.setattr(export, "export_network", unsupported)
+    outcome = run_in_process("export", "--config", config, "--out", tmp_path / "onnx")
+    assert_one_error_line(outcome, "cannot export the member debug fold 0 to ONNX", "best.ckpt")
+    assert not (tmp_path / "onnx").exists()
+
+
+def test_export_bad_input_is_one_error_line_in_a_real_process(tmp_path, config):
+    (tmp_path / "file").write_text("")
+    outcome = run("export", "--config", config, "--out", tmp_path / "file")
+    assert_one_error_line(outcome, f"{tmp_path / 'file'}: is a file")
+    outcome = run("export", "--config", config, "--set", "tta=[sideways]", "--out", tmp_path / "onnx")
+    assert_one_error_line(outcome, "tta")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+# --- same answers --------------------------------------------------------------------------------
+
+
+def infer(config: Path, out: Path, *args: object):
+    return run_in_process("infer", "--config", config, "--out", out, "--workers", 0, *args)
+
+
+@pytest.mark.parametrize(
+    ("backend", "precision", "from_export", "least"),
+    [
+        pytest.param("openvino", "fp32", True, SAME_SUBMISSION, marks=needs("openvino")),
+        pytest.param("onnxruntime", "fp32", True, SAME_SUBMISSION, marks=needs("onnxruntime")),
+        pytest.param("openvino", "fp32", False, SAME_SUBMISSION, marks=needs("openvino", "onnx")),
+        # the untrained maps lie near the threshold everywhere: the worst case for bf16 (0.989 here)
+        pytest.param("openvino", "bf16", True, 0.95, marks=[needs("openvino"), needs_bf16()]),
+    ],
+)
+def test_exported_backends_submit_what_torch_submits(
+    backend, precision, from_export, least, exported, config, torch_submission, tmp_path, monkeypatch
+):
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))  # where an export on the fly goes
+    out = tmp_path / "submission.csv"
+    source = ["--exported", exported] if from_export else []
+    outcome = infer(config, out, "--backend", backend, "--precision", precision, *source)
+    assert outcome.code == 0, outcome.stderr
+    assert ("exported 4 network(s) for openvino" in outcome.stderr) != from_export
+    assert not list(temporary.iterdir())  # the export on the fly is removed
+    assert score_submission(out, torch_submission).score >= least
+
+
+@needs("openvino", "onnxruntime")
+def test_auto_picks_the_fastest_installed_and_says_which(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert choose_backend("auto", "fp32") == "openvino"
+    assert (
+        capsys.readouterr().err
+        == "backend: openvino (--backend auto: the fastest installed for fp32 on this CPU)\n"
+    )
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    assert choose_backend("auto", "fp32") == "onnxruntime"
+    monkeypatch.setattr(backends, "cpu_has_bf16", lambda: True)
+    assert choose_backend("auto", "bf16") == "torch"  # onnxruntime runs fp32 only
+    assert "no ONNX runtime for bf16 is installed" in capsys.readouterr().err
+
+
+def oof(config: Path, folder: Path, *args: object) -> float:
+    """The local CV of ``severstal oof``, its outputs in ``folder``."""
+    outcome = run_in_process(
+        "oof",
+        "--config", config,
+        "--set", f"postprocess.thresholds_file={folder / 'thresholds.json'}",
+        "--set", f"leaderboard={folder / 'leaderboard.csv'}",
+        "--workers", 0,
+        "--json",
+        *args,
+    )  # fmt: skip
+    assert outcome.code == 0, outcome.stderr
+    return json.loads(outcome.stdout.strip().splitlines()[-1])["score"]
+
+
+# Post-processing that predicts every pair non-empty (threshold 0.5, nothing dropped): the untrained
+# ensemble's tuned choice is all-empty, whose CV no network output can move; this one follows pixels.
+EVERY_PAIR = ("search.thresholds=[0.5]", "search.min_sizes=[0]", "search.min_areas=[0]", "search.gates=[0.0]")
+GRIDS = {"tuned": (), "every pair predicted": EVERY_PAIR}
+
+
+@pytest.fixture(scope="module")
+def fp32_cv(config, tmp_path_factory) -> dict[str, float]:
+    """torch fp32's local CV under each grid."""
+    return {
+        grid: oof(config, tmp_path_factory.mktemp("oof_fp32"), *[a for key in keys for a in ("--set", key)])
+        for grid, keys in GRIDS.items()
+    }
+
+
+@pytest.mark.parametrize(
+    ("backend", "precision", "grid"),
+    [
+        pytest.param("torch", "bf16", "every pair predicted", marks=needs_bf16()),
+        pytest.param("openvino", "bf16", "every pair predicted", marks=[needs("openvino"), needs_bf16()]),
+        pytest.param("openvino", "bf16", "tuned", marks=[needs("openvino"), needs_bf16()]),
+        pytest.param("onnxruntime", "fp32", "every pair predicted", marks=needs("onnxruntime")),
+    ],
+)
+def test_the_local_cv_moves_by_less_than_0_002(backend, precision, grid, fp32_cv, config, exported, tmp_path):
+    keys = [a for key in GRIDS[grid] for a in ("--set", key)]
+    extra = ["--exported", exported] if backend != "torch" else []
+    cv = oof(config, tmp_path, *keys, "--backend", backend, "--precision", precision, *extra)
+    assert abs(cv - fp32_cv[grid]) < CV_MOVE
+
+
+@needs("onnxruntime")
+def test_a_pseudo_label_round_on_an_exported_backend_selects_as_torch_does(config, exported, tmp_path):
+    """The same counts, and the same gate probabilities (their mean confidence), from torch and ONNX
+    Runtime; the untrained gate's ~0.5 sits between the thresholds, so no image is kept either way."""
+    summaries = {}
+    for backend in ("torch", "onnxruntime"):
+        source = ["--exported", exported] if backend != "torch" else []
+        outcome = run_in_process(
+            "pseudo", "--config", config, "--round", 1, "--out-dir", tmp_path / backend,
+            "--p-high", 0.5, "--p-low", 0.45, "--workers", 0, "--backend", backend, *source,
+        )  # fmt: skip
+        assert outcome.code == 0, outcome.stderr
+        summary = json.loads((tmp_path / backend / "round1_summary.json").read_text())
+        summaries[backend] = {
+            key: summary[key] for key in ("images_considered", "images_kept", "kept_per_class")
+        }
+        summaries[backend]["mean_confidence"] = pytest.approx(summary["mean_confidence"], abs=1e-4)
+    assert summaries["onnxruntime"] == summaries["torch"] and summaries["torch"]["images_considered"] == 8
+
+
+# --- what cannot run is one error line -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", RUNTIMES)
+def test_a_missing_extra_is_one_error_line_naming_the_install_command(name, config, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, name, None)  # as if not installed: importing it fails
+    outcome = infer(config, tmp_path / "submission.csv", "--backend", name)
+    assert_one_error_line(outcome, f"--backend {name}: {name} is not installed", f"pip install '.[{name}]'")
+    assert not list(tmp_path.iterdir())
+
+
+def test_export_without_onnx_or_without_any_runtime_is_one_error_line(config, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    outcome = run_in_process("export", "--config", config, "--out", tmp_path / "onnx")
+    assert_one_error_line(outcome, "needs the onnx package", "pip install '.[openvino]'")
+    for name in RUNTIMES:
+        monkeypatch.setitem(sys.modules, name, None)
+    outcome = run_in_process("export", "--config", config, "--out", tmp_path / "onnx")
+    assert_one_error_line(outcome, "neither is installed", "pip install '.[onnxruntime]'")
+    assert not list(tmp_path.iterdir())
+
+
+def test_bf16_needs_a_cpu_with_bf16_instructions(tmp_path, monkeypatch):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n\nprocessor\t: 1\nflags\t\t: fpu avx2\n"
+    )
+    assert not cpu_has_bf16(cpuinfo)
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx512f amx_bf16 amx_tile\n")
+    assert cpu_has_bf16(cpuinfo) and not cpu_has_bf16(tmp_path / "absent")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(backends, "cpu_has_bf16", lambda: False)
+    with pytest.raises(ConfigError, match="--precision bf16: this CPU has no bf16 instructions"):
+        choose_backend("torch", "bf16")
+    assert choose_backend("torch", "fp32") == "torch"
+
+
+@needs("openvino")
+def test_a_damaged_or_foreign_export_is_one_error_line(exported, config, runs, tmp_path):
+    copy = Path(shutil.copytree(exported, tmp_path / "copy"))
+    out = tmp_path / "submission.csv"
+    damaged = copy / "debug" / "fold1" / "best.onnx"
+    damaged.write_bytes(damaged.read_bytes()[:-1] + b"\0")
+    outcome = infer(config, out, "--backend", "openvino", "--exported", copy)
+    assert_one_error_line(outcome, f"{damaged}: its sha256 does not match", "export again")
+    (copy / MANIFEST).unlink()
+    outcome = infer(config, out, "--backend", "openvino", "--exported", copy)
+    assert_one_error_line(outcome, f"{copy / MANIFEST}: not found")
+    other_runs = Path(shutil.copytree(runs, tmp_path / "other_runs"))
+    write_untrained(other_runs, DEBUG, 0, "trainer.seed=7")  # another checkpoint of debug fold 0
+    other = ensemble_yaml(
+        tmp_path / "other", other_runs, Path(yaml.safe_load(config.read_text())["data_dir"])
+    )
+    outcome = infer(other, out, "--backend", "openvino", "--exported", exported)
+    assert_one_error_line(
+        outcome, f"{exported}: holds no network exported from {other_runs}/debug/fold0/best.ckpt"
+    )
+    assert not out.exists()
