@@ -20,8 +20,13 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(PY) -m pip install --quiet -c constraints.txt --no-build-isolation -e '.[onnxruntime,openvino]'
 	touch $(STAMP)
 
+# The exported-backend tests run in a second process: after OpenVINO has run in a pytest process that
+# has also built many torch models, a later test in it crashed inside the interpreter (SIGSEGV, memory
+# corruption; reproduced with test_config + test_datasets + test_deploy + test_folds, not with any
+# two of them). Each command of the pipeline is one short process, so users run one or the other.
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests --ignore=tests/test_deploy.py
+	$(PY) -m pytest -q tests/test_deploy.py
 
 demo: $(STAMP)
 	bash scripts/demo.sh $(PY) $(DEMO_DIR) $(RUNS_DIR)
