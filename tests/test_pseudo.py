@@ -221,9 +221,9 @@ def test_training_run_draws_pseudo_images(synthetic_data, debug_config, pseudo_c
     loads: list[tuple[str, bool, str]] = []
     original = SegmentationDataset.load
 
-    def recording(self, index):
+    def recording(self, index, width=None):
         loads.append((self.images_dir.name, self.transform is not None, self.image_ids[index]))
-        return original(self, index)
+        return original(self, index, width)
 
     monkeypatch.setattr(SegmentationDataset, "load", recording)
     cfg = _config(debug_config, synthetic_data, f"pseudo.labels={pseudo_csv}", "data.samples_per_epoch=12")
