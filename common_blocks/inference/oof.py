@@ -124,6 +124,11 @@ class OofReport:
             lines.append(
                 f"  class {class_id}: dice {score:.4f}  threshold {setting.threshold:g}  min_size "
                 f"{setting.min_size}  min_area {setting.min_area}  gate {setting.gate:g}"
+                + (
+                    f" (soft: min_area x{setting.gate_factor:g} below it)"
+                    if setting.gate and setting.gate_factor
+                    else ""
+                )
             )
         lines += [f"wrote {what}: {path}" for what, path in self.written.items()]
         return "\n".join(lines)
