@@ -72,45 +72,35 @@ def test_best_checkpoint_is_the_epoch_of_the_best_tuned_score(averaged_run):
     assert summary["tuned_score"] == pytest.approx(tuned.max(), abs=1e-6)
 
 
+def _local_cv_of_the_run(averaged_run, data_dir, out, capsys, checkpoint: str) -> float:
+    """``severstal oof``'s local CV for an ensemble of the run's ``checkpoint`` alone, without TTA."""
+    cfg, paths, _ = averaged_run
+    ensemble = out / f"{checkpoint}.yaml"
+    ensemble.write_text(
+        json.dumps(
+            {
+                "runs_dir": str(paths.root.parent.parent),
+                "data_dir": str(data_dir),
+                "members": [{"config": cfg.name, "folds": [0], "checkpoint": checkpoint}],
+                "tta": ["none"],
+                "leaderboard": str(out / "leaderboard.csv"),
+            }
+        )
+    )
+    cli_main(["oof", "--config", str(ensemble), "--json"])
+    return json.loads(capsys.readouterr().out)["score"]
+
+
 def test_tuned_score_is_the_local_cv_of_the_run_alone(averaged_run, synthetic_data, tmp_path, capsys):
     """The logged tuned score is what ``validate.py oof`` finds for an ensemble of this one checkpoint
     without TTA: the same statistics grid and the same search."""
-    cfg, paths, summary = averaged_run
-    ensemble = tmp_path / "alone.yaml"
-    ensemble.write_text(
-        json.dumps(
-            {
-                "runs_dir": str(paths.root.parent.parent),
-                "data_dir": str(synthetic_data),
-                "members": [{"config": cfg.name, "folds": [0]}],
-                "tta": ["none"],
-                "leaderboard": str(tmp_path / "leaderboard.csv"),
-            }
-        )
-    )
-    cli_main(["oof", "--config", str(ensemble), "--json"])
-    local_cv = json.loads(capsys.readouterr().out)["score"]
-    assert local_cv == pytest.approx(summary["tuned_score"], abs=1e-9)
+    local_cv = _local_cv_of_the_run(averaged_run, synthetic_data, tmp_path, capsys, "best")
+    assert local_cv == pytest.approx(averaged_run[2]["tuned_score"], abs=1e-9)
 
 
 def test_an_ensemble_member_can_use_the_averaged_checkpoint(averaged_run, synthetic_data, tmp_path, capsys):
-    cfg, paths, summary = averaged_run
-    ensemble = tmp_path / "averaged.yaml"
-    ensemble.write_text(
-        json.dumps(
-            {
-                "runs_dir": str(paths.root.parent.parent),
-                "data_dir": str(synthetic_data),
-                "members": [{"config": cfg.name, "folds": [0], "checkpoint": "averaged"}],
-                "tta": ["none"],
-                "leaderboard": str(tmp_path / "leaderboard.csv"),
-            }
-        )
-    )
-    cli_main(["oof", "--config", str(ensemble), "--json"])
-    assert json.loads(capsys.readouterr().out)["score"] == pytest.approx(
-        summary["averaged"]["tuned_score"], abs=1e-9
-    )
+    local_cv = _local_cv_of_the_run(averaged_run, synthetic_data, tmp_path, capsys, "averaged")
+    assert local_cv == pytest.approx(averaged_run[2]["averaged"]["tuned_score"], abs=1e-9)
 
 
 def test_average_of_state_dicts_is_elementwise_and_keeps_counters():
