@@ -11,11 +11,14 @@ import torch
 
 from common_blocks.cli import main as cli_main
 from common_blocks.errors import ConfigError
+from common_blocks.inference.ensemble_config import load_ensemble_config
+from common_blocks.inference.predictor import build_predictor
 from common_blocks.run_folder import VAL_SCORE, VAL_TUNED_SCORE, RunPaths
 from common_blocks.training.averaging import average_state_dicts, reestimate_batch_norm
 from common_blocks.training.callbacks import frozen_encoder_parameters
 from common_blocks.training.checkpoints import load_checkpoint
 from common_blocks.training.config import load_config
+from common_blocks.training.datamodule import SteelDataModule
 from common_blocks.training.runner import train_fold
 from tests.cli_contract import assert_one_error_line, run_in_process
 
@@ -72,8 +75,8 @@ def test_best_checkpoint_is_the_epoch_of_the_best_tuned_score(averaged_run):
     assert summary["tuned_score"] == pytest.approx(tuned.max(), abs=1e-6)
 
 
-def _local_cv_of_the_run(averaged_run, data_dir, out, capsys, checkpoint: str) -> float:
-    """``severstal oof``'s local CV for an ensemble of the run's ``checkpoint`` alone, without TTA."""
+def _one_member_ensemble(averaged_run, data_dir, out, checkpoint: str):
+    """An ensemble config of the run's ``checkpoint`` alone, without TTA, averaging probabilities."""
     cfg, paths, _ = averaged_run
     ensemble = out / f"{checkpoint}.yaml"
     ensemble.write_text(
@@ -87,8 +90,34 @@ def _local_cv_of_the_run(averaged_run, data_dir, out, capsys, checkpoint: str) -
             }
         )
     )
+    return ensemble
+
+
+def _local_cv_of_the_run(averaged_run, data_dir, out, capsys, checkpoint: str) -> float:
+    """``severstal oof``'s local CV for an ensemble of the run's ``checkpoint`` alone."""
+    ensemble = _one_member_ensemble(averaged_run, data_dir, out, checkpoint)
     cli_main(["oof", "--config", str(ensemble), "--json"])
     return json.loads(capsys.readouterr().out)["score"]
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+@pytest.mark.parametrize("checkpoint", ["best", "averaged"])
+def test_validation_probabilities_are_the_predictors_bit_for_bit(
+    averaged_run, synthetic_data, tmp_path, checkpoint
+):
+    """What makes the tuned score exact: validation activates at the network's resolution and resizes
+    the probabilities, as the predictor does (``average: probabilities``). Resizing logits first gives
+    other floats, and a pixel within rounding of a threshold then flips."""
+    cfg, paths, _ = averaged_run
+    ensemble = load_ensemble_config(_one_member_ensemble(averaged_run, synthetic_data, tmp_path, checkpoint))
+    predictor = build_predictor(ensemble, folds=[0], device="cpu")
+    module = load_checkpoint(paths.checkpoint(checkpoint))
+    datamodule = SteelDataModule(module.cfg, 0)
+    datamodule.setup("validate")
+    for batch_index, batch in enumerate(datamodule.val_dataloader()):
+        with torch.inference_mode():
+            validated = module.validation_step(batch, batch_index)["probs"]
+        assert torch.equal(validated, predictor.probabilities(batch["image"]))
 
 
 def test_tuned_score_is_the_local_cv_of_the_run_alone(averaged_run, synthetic_data, tmp_path, capsys):

@@ -133,13 +133,15 @@ class DefectModule(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
         """The loss and the score's sums of one batch, all on the batch's device: the full-resolution
         probabilities never cross to the CPU (the score's sums do, once per epoch, in ``summary``).
-        Under mixed precision the logits are taken to fp32 at the model's resolution, before they
-        are resized, so the full-resolution maps are made once, in fp32."""
+        Under mixed precision the logits are taken to fp32 at the model's resolution. They are
+        activated there and the probabilities resized, as the ensemble predictor does by default
+        (``average: probabilities``): the tuned score is then the local CV of this checkpoint alone,
+        bit for bit, and the activation runs on 1/scale² fewer pixels."""
         images = batch["image"]
         logits = self.model_logits(images)
         batch_size = images.shape[0]
         self.log(VAL_LOSS, self._loss(logits, batch), batch_size=batch_size, sync_dist=True)
-        probs = probabilities(self.to_input_size(logits.float(), images), self.task_mode)
+        probs = self.to_input_size(probabilities(logits.float(), self.task_mode), images)
         truth = batch["target"] if self.is_classifier else batch["mask"]
         self.val_score.update(probs, truth, self.cfg.validation.threshold, self.cfg.validation.min_area)
         if self.tunes_score:
