@@ -15,6 +15,10 @@ batches) — it predicts the run's validation fold once and reports from its out
   its spread over the halvings is printed too);
 * ``dice+``: the mean Dice of the positive pairs under the cross-tuned post-processing.
 
+A run with a class head (``class_head``) also gets ``gated_tuned``, ``gated_cross`` and
+``gated_dice+``: the same with its head as the gate, gate thresholds and soft factors searched too
+(``validate.py oof``'s default gate grid and factors x2, x5 and the hard gate).
+
 Epoch choice by the tuned score is itself made on the same images, so its ``tuned`` and ``cross``
 figures are still optimistic by the choice among epochs; compare runs of different seeds for noise.
 """
@@ -31,7 +35,7 @@ import torch
 
 from common_blocks.data.formats import N_CLASSES
 from common_blocks.evaluation.metric import summarize
-from common_blocks.evaluation.oof_stats import OofStats, OofStatsBuilder
+from common_blocks.evaluation.oof_stats import DEFAULT_GATES, OofStats, OofStatsBuilder
 from common_blocks.evaluation.postprocess import ClassPostprocess, PostprocessConfig
 from common_blocks.evaluation.threshold_search import evaluate, search
 from common_blocks.run_folder import VAL_SCORE, VAL_TUNED_SCORE, RunPaths
@@ -52,9 +56,13 @@ def subset(stats: OofStats, index: np.ndarray) -> OofStats:
     )
 
 
-def cross_tuned(stats: OofStats, splits: int, seed: int = 0) -> tuple[float, float, float]:
+NO_GATE = {"gates": (0.0,)}
+HEAD_GATE = {"gates": DEFAULT_GATES, "gate_factors": (None, 2.0, 5.0)}
+
+
+def cross_tuned(stats: OofStats, splits: int, grid: dict, seed: int = 0) -> tuple[float, float, float]:
     """(mean score, its std over halvings, mean positive-pair Dice) with post-processing tuned on one
-    half of the images and scored on the other."""
+    half of the images (``search`` over ``grid``) and scored on the other."""
     generator = np.random.default_rng(seed)
     scores, dice = [], []
     for _ in range(splits):
@@ -62,7 +70,7 @@ def cross_tuned(stats: OofStats, splits: int, seed: int = 0) -> tuple[float, flo
         halves = order[: stats.n_images // 2], order[stats.n_images // 2 :]
         sums = None
         for tune, score_on in (halves, halves[::-1]):
-            config = search(subset(stats, tune)).config
+            config = search(subset(stats, tune), **grid).config
             part = evaluate(subset(stats, score_on), config)
             sums = part if sums is None else sums + part
         summary = summarize(sums)
@@ -73,11 +81,16 @@ def cross_tuned(stats: OofStats, splits: int, seed: int = 0) -> tuple[float, flo
 
 @torch.inference_mode()
 def fold_stats(module, datamodule: SteelDataModule) -> OofStats:
+    """The fold's statistics as validation and the predictor compute them (activated at the network's
+    resolution, then resized), with the class head's probabilities as the gate when there is one."""
     oof = module.cfg.oof
     builder = OofStatsBuilder(oof.thresholds, oof.min_sizes, (oof.fill_holes,) * N_CLASSES)
     for batch in datamodule.val_dataloader():
-        probs = probabilities(module(batch["image"]), module.task_mode)
-        builder.add(batch["image_id"], probs.numpy(), batch["mask"].numpy())
+        images = batch["image"]
+        logits, class_logits = module.model_outputs(images)
+        probs = module.to_input_size(probabilities(logits, module.task_mode), images)
+        gate = None if class_logits is None else class_logits.sigmoid().numpy()
+        builder.add(batch["image_id"], probs.numpy(), batch["mask"].numpy(), gate=gate)
     return builder.build()
 
 
@@ -92,14 +105,20 @@ def evaluate_weights(module, datamodule, state: dict, splits: int) -> dict[str, 
         ]
         * N_CLASSES
     )
-    cross, spread, dice = cross_tuned(stats, splits)
-    return {
+    cross, spread, dice = cross_tuned(stats, splits, NO_GATE)
+    row = {
         "fixed": summarize(evaluate(stats, fixed)).score,
-        "tuned": search(stats).score,
+        "tuned": search(stats, **NO_GATE).score,
         "cross": cross,
         "cross_sd": spread,
         "dice+": dice,
     }
+    if stats.has_gate:
+        cross, _, dice = cross_tuned(stats, splits, HEAD_GATE)
+        row.update(
+            {"gated_tuned": search(stats, **HEAD_GATE).score, "gated_cross": cross, "gated_dice+": dice}
+        )
+    return row
 
 
 def reestimated(module, datamodule, state: dict, batches: int = 20) -> dict:

@@ -36,6 +36,9 @@ def test_overrides_are_read_as_yaml(debug_config):
         (["trainer.max_epochs.x=1"], "trainer.max_epochs is not a section"),
         (["max_epochs"], "expected key.path=value"),
         (["data.grayscale=true", "model.args.in_channels=3"], "model.args.in_channels must be 1"),
+        (["class_head={loss_weight: 0}"], "class_head.loss_weight: Input should be greater than 0"),
+        (["class_head={pooling: mean}"], "class_head.pooling: Input should be 'avg' or 'max'"),
+        (["task=classification", "class_head={}"], "class_head: a head on a segmenter"),
     ],
 )
 def test_bad_values_name_the_key_path(debug_config, overrides, message):

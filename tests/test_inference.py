@@ -40,6 +40,7 @@ from common_blocks.inference.submission import (
 )
 from common_blocks.reports.figures import LABEL_WIDTH, ROW_GAP, TRUTH_COLOUR
 from common_blocks.run_folder import RunPaths
+from common_blocks.training.checkpoints import load_checkpoint
 from common_blocks.training.config import load_config
 from common_blocks.training.datamodule import labelled_folds, write_missing_folds
 from common_blocks.training.module import DefectModule
@@ -239,6 +240,75 @@ def test_members_trained_in_different_modes_are_an_error(tmp_path, runs, data, m
 def test_a_classifier_member_is_an_error(tmp_path, runs, data):
     cfg = ensemble(tmp_path, runs, data, f"members=[{{config: {DEBUG_GATE}, folds: [0]}}]")
     with pytest.raises(ConfigError, match="debug_classifier is a classifier; list it as the gate"):
+        build_predictor(cfg, [0])
+
+
+# --- a segmenter's class head as the gate ---------------------------------------------------------
+
+HEAD = "debug_head"
+
+
+@pytest.fixture(scope="module")
+def head_runs(runs):
+    """Untrained debug segmenters with a class head, beside the other runs."""
+    for fold in (0, 1):
+        write_untrained(runs, DEBUG, fold, "class_head={}", f"name={HEAD}")
+    return runs
+
+
+def test_a_segmenters_class_head_is_the_gate_without_a_classifier(tmp_path, head_runs, data):
+    """The gate's probabilities are the class head's, in the OOF statistics too, where the search can
+    gate with them; the members need no separate classifier."""
+    from common_blocks.inference.oof import run_oof
+
+    head = f"{{config: {HEAD}, folds: [0, 1]}}"
+    cfg = ensemble(tmp_path, head_runs, data, f"members=[{head}]", f"gate={head}")
+    run_oof(cfg, workers=0)
+    stats = OofStats.load(cfg.oof_path)
+    assert stats.has_gate
+    table = labelled_folds(load_config(DEBUG, [f"data.data_dir={data}"]))
+    for fold in (0, 1):
+        module = load_checkpoint(RunPaths.of(head_runs, HEAD, fold).best, channels_last=True)
+        valid = table[table["fold"] == fold].reset_index(drop=True)
+        images = torch.stack([item["image"] for item in ReadTolerantDataset(valid, data / "train_images")])
+        with torch.inference_mode():
+            expected = module.model_outputs(images)[1].sigmoid().numpy()
+        by_id = dict(zip(stats.image_ids, stats.gate, strict=True))
+        np.testing.assert_allclose([by_id[i] for i in valid["ImageId"]], expected, rtol=0, atol=1e-6)
+
+
+class LoadRecorder:
+    """A stand-in ``Runtime``: records the checkpoints it is asked to compile, runs the torch module."""
+
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.loaded: list[Path] = []
+
+    def load(self, checkpoint: Path, precision: str):
+        self.loaded.append(checkpoint)
+        return load_checkpoint(checkpoint, channels_last=True).model_logits
+
+
+def test_a_class_head_gate_runs_in_torch_under_a_backend(tmp_path, head_runs, data):
+    """Exports are of ``model_logits``: a backend compiles the member's network; the gate pass of the
+    same checkpoint (encoder and head) stays in torch and gives the head's probabilities."""
+    head = f"{{config: {HEAD}, folds: [0]}}"
+    runtime = LoadRecorder()
+    predictor = build_predictor(
+        ensemble(tmp_path, head_runs, data, f"members=[{head}]", f"gate={head}"), [0], runtime=runtime
+    )
+    checkpoint = RunPaths.of(head_runs, HEAD, 0).best
+    assert runtime.loaded == [checkpoint] and predictor.gates[0].compiled is None
+    images = torch.randn(2, 3, 256, 1600)
+    with torch.inference_mode():
+        expected = load_checkpoint(checkpoint).class_logits(images).sigmoid().numpy()
+    np.testing.assert_allclose(predictor.gate_probabilities(images), expected, rtol=0, atol=1e-6)
+
+
+def test_a_segmenter_without_a_class_head_is_no_gate(tmp_path, runs, data):
+    cfg = ensemble(tmp_path, runs, data, f"gate={{config: {DEBUG}, folds: [0, 1]}}")
+    with pytest.raises(ConfigError, match="gate: debug is a multilabel segmenter without a class head"):
         build_predictor(cfg, [0])
 
 

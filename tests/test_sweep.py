@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from common_blocks.cluster.jobs import RunState, TrainJob
-from common_blocks.cluster.sweep import PlannedRun, Resources, SweepPlan, run_local
+from common_blocks.cluster.sweep import PlannedRun, Resources, SweepPlan, plan_sweep, run_local
 from common_blocks.errors import PipelineError
 from common_blocks.inference.ensemble_config import load_ensemble_config
 from common_blocks.run_folder import TRAIN_LOSS, RunPaths
@@ -44,7 +44,9 @@ def _sets(*overrides: str) -> list[str]:
     return [argument for override in overrides for argument in ("--set", override)]
 
 
-def _ensemble(tmp_path: Path, data_dir: Path, members: object = None, folds=(0, 1)) -> Path:
+def _ensemble(
+    tmp_path: Path, data_dir: Path, members: object = None, folds=(0, 1), gate: Path = GATE
+) -> Path:
     folds = list(folds)
     path = tmp_path / "ensemble.yaml"
     path.write_text(
@@ -54,7 +56,7 @@ def _ensemble(tmp_path: Path, data_dir: Path, members: object = None, folds=(0, 
                 "data_dir": str(data_dir),
                 "members": members or [{"config": str(DEBUG), "folds": folds}],
                 "tta": ["none"],
-                "gate": {"config": str(GATE), "folds": folds},
+                "gate": {"config": str(gate), "folds": folds},
                 "search": {"min_areas": [0, 100], "gates": [0.0, 0.5]},
             }
         )
@@ -283,8 +285,8 @@ def test_missing_submitit_says_what_to_install(tmp_path, monkeypatch):
     assert_one_error_line(outcome, "needs submitit", "pip install -c constraints.txt submitit")
 
 
-def _refused(tmp_path, *args: object, members: object = None) -> str:
-    ensemble = _ensemble(tmp_path, tmp_path / "data", members)
+def _refused(tmp_path, *args: object, members: object = None, gate: Path = GATE) -> str:
+    ensemble = _ensemble(tmp_path, tmp_path / "data", members, gate=gate)
     outcome = run_in_process("sweep", "--config", ensemble, "--executor", "local", *args)
     line = assert_one_error_line(outcome)
     assert not (tmp_path / "runs" / "sweep_logs").exists()  # nothing submitted
@@ -301,7 +303,23 @@ def test_bad_configs_are_one_error_line_before_any_job(tmp_path, synthetic_data)
     assert "is a classifier; it belongs in gate" in _refused(
         tmp_path, *args, members=[{"config": str(GATE), "folds": [0, 1]}]
     )
+    assert "gate: debug is neither a classifier nor a segmenter with a class head" in _refused(
+        tmp_path, *args, gate=DEBUG
+    )
     assert "data directory not found" in _refused(tmp_path, "--data-dir", tmp_path / "nowhere")
+
+
+def test_a_segmenter_with_a_class_head_may_be_the_sweeps_gate(tmp_path, synthetic_data):
+    tree = {**yaml.safe_load(DEBUG.read_text()), "name": "debug_head", "class_head": {}}
+    head = tmp_path / "debug_head.yaml"
+    head.write_text(yaml.safe_dump(tree))
+    plan = plan_sweep(
+        _ensemble(tmp_path, synthetic_data, [{"config": str(head), "folds": [0, 1]}], gate=head)
+    )
+    assert sorted((run.job.cfg.name, run.job.fold) for run in plan.runs) == [
+        ("debug_head", 0),
+        ("debug_head", 1),
+    ]
 
 
 def test_a_run_folder_that_cannot_be_continued_is_refused_before_any_job(tmp_path, synthetic_data):

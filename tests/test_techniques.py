@@ -1,5 +1,6 @@
 """The top-solution techniques' mechanics: checkpoint weight averaging, the tuned validation score and
-its monitor, the soft gate, defect blackout, BCE positive weights, staged training."""
+its monitor, staged training, the segmenter's class head (the soft gate, blackout and BCE positive
+weights are tested beside post-processing, transforms and losses)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from common_blocks.training.callbacks import frozen_encoder_parameters
 from common_blocks.training.checkpoints import load_checkpoint
 from common_blocks.training.config import load_config
 from common_blocks.training.datamodule import SteelDataModule
+from common_blocks.training.module import DefectModule
 from common_blocks.training.runner import train_fold
 from tests.cli_contract import assert_one_error_line, run_in_process
 
@@ -256,3 +258,60 @@ def test_init_from_another_architecture_is_one_error_line_and_writes_nothing(
         tmp_path / "none.ckpt",
     )
     assert_one_error_line(missing, f"--init-from {tmp_path / 'none.ckpt'}: expected an existing .ckpt file")
+
+
+def _module_with_class_head(debug_config, loss_weight: float) -> DefectModule:
+    """The debug segmenter with a class head, seeded, in eval mode (no dropout: exact losses)."""
+    cfg = load_config(debug_config, [f"class_head={{loss_weight: {loss_weight}}}", "data.scale=0.125"])
+    torch.manual_seed(0)
+    return DefectModule(cfg.model_dump(mode="json"), 0, pretrained=False).eval()
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+def test_the_class_head_learns_which_classes_the_mask_holds_at_its_loss_weight(debug_config):
+    """The training loss adds ``loss_weight`` times the head's BCE against the classes present in the
+    mask; the head's gradient scales with the weight, and the decoder's does not see the head at all."""
+    torch.manual_seed(1)
+    mask = torch.zeros(2, 4, 256, 1600, dtype=torch.uint8)
+    mask[0, 1, 10:20, 30:40] = 1
+    mask[1, 3, 255, 1599] = 1  # one pixel is enough
+    batch = {"image": torch.randn(2, 3, 256, 1600), "mask": mask}
+    present = torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+    losses, gradients = {}, {}
+    for weight in (0.25, 0.5):
+        module = _module_with_class_head(debug_config, weight)
+        losses[weight] = module.training_step(batch, 0)
+        losses[weight].backward()
+        gradients[weight] = {
+            name: p.grad for name, p in module.model.named_parameters() if p.grad is not None
+        }
+    with torch.no_grad():
+        class_logits = module.model_outputs(batch["image"])[1]
+    head_loss = torch.nn.functional.binary_cross_entropy_with_logits(class_logits, present)
+    torch.testing.assert_close(losses[0.5] - losses[0.25], 0.25 * head_loss)
+    head = [name for name in gradients[0.5] if name.startswith("classification_head.")]
+    decoder = [name for name in gradients[0.5] if name.startswith("decoder.")]
+    assert head and decoder
+    for name in head:
+        torch.testing.assert_close(gradients[0.5][name], 2 * gradients[0.25][name])
+    for name in decoder:
+        torch.testing.assert_close(gradients[0.5][name], gradients[0.25][name], rtol=0, atol=0)
+
+
+def test_the_gate_pass_of_a_class_head_is_the_encoder_and_head_of_the_full_pass(debug_config):
+    module = _module_with_class_head(debug_config, 0.2)
+    images = torch.randn(3, 3, 256, 1600)
+    with torch.inference_mode():
+        assert torch.equal(module.class_logits(images), module.model_outputs(images)[1])
+
+
+def test_a_run_with_a_class_head_logs_its_loss(synthetic_data, debug_config, tmp_path):
+    cfg = load_config(
+        debug_config, [f"data.data_dir={synthetic_data}", "trainer.max_epochs=1", "class_head={}"]
+    )
+    train_fold(cfg, 0, tmp_path)
+    metrics = pd.read_csv(RunPaths.of(tmp_path, cfg.name, 0).metrics)
+    for column in ("train/loss_class", "val/loss_class"):
+        values = metrics[column].dropna()
+        assert len(values) and (values > 0).all()
+    assert load_checkpoint(RunPaths.of(tmp_path, cfg.name, 0).best).has_class_head

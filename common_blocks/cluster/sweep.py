@@ -105,18 +105,24 @@ def _refs(ensemble: EnsembleConfig) -> list[tuple[str, Any]]:
     return refs + ([("gate", ensemble.gate)] if ensemble.gate is not None else [])
 
 
-def _check_tasks(ensemble_path: Path, configs: dict[str, tuple[str, TrainConfig]]) -> None:
-    """Members are segmenters of one mode and the gate a classifier, as the OOF search needs."""
+def _check_tasks(
+    ensemble_path: Path, ensemble: EnsembleConfig, configs: dict[str, tuple[str, TrainConfig]]
+) -> None:
+    """Members are segmenters of one mode and the gate a classifier or a class head, as the OOF search
+    needs; a run may be both a member and the gate (its class head)."""
     modes = {}
-    for name, (where, cfg) in configs.items():
-        if where == "an earlier stage":
-            continue
-        if where == "gate" and cfg.task != "classification":
-            raise ConfigError(f"{ensemble_path}: gate: {name} is not a classifier (task: {cfg.task})")
-        if where != "gate":
-            if cfg.task == "classification":
-                raise ConfigError(f"{ensemble_path}: {where}: {name} is a classifier; it belongs in gate:")
-            modes[name] = cfg.mode
+    for where, ref in _refs(ensemble):
+        cfg = configs[ref.name][1]
+        if where == "gate":
+            if cfg.task != "classification" and cfg.class_head is None:
+                raise ConfigError(
+                    f"{ensemble_path}: gate: {ref.name} is neither a classifier nor a segmenter with a "
+                    f"class head (task: {cfg.task}, no class_head)"
+                )
+        elif cfg.task == "classification":
+            raise ConfigError(f"{ensemble_path}: {where}: {ref.name} is a classifier; it belongs in gate:")
+        else:
+            modes[ref.name] = cfg.mode
     if len(set(modes.values())) > 1:
         listed = ", ".join(f"{name}: {mode}" for name, mode in modes.items())
         raise ConfigError(f"{ensemble_path}: the members must share one segmentation mode, got {listed}")
@@ -188,7 +194,7 @@ def plan_sweep(
                 raise PipelineError(f"{name} (in {ensemble_path}): {error}") from None
 
     if not train_only:  # what the OOF search needs, before hours of training
-        _check_tasks(ensemble_path, configs)
+        _check_tasks(ensemble_path, ensemble, configs)
         common_folds(ensemble)
         training_data(ensemble, {name: cfg for name, (_, cfg) in configs.items()})
         check_outputs(ensemble)

@@ -5,7 +5,8 @@ the runs folder, ``.onnx`` for ``.ckpt``): the graph of ``DefectModule.model_log
 to ``data.scale``, the replicate padding to a multiple of 32, the network and the crop back, from a
 normalised float32 (B, C, 256, 1600) batch (any B) to the logits at the network's resolution. All that
 follows (TTA flips, activation, averaging, the resize to 256x1600, the gate, post-processing, RLE)
-stays in the predictor, one code path for every backend.
+stays in the predictor, one code path for every backend. A gate that is a segmenter's class head
+(``class_head``) is not exported: its pass is the encoder and the head, and it runs in torch.
 
 ``manifest.json``, written last, says how to use them (input kind and normalisation, TTA, weights,
 mode, the tuned post-processing) and holds the sha256 of every ``.onnx`` and of the checkpoint it was
@@ -180,7 +181,9 @@ def export_ensemble(cfg: EnsembleConfig, out: Path, runtimes: Sequence[str]) -> 
     predictor = build_predictor(cfg, postprocess=postprocess, device="cpu")
     check = check_images(cfg, predictor.grayscale)
     mean, std = (GREY_MEAN, GREY_STD) if predictor.grayscale else (IMAGENET_MEAN, IMAGENET_STD)
-    roles = [("member", m) for m in predictor.segmenters] + [("gate", g) for g in predictor.gates]
+    # a class-head gate runs in torch (encoder and head only): only classifier gates are exported
+    gates = [gate for gate in predictor.gates if not gate.module.has_class_head]
+    roles = [("member", m) for m in predictor.segmenters] + [("gate", g) for g in gates]
     with staged_folder(out, "the export folder (--out)", last=(MANIFEST,)) as staging:
         networks = [_export_one(cfg, role, model, staging, runtimes, check) for role, model in roles]
         manifest = {

@@ -1,7 +1,7 @@
 """Ensemble prediction: member checkpoints with test-time flips, averaged, gated, post-processed, encoded.
 
-The classifier gate runs first, and segmentation runs only on the images where it lets at least one
-class through (probability >= that class's gate threshold): on a test set that is half defect-free
+The gate (classifiers, or segmenters' class heads) runs first, and segmentation runs only on the
+images where it lets at least one class through (probability >= that class's gate threshold): on a test set that is half defect-free
 that skips half the segmentation. A skipped image gets the masks post-processing would give it anyway
 (every class dropped by its gate), so gating changes the speed, never the submission.
 """
@@ -108,8 +108,8 @@ class EnsemblePredictor:
         modes = {model.mode for model in segmenters}
         if len(modes) != 1 or CLASSIFICATION_MODE in modes:
             raise ConfigError(f"segmenters must share one segmentation mode, got {sorted(modes)}")
-        if any(gate.mode != CLASSIFICATION_MODE for gate in gates):
-            raise ConfigError("every gate model must be a classifier")
+        if not all(gate.module.can_gate for gate in gates):
+            raise ConfigError("every gate model must be a classifier or a segmenter with a class head")
         unknown = [name for name in tta if name not in TTA_FLIPS]
         if unknown or not tta:
             raise ConfigError(f"tta: expected some of {', '.join(TTA_FLIPS)}, got {list(tta)}")
@@ -144,6 +144,14 @@ class EnsemblePredictor:
         with self.autocast():
             return model.module.model_logits(images)
 
+    def gate_logits(self, gate: WeightedModel, images: torch.Tensor) -> torch.Tensor:
+        """``gate``'s (B, 4) image-level logits: its compiled network's (a classifier's), or its module's
+        ``class_logits`` under ``autocast`` (a class head runs in torch: it needs only the encoder)."""
+        if gate.compiled is not None:
+            return gate.compiled(images)
+        with self.autocast():
+            return gate.module.class_logits(images)
+
     def to_device(self, images: torch.Tensor) -> torch.Tensor:
         """``images`` on the predictor's device (the same tensor when already there): callers that use
         both the gate and the segmenters move a batch once. From pinned memory the copy is asynchronous."""
@@ -151,11 +159,12 @@ class EnsemblePredictor:
 
     @torch.inference_mode()
     def gate_probabilities(self, images: torch.Tensor) -> np.ndarray | None:
-        """(B, 4) float32 classifier probabilities averaged over the gate models; None without a gate."""
+        """(B, 4) float32 image-level probabilities averaged over the gate models (classifiers or class
+        heads); None without a gate."""
         if not self.gates:
             return None
         images = self.to_device(images)
-        outputs = [(gate.weight, self.network_logits(gate, images)) for gate in self.gates]
+        outputs = [(gate.weight, self.gate_logits(gate, images)) for gate in self.gates]
         total = sum(weight * output.float().sigmoid() for weight, output in outputs)
         return (total / sum(gate.weight for gate in self.gates)).cpu().numpy()
 
@@ -291,11 +300,11 @@ def _check_compatible(
             f"members: trained in different modes ({listed}); ensemble members of one mode only "
             f"({_by_kind(member_files, lambda module: module.task_mode)})"
         )
-    segmenting_gates = [path for path, gate in gate_files.items() if gate.task_mode != CLASSIFICATION_MODE]
+    segmenting_gates = [path for path, gate in gate_files.items() if not gate.can_gate]
     if segmenting_gates:
         raise ConfigError(
-            f"gate: {cfg.gate.name} is a {gate_files[segmenting_gates[0]].task_mode} segmenter, not a "
-            f"classifier ({', '.join(map(str, segmenting_gates))})"
+            f"gate: {cfg.gate.name} is a {gate_files[segmenting_gates[0]].task_mode} segmenter without a "
+            f"class head (class_head), not a classifier ({', '.join(map(str, segmenting_gates))})"
         )
     if BINARY_MODE in {mode for found in modes.values() for mode in found} and not cfg.gate:
         raise ConfigError("members: binary-mode members find defects but not their class; add a gate")
@@ -333,8 +342,9 @@ def build_predictor(
     gates = _load_runs(cfg, cfg.gate, folds, device) if cfg.gate else []
     _check_compatible(cfg, members, gates, folds)
 
-    def weighted(module: DefectModule, path: Path, weight: float) -> WeightedModel:
-        compiled = None if runtime is None else runtime.load(path, precision)
+    def weighted(module: DefectModule, path: Path, weight: float, gate: bool = False) -> WeightedModel:
+        # a class head's gate pass is the encoder and the head: it runs in torch (exports are of model_logits)
+        compiled = None if runtime is None or (gate and module.has_class_head) else runtime.load(path, precision)
         return WeightedModel(module, weight, compiled, path)
 
     segmenters = [
@@ -347,7 +357,7 @@ def build_predictor(
     gate_files = _checkpoints(cfg, cfg.gate, folds) if cfg.gate else []
     return EnsemblePredictor(
         segmenters,
-        [weighted(module, path, 1.0) for path, module in zip(gate_files, gates, strict=True)],
+        [weighted(module, path, 1.0, gate=True) for path, module in zip(gate_files, gates, strict=True)],
         tta=cfg.tta,
         average=cfg.average,
         postprocess=postprocess,

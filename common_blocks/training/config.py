@@ -18,6 +18,7 @@ import yaml
 from pydantic import Field, model_validator
 
 from common_blocks.config_io import YAML_SUFFIXES, Section, config_name, load_config_file
+from common_blocks.data.formats import N_CLASSES
 from common_blocks.data.transforms import AugmentConfig
 from common_blocks.evaluation.oof_stats import DEFAULT_MIN_SIZES, DEFAULT_THRESHOLDS
 from common_blocks.run_folder import RunPaths
@@ -85,6 +86,20 @@ class OofConfig(Section):
     fill_holes: bool = False
 
 
+class ClassHeadConfig(Section):
+    """An image-level head on the segmenter's deepest encoder features (smp's ``aux_params``), trained
+    jointly: its logits say which classes the image (or crop) holds, so the segmenter can be the
+    ensemble's gate without a separate classifier (4th place's two-headed net)."""
+
+    loss_weight: float = Field(0.2, gt=0)  # its BCE's weight beside the segmentation loss
+    dropout: float = Field(0.2, ge=0, lt=1)
+    pooling: Literal["avg", "max"] = "avg"
+
+    def network_args(self) -> dict[str, object]:
+        """The head as ``models.build_model`` takes it: one logit per class."""
+        return {"classes": N_CLASSES, "pooling": self.pooling, "dropout": self.dropout}
+
+
 class PseudoConfig(Section):
     labels: Path | None = None  # pseudo-label CSV (train.csv format) over the test images; set by --pseudo
     fraction: float = Field(0.3, ge=0, lt=1)  # share of every training batch drawn from pseudo-labels
@@ -99,6 +114,7 @@ class TrainConfig(Section):
     data: DataConfig = DataConfig()
     augment: AugmentConfig = AugmentConfig()
     model: ModelConfig
+    class_head: ClassHeadConfig | None = None  # segmentation only: also predict which classes are present
     loss: list[LossTerm] = Field(default_factory=lambda: [LossTerm(type="bce"), LossTerm(type="dice")])
     optimizer: OptimizerConfig = OptimizerConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
@@ -134,6 +150,8 @@ class TrainConfig(Section):
             raise ValueError(
                 "trainer.monitor 'tuned_score' needs validation.tuned_score: true and a segmentation task"
             )
+        if self.class_head is not None and self.task != "segmentation":
+            raise ValueError("class_head: a head on a segmenter; a classifier already is one")
         if self.augment.crop_widths and self.pseudo.labels is not None:
             raise ValueError(
                 "augment.crop_widths (multi-scale crops) does not combine with pseudo-labels yet"

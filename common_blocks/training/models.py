@@ -1,9 +1,10 @@
 """Networks built from a ``{type, args}`` config: smp segmentation models and the timm image-level gate.
 
-Segmentation models ("FPN", "Unet") return ``(B, num_outputs, H, W)`` logits at input resolution; the
-classifier ("Classifier") returns ``(B, num_outputs)`` logits. ``encoder_weights`` is ``"imagenet"``
-(downloaded by smp/timm), ``None`` (random init) or the path of a local state-dict file, so that
-offline machines (Kaggle kernels) can start from pretrained weights.
+Segmentation models ("FPN", "Unet") return ``(B, num_outputs, H, W)`` logits at input resolution (and
+``(B, 4)`` image-level logits beside them when built with a class head); the classifier ("Classifier")
+returns ``(B, num_outputs)`` logits. ``encoder_weights`` is ``"imagenet"`` (downloaded by smp/timm),
+``None`` (random init) or the path of a local state-dict file, so that offline machines (Kaggle
+kernels) can start from pretrained weights.
 
 smp 0.6's FPN has no ``decoder_attention_type``: scSE attention is available for Unet only.
 """
@@ -160,6 +161,7 @@ def _segmentation_factory(architecture: type[nn.Module]) -> Callable[..., nn.Mod
         encoder_name: str = DEFAULT_ENCODER,
         encoder_weights: str | None = IMAGENET,
         in_channels: int = 3,
+        class_head: dict[str, Any] | None = None,
         **args: Any,
     ) -> nn.Module:
         _check_smp_encoder(encoder_name, key)
@@ -182,6 +184,7 @@ def _segmentation_factory(architecture: type[nn.Module]) -> Callable[..., nn.Mod
                 encoder_weights=pretrained,
                 in_channels=in_channels,
                 classes=num_outputs,
+                aux_params=None if class_head is None else {**class_head, "activation": None},
                 **args,
             )
         except (KeyError, ValueError, TypeError) as error:
@@ -190,7 +193,10 @@ def _segmentation_factory(architecture: type[nn.Module]) -> Callable[..., nn.Mod
             load_weights_file(model.encoder, source, key, in_channels)
         return model
 
-    build.__doc__ = f"smp {architecture.__name__} with ``classes=num_outputs``, returning logits."
+    build.__doc__ = (
+        f"smp {architecture.__name__} with ``classes=num_outputs``, returning logits; with ``class_head`` "
+        "(smp ``aux_params``: classes, pooling, dropout) it returns (mask logits, image-level logits)."
+    )
     return build
 
 
@@ -237,8 +243,18 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build_model(cfg: ModelConfig, num_outputs: int, key: str = "model") -> nn.Module:
-    """The network of ``cfg`` with ``num_outputs`` logit channels; ``key`` is the config path in errors."""
+def build_model(
+    cfg: ModelConfig, num_outputs: int, key: str = "model", class_head: dict[str, Any] | None = None
+) -> nn.Module:
+    """The network of ``cfg`` with ``num_outputs`` logit channels; ``key`` is the config path in errors.
+    ``class_head`` (a segmentation model's image-level head: ``classes``, ``pooling``, ``dropout``)
+    makes it return (mask logits, image-level logits)."""
     if cfg.type not in MODELS:
         raise ConfigError(f"{key}.type: unknown model '{cfg.type}' (registered: {', '.join(MODELS)})")
-    return MODELS[cfg.type](num_outputs, key, **cfg.args)
+    if class_head is None:
+        return MODELS[cfg.type](num_outputs, key, **cfg.args)
+    if cfg.type == "Classifier":
+        raise ConfigError(
+            f"class_head: {key}.type Classifier is image-level already; a head is for segmenters"
+        )
+    return MODELS[cfg.type](num_outputs, key, class_head=class_head, **cfg.args)

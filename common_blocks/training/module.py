@@ -51,7 +51,8 @@ class DefectModule(L.LightningModule):
         model_cfg = self.cfg.model_for_input()
         if not pretrained:
             model_cfg = model_cfg.model_copy(update={"args": {**model_cfg.args, "encoder_weights": None}})
-        self.model = build_model(model_cfg, num_outputs_for_mode(self.task_mode))
+        head = None if self.cfg.class_head is None else self.cfg.class_head.network_args()
+        self.model = build_model(model_cfg, num_outputs_for_mode(self.task_mode), class_head=head)
         self.loss = build_loss(self.cfg.loss, self.task_mode)
         self.val_score = CompetitionScore()
         self.tunes_score = self.cfg.validation.tuned_score and not self.is_classifier
@@ -66,6 +67,16 @@ class DefectModule(L.LightningModule):
     @property
     def is_classifier(self) -> bool:
         return self.cfg.task == "classification"
+
+    @property
+    def has_class_head(self) -> bool:
+        """A segmenter that also predicts which classes are present (``class_head``)."""
+        return self.cfg.class_head is not None
+
+    @property
+    def can_gate(self) -> bool:
+        """Whether ``class_logits`` exists: a classifier, or a segmenter with a class head."""
+        return self.is_classifier or self.has_class_head
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits at the input's resolution (segmentation) or (B, 4) (classification).
@@ -87,11 +98,9 @@ class DefectModule(L.LightningModule):
             logits.contiguous(), size=images.shape[-2:], mode="bilinear", align_corners=False
         )
 
-    def model_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits at the model's own resolution: the input resized by ``data.scale``.
-
-        The input is padded to a multiple of 32 for the network and the logits cropped back.
-        """
+    def _network_input(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """``images`` as the network takes them: resized by ``data.scale``, padded to a multiple of 32,
+        in the configured memory format; and the size before padding, to crop outputs back to."""
         scale = self.cfg.data.scale
         if scale != 1.0:
             images = F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False)
@@ -101,8 +110,41 @@ class DefectModule(L.LightningModule):
             images = F.pad(images, (0, pad_w, 0, pad_h), mode="replicate")
         if self.cfg.trainer.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        logits = self.model(images)
-        return logits if self.is_classifier else logits[..., :inner_h, :inner_w]
+        return images, (inner_h, inner_w)
+
+    def model_outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits at the model's own resolution (the input resized by ``data.scale``; a classifier's
+        are (B, 4)), and the class head's (B, 4) image-level logits (None without one)."""
+        network_input, (inner_h, inner_w) = self._network_input(images)
+        output = self.model(network_input)
+        if self.is_classifier:
+            return output, None
+        logits, class_logits = output if self.has_class_head else (output, None)
+        return logits[..., :inner_h, :inner_w], class_logits
+
+    def model_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits at the model's own resolution: the input resized by ``data.scale``.
+
+        The input is padded to a multiple of 32 for the network and the logits cropped back.
+        """
+        return self.model_outputs(images)[0]
+
+    def class_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 4) image-level logits, for the gate: the classifier's, or the class head's, which reads
+        the encoder's deepest features only, so a gate pass skips the decoder."""
+        if self.is_classifier:
+            return self.model_logits(images)
+        if not self.has_class_head:
+            raise PipelineError(f"{self.cfg.name} is a segmenter without a class head (class_head)")
+        network_input, _ = self._network_input(images)
+        return self.model.classification_head(self.model.encoder(network_input)[-1])
+
+    def _class_loss(self, class_logits: torch.Tensor | None, batch: dict[str, Any]) -> torch.Tensor | None:
+        """The class head's BCE against which classes the (cropped, augmented) mask holds."""
+        if class_logits is None:
+            return None
+        present = batch["mask"].flatten(2).amax(dim=2).float()
+        return F.binary_cross_entropy_with_logits(class_logits.float(), present)
 
     def _loss(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
         """The loss of model-resolution ``logits``: the (uint8) mask is area-averaged down to their size.
@@ -117,8 +159,19 @@ class DefectModule(L.LightningModule):
             mask = F.interpolate(mask, size=logits.shape[-2:], mode="area")
         return self.loss(logits, targets_for_mode(mask, self.task_mode))
 
+    def _total_loss(
+        self, logits: torch.Tensor, class_logits: torch.Tensor | None, batch: dict[str, Any], stage: str
+    ) -> torch.Tensor:
+        """The loss, plus the class head's BCE times its weight (logged as ``STAGE/loss_class``)."""
+        loss = self._loss(logits, batch)
+        class_loss = self._class_loss(class_logits, batch)
+        if class_loss is None:
+            return loss
+        self.log(f"{stage}/loss_class", class_loss, batch_size=logits.shape[0], sync_dist=stage == "val")
+        return loss + self.cfg.class_head.loss_weight * class_loss
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss = self._loss(self.model_logits(batch["image"]), batch)
+        loss = self._total_loss(*self.model_outputs(batch["image"]), batch, "train")
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"training loss is {loss.item()} at epoch {self.current_epoch}, global step {self.global_step} "
@@ -138,9 +191,14 @@ class DefectModule(L.LightningModule):
         (``average: probabilities``): the tuned score is then the local CV of this checkpoint alone,
         bit for bit, and the activation runs on 1/scale² fewer pixels."""
         images = batch["image"]
-        logits = self.model_logits(images)
+        logits, class_logits = self.model_outputs(images)
         batch_size = images.shape[0]
-        self.log(VAL_LOSS, self._loss(logits, batch), batch_size=batch_size, sync_dist=True)
+        self.log(
+            VAL_LOSS,
+            self._total_loss(logits, class_logits, batch, "val"),
+            batch_size=batch_size,
+            sync_dist=True,
+        )
         probs = self.to_input_size(probabilities(logits.float(), self.task_mode), images)
         truth = batch["target"] if self.is_classifier else batch["mask"]
         self.val_score.update(probs, truth, self.cfg.validation.threshold, self.cfg.validation.min_area)
