@@ -57,7 +57,7 @@ def subset(stats: OofStats, index: np.ndarray) -> OofStats:
 
 
 NO_GATE = {"gates": (0.0,)}
-HEAD_GATE = {"gates": DEFAULT_GATES, "gate_factors": (None, 2.0, 5.0)}
+HEAD_GATE = {"gates": DEFAULT_GATES, "gate_factors": (2.0, 5.0, None)}
 
 
 def cross_tuned(stats: OofStats, splits: int, grid: dict, seed: int = 0) -> tuple[float, float, float]:
