@@ -6,6 +6,8 @@ import os
 import torch
 from torch import nn
 
+from common_blocks.training.losses import CLASSIFICATION_MODE
+
 
 class StandIn(nn.Module):
     """``forward`` gives logits at the input's size, so ``model_logits`` is ``forward`` and there is
@@ -15,7 +17,20 @@ class StandIn(nn.Module):
         super().__init__()
         self.task_mode = task_mode
 
+    @property
+    def has_class_head(self) -> bool:
+        return False
+
+    @property
+    def can_gate(self) -> bool:
+        """A classification stand-in is a gate, as a classifier's ``DefectModule`` is."""
+        return self.task_mode == CLASSIFICATION_MODE
+
     def model_logits(self, images: torch.Tensor) -> torch.Tensor:
+        return self(images)
+
+    def class_logits(self, images: torch.Tensor) -> torch.Tensor:
+        assert self.can_gate
         return self(images)
 
     def to_input_size(self, logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
