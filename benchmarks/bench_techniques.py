@@ -42,7 +42,6 @@ from common_blocks.run_folder import VAL_SCORE, VAL_TUNED_SCORE, RunPaths
 from common_blocks.training.averaging import average_state_dicts, reestimate_batch_norm
 from common_blocks.training.checkpoints import load_checkpoint
 from common_blocks.training.datamodule import SteelDataModule
-from common_blocks.training.losses import probabilities
 
 _FIELDS = ("image_ids", "folds", "area", "intersection", "truth_area", "gate")
 
@@ -88,7 +87,7 @@ def fold_stats(module, datamodule: SteelDataModule) -> OofStats:
     for batch in datamodule.val_dataloader():
         images = batch["image"]
         logits, class_logits = module.model_outputs(images)
-        probs = module.to_input_size(probabilities(logits, module.task_mode), images)
+        probs = module.input_size_probabilities(logits, images)
         gate = None if class_logits is None else class_logits.sigmoid().numpy()
         builder.add(batch["image_id"], probs.numpy(), batch["mask"].numpy(), gate=gate)
     return builder.build()

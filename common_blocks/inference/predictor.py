@@ -1,9 +1,10 @@
 """Ensemble prediction: member checkpoints with test-time flips, averaged, gated, post-processed, encoded.
 
 The gate (classifiers, or segmenters' class heads) runs first, and segmentation runs only on the
-images where it lets at least one class through (probability >= that class's gate threshold): on a test set that is half defect-free
-that skips half the segmentation. A skipped image gets the masks post-processing would give it anyway
-(every class dropped by its gate), so gating changes the speed, never the submission.
+images where it lets at least one class through (probability >= that class's gate threshold): on a
+test set that is half defect-free that skips half the segmentation. A skipped image gets the masks
+post-processing would give it anyway (every class dropped by its gate), so gating changes the speed,
+never the submission.
 """
 
 from __future__ import annotations
@@ -344,7 +345,9 @@ def build_predictor(
 
     def weighted(module: DefectModule, path: Path, weight: float, gate: bool = False) -> WeightedModel:
         # a class head's gate pass is the encoder and the head: it runs in torch (exports are of model_logits)
-        compiled = None if runtime is None or (gate and module.has_class_head) else runtime.load(path, precision)
+        compiled = (
+            None if runtime is None or (gate and module.has_class_head) else runtime.load(path, precision)
+        )
         return WeightedModel(module, weight, compiled, path)
 
     segmenters = [

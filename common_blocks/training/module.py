@@ -98,6 +98,13 @@ class DefectModule(L.LightningModule):
             logits.contiguous(), size=images.shape[-2:], mode="bilinear", align_corners=False
         )
 
+    def input_size_probabilities(self, logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """Probabilities at the size of ``images`` from model-resolution ``logits``: activated there, in
+        fp32, then resized, as the ensemble predictor does by default (``average: probabilities``), so
+        a score computed from them is the predictor's, bit for bit; the activation runs on 1/scale²
+        fewer pixels."""
+        return self.to_input_size(probabilities(logits.float(), self.task_mode), images)
+
     def _network_input(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """``images`` as the network takes them: resized by ``data.scale``, padded to a multiple of 32,
         in the configured memory format; and the size before padding, to crop outputs back to."""
@@ -143,7 +150,7 @@ class DefectModule(L.LightningModule):
         """The class head's BCE against which classes the (cropped, augmented) mask holds."""
         if class_logits is None:
             return None
-        present = batch["mask"].flatten(2).amax(dim=2).float()
+        present = targets_for_mode(batch["mask"].float(), CLASSIFICATION_MODE)
         return F.binary_cross_entropy_with_logits(class_logits.float(), present)
 
     def _loss(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
@@ -186,10 +193,8 @@ class DefectModule(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
         """The loss and the score's sums of one batch, all on the batch's device: the full-resolution
         probabilities never cross to the CPU (the score's sums do, once per epoch, in ``summary``).
-        Under mixed precision the logits are taken to fp32 at the model's resolution. They are
-        activated there and the probabilities resized, as the ensemble predictor does by default
-        (``average: probabilities``): the tuned score is then the local CV of this checkpoint alone,
-        bit for bit, and the activation runs on 1/scale² fewer pixels."""
+        The probabilities are ``input_size_probabilities``'s, so the tuned score is the local CV of
+        this checkpoint alone, bit for bit."""
         images = batch["image"]
         logits, class_logits = self.model_outputs(images)
         batch_size = images.shape[0]
@@ -199,7 +204,7 @@ class DefectModule(L.LightningModule):
             batch_size=batch_size,
             sync_dist=True,
         )
-        probs = self.to_input_size(probabilities(logits.float(), self.task_mode), images)
+        probs = self.input_size_probabilities(logits, images)
         truth = batch["target"] if self.is_classifier else batch["mask"]
         self.val_score.update(probs, truth, self.cfg.validation.threshold, self.cfg.validation.min_area)
         if self.tunes_score:
