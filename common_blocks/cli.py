@@ -460,16 +460,18 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", required=True, type=_output_path, help="folder for the .onnx files and manifest.json"
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
 
 
 def _export(args: argparse.Namespace) -> None:
-    check_output_dir(args.out, "the export folder (--out)")
+    from common_blocks.deploy.export import check_export_folder, export_ensemble
+
+    check_export_folder(args.out, args.overwrite)
     cfg = _ensemble(args)
-    from common_blocks.deploy.export import export_ensemble
     from common_blocks.deploy.runtimes import installed_runtimes
 
     runtimes = installed_runtimes()  # the export is checked under every one installed
-    manifest = export_ensemble(cfg, args.out, runtimes)
+    manifest = export_ensemble(cfg, args.out, runtimes, config_path=args.config, overwrite=args.overwrite)
     print(manifest["postprocess_source"])
     for network in manifest["networks"]:
         differences = ", ".join(

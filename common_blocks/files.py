@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import os
+import re
 import secrets
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from common_blocks.errors import PipelineError
@@ -324,4 +326,118 @@ def staged_folder(
     finally:
         del _FOLDERS[staging]
         shutil.rmtree(staging, ignore_errors=True)
+        _remove_empty(created)
+
+
+def check_apart(
+    out: Path, what: str, *, holds: Iterable[tuple[str, Path]], within: Iterable[tuple[str, Path]] = ()
+) -> None:
+    """A command never writes among, or replaces, what it reads: ``out`` must not be or hold any of
+    ``holds`` nor lie inside any folder of ``within`` (a description and a path each). An OutputError
+    naming both otherwise."""
+    root = Path(os.path.abspath(out))
+    inside = [(name, path, True) for name, path in within]
+    for name, path, folder in [*inside, *((name, path, False) for name, path in holds)]:
+        where = Path(os.path.abspath(path))
+        if root == where:
+            relation = "is"
+        elif folder and root.is_relative_to(where):
+            relation = "lies inside"
+        elif where.is_relative_to(root):
+            relation = "holds"
+        else:
+            continue
+        raise OutputError(f"{out}: {relation} {name} {path}; give {what} a folder of its own")
+
+
+def check_replaceable(
+    path: str | os.PathLike, what: str, *, overwrite: bool, kind: str, recognise: Callable[[Path], bool]
+) -> Path:
+    """``path`` as the folder ``replaced_folder`` will write: new or empty, or, with ``overwrite``, a
+    folder that ``recognise`` tells is a ``kind`` this pipeline wrote. Any other folder is an
+    OutputError and is never touched: the user's files, data or configs are not ours to delete.
+    What a killed earlier run left beside it is cleared first (``remove_stale_temporaries``), so
+    that an earlier folder it had set aside is back in place before it is judged."""
+    target = check_output_dir(path, what)
+    if target.parent.is_dir():
+        remove_stale_temporaries(target)
+    if Path.cwd().resolve().is_relative_to(target.resolve()):
+        raise OutputError(f"{target}: is the working directory or holds it; give {what} a folder of its own")
+    if target.is_dir() and any(target.iterdir()):
+        if not overwrite:
+            raise OutputError(f"{target}: is not empty; pass --overwrite to replace the {kind} there")
+        if not recognise(target):
+            raise OutputError(
+                f"{target}: is not {kind} this pipeline wrote, so --overwrite leaves it alone; choose "
+                "another folder, or empty this one yourself"
+            )
+    return target
+
+
+# ``replaced_folder``'s own temporaries beside the target: ``.NAME.PID-HEX.tmp`` (being built) and
+# ``.NAME.PID-HEX.old`` (the earlier folder, set aside while the new one is renamed in).
+def _own_temporary(target: Path, entry: Path) -> tuple[int, str] | None:
+    match = re.fullmatch(rf"\.{re.escape(target.name)}\.(\d+)-[0-9a-f]{{8}}\.(tmp|old)", entry.name)
+    return (int(match[1]), match[2]) if match and entry.is_dir() and not entry.is_symlink() else None
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(target: Path) -> list[Path]:
+    """Remove what a killed ``replaced_folder`` of ``target`` left (its process no longer runs): a
+    half-built folder is deleted; an earlier folder set aside while ``target`` is missing is put back
+    (the kill came between the two renames). Returns what was removed or restored."""
+    handled = []
+    for entry in sorted(target.parent.glob(f".{glob.escape(target.name)}.*")):
+        owner = _own_temporary(target, entry)
+        if owner is None or _is_running(owner[0]):
+            continue
+        if owner[1] == "old" and not target.exists():
+            os.rename(entry, target)
+        else:
+            shutil.rmtree(entry, ignore_errors=True)
+        handled.append(entry)
+    return handled
+
+
+@contextlib.contextmanager
+def replaced_folder(target: Path, what: str) -> Iterator[Path]:
+    """Yield an empty folder beside ``target`` (checked with ``check_replaceable`` first); when the
+    block succeeds it takes ``target``'s place as a whole: the earlier folder is set aside, the new
+    one renamed in, and only then is the earlier one deleted. A failure leaves ``target`` as it was,
+    and a later run removes what a killed one left (``remove_stale_temporaries``)."""
+    created = _make_parents(target, what)
+    stem = f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}"
+    staging, previous = target.with_name(f"{stem}.tmp"), target.with_name(f"{stem}.old")
+    try:
+        staging.mkdir()
+    except OSError as error:
+        _remove_empty(created)
+        raise OutputError(f"{target}: cannot write {what} ({_describe(error)})") from None
+    _FOLDERS[staging] = target
+    try:
+        yield staging
+        os.chmod(staging, 0o777 & ~_current_umask())
+        try:
+            if target.exists():
+                os.rename(target, previous)
+            os.rename(staging, target)
+        except OSError as error:
+            if previous.exists() and not target.exists():
+                os.rename(previous, target)
+            raise OutputError(f"{target}: cannot write {what} ({_describe(error)})") from None
+        created = []
+    finally:
+        del _FOLDERS[staging]
+        shutil.rmtree(staging, ignore_errors=True)
+        if target.exists():
+            shutil.rmtree(previous, ignore_errors=True)
         _remove_empty(created)

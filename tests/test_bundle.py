@@ -24,6 +24,7 @@ from common_blocks.deploy.bundle import (
     DEPENDENCY_WHEELS,
     ENSEMBLE,
     KAGGLE_DATA,
+    MARKER,
     PROJECT,
     TRAINING_STATE,
     find_wheels,
@@ -246,12 +247,13 @@ def test_a_missing_dependency_wheel_is_one_error_line_and_no_folder(ensemble_fil
 
 def test_overwrite_replaces_a_bundle_whole_or_not_at_all(ensemble_file, runs_copy, runs, tmp_path):
     out = tmp_path / "bundle"
-    out.mkdir()
-    (out / "old.txt").write_text("an earlier bundle")
+    outcome = bundle_of(ensemble_file, runs, out)
+    assert outcome.code == 0, outcome.stderr
+    (out / "old.txt").write_text("left in an earlier bundle")
     before = snapshot(out)
     assert_one_error_line(bundle_of(ensemble_file, runs_copy, out), f"{out}: is not empty; pass --overwrite")
     assert_one_error_line(
-        bundle_of(ensemble_file, runs_copy, runs_copy.parent, "--overwrite"), "an input of the bundle"
+        bundle_of(ensemble_file, runs_copy, runs_copy.parent, "--overwrite"), "is not a bundle this pipeline"
     )
     bad = runs_copy / "debug_classifier" / "fold0" / "best.ckpt"  # read after both debug checkpoints
     bad.write_bytes(bad.read_bytes()[:1000])
@@ -260,5 +262,59 @@ def test_overwrite_replaces_a_bundle_whole_or_not_at_all(ensemble_file, runs_cop
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "runs_copy"]  # no staging left
     outcome = bundle_of(ensemble_file, runs, out, "--overwrite")
     assert outcome.code == 0, outcome.stderr
-    assert not (out / "old.txt").exists() and (out / "README.md").is_file()
+    assert not (out / "old.txt").exists() and (out / "README.md").is_file() and (out / MARKER).is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "runs_copy"]
+
+
+def test_overwrite_never_replaces_a_folder_that_is_not_a_bundle(ensemble_file, oof_run, runs, data, tmp_path):
+    """A folder of the user's, the folder of the training configs and the ensemble's own data folder
+    are each refused with --overwrite, in one line, and left as they were."""
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "notes.txt").write_text("mine")
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    member = Path(shutil.copy(test_inference.DEBUG, configs / "debug.yaml"))
+    data_copy = Path(shutil.copytree(data, tmp_path / "syn3"))
+    ensemble = tmp_path / "ensemble.yaml"
+    tree = yaml.safe_load(ensemble_file.read_text())
+    tree["members"][0]["config"] = str(member)
+    ensemble.write_text(yaml.safe_dump({**tree, "data_dir": str(data_copy)}))
+    before = snapshot(notes, configs, data_copy)
+    cases = [
+        (notes, f"{notes}: is not a bundle this pipeline wrote"),
+        (configs, f"{configs}: is not a bundle this pipeline wrote"),
+        (data_copy, f"{data_copy}: is not a bundle this pipeline wrote"),
+        (data_copy / "new", "lies inside the ensemble's data_dir"),
+    ]
+    for out, message in cases:
+        assert_one_error_line(bundle_of(ensemble, runs, out, "--overwrite"), message)
+    (configs / MARKER).write_text('{"format": "severstal-bundle/1"}')  # even a bundle that holds an input
+    assert_one_error_line(
+        bundle_of(ensemble, runs, configs, "--overwrite"), f"{configs}: is the folder of the training configs"
+    )
+    (configs / MARKER).unlink()
+    assert_unchanged(before, notes, configs, data_copy)
+    assert snapshot(notes, configs, data_copy).keys() == before.keys()  # nothing added either
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["configs", "ensemble.yaml", "notes", "syn3"]
+
+
+def test_a_killed_bundle_leaves_nothing_the_next_run_does_not_clear(ensemble_file, runs, tmp_path):
+    """What a killed run left beside --out (a half-built folder; an earlier bundle set aside between
+    the two renames) is cleared or put back by the next run on the same --out."""
+    out = tmp_path / "bundle"
+    dead = 2**22 + 1  # above Linux's largest pid: never a running process
+    half_built = tmp_path / f".bundle.{dead}-0123abcd.tmp"
+    (half_built / "runs").mkdir(parents=True)
+    (half_built / "runs" / "big.ckpt").write_bytes(b"0" * 1000)
+    set_aside = tmp_path / f".bundle.{dead}-4567cdef.old"
+    set_aside.mkdir()
+    (set_aside / MARKER).write_text('{"format": "severstal-bundle/1"}')
+    running = tmp_path / f".bundle.{os.getpid()}-89abcdef.tmp"  # a run still going: left alone
+    running.mkdir()
+    outcome = bundle_of(ensemble_file, runs, out)
+    assert_one_error_line(outcome, f"{out}: is not empty; pass --overwrite")  # the earlier bundle is back
+    assert not half_built.exists() and not set_aside.exists() and (out / MARKER).is_file()
+    outcome = bundle_of(ensemble_file, runs, out, "--overwrite")
+    assert outcome.code == 0, outcome.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [running.name, "bundle"]

@@ -147,11 +147,41 @@ def test_a_network_that_differs_from_pytorch_fails_the_export_naming_it_and_writ
     monkeypatch.setattr(export, "largest_difference", off_on_the_third)
     for out in (tmp_path / "new", exported):  # a new folder is not created; an earlier export stays as it was
         calls.clear()
-        outcome = run_in_process("export", "--config", config, "--out", out)
+        outcome = run_in_process("export", "--config", config, "--out", out, "--overwrite")
         line = assert_one_error_line(outcome, "differs from PyTorch by 0.5 in probability", "tolerance 0.001")
         assert "fold" in line and ".ckpt" in line and "nothing exported" in line
     assert not (tmp_path / "new").exists() and sorted(p.name for p in tmp_path.iterdir()) == []
     assert_unchanged(before, exported)
+
+
+def test_export_replaces_only_an_earlier_export_and_as_a_whole(tmp_path, config, data, exported):
+    """A folder of the user's (its own manifest.json) is refused with or without --overwrite, as is the
+    ensemble's test_images/; an earlier export is replaced whole, leaving none of its files behind."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / MANIFEST).write_text('{"my": "notes"}')
+    images = data / "test_images"
+    before = snapshot(mine, images)
+    assert_one_error_line(run_in_process("export", "--config", config, "--out", mine), "is not empty")
+    outcome = run_in_process("export", "--config", config, "--out", mine, "--overwrite")
+    assert_one_error_line(outcome, f"{mine}: is not an export this pipeline wrote")
+    outcome = run_in_process("export", "--config", config, "--out", images, "--overwrite")
+    assert_one_error_line(outcome, f"{images}: is not an export this pipeline wrote")
+    outcome = run_in_process("export", "--config", config, "--out", images / "onnx")
+    assert_one_error_line(outcome, f"{images / 'onnx'}: lies inside the ensemble's data_dir")
+    assert_unchanged(before, mine, images)
+    assert snapshot(mine, images).keys() == before.keys()
+    earlier = Path(shutil.copytree(exported, tmp_path / "onnx"))
+    stray = earlier / "another_ensemble" / "fold0" / "best.onnx"
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"an earlier ensemble's network")
+    outcome = run_in_process("export", "--config", config, "--out", earlier, "--overwrite")
+    assert outcome.code == 0, outcome.stderr
+    assert not (earlier / "another_ensemble").exists()
+    assert (
+        open_export(earlier).manifest["networks"] == json.loads((exported / MANIFEST).read_text())["networks"]
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "onnx"]  # nothing set aside or staged
 
 
 def test_a_network_the_exporter_cannot_trace_is_one_error_line_naming_it(tmp_path, config, monkeypatch):

@@ -4,6 +4,7 @@ internet off installs the pipeline and writes the submission.
 ``severstal bundle --config ENSEMBLE.yaml --out DIR`` writes::
 
     DIR/README.md            the two notebook lines (pip install, severstal infer) with their paths
+    DIR/severstal-bundle.json  the mark of a bundle: ``--overwrite`` replaces only a folder that has it
     DIR/ensemble.yaml        the ensemble config, naming the files below by paths relative to DIR
     DIR/thresholds.json      the tuned post-processing, when the ensemble has one
     DIR/runs/NAME/foldK/     each checkpoint the ensemble loads, without its training state (optimizer,
@@ -14,7 +15,8 @@ internet off installs the pipeline and writes the submission.
 
 Every checkpoint is loaded as inference loads it before it is bundled, so a file the notebook could
 not read is an error here. The folder is built beside DIR and renamed into place: it appears whole
-or not at all, and ``--overwrite`` replaces an earlier bundle only then.
+or not at all, and ``--overwrite`` replaces an earlier bundle only then. No other folder is ever replaced,
+nor one that is, holds or lies inside an input (the ensemble's data and runs, its configs).
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import json
 import os
 import platform
 import re
-import secrets
 import shlex
 import shutil
 import subprocess
@@ -35,7 +36,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from common_blocks.errors import ConfigError, DataError, PipelineError
-from common_blocks.files import OutputError, check_output_dir, is_write_failure, staged_folder
+from common_blocks.files import OutputError, check_apart, check_replaceable, is_write_failure, replaced_folder
 
 if TYPE_CHECKING:
     from common_blocks.inference.ensemble_config import EnsembleConfig
@@ -62,6 +63,8 @@ DEPENDENCY_WHEELS: tuple[str, ...] = (
 )
 
 README = "README.md"
+MARKER = "severstal-bundle.json"
+MARKER_FORMAT = "severstal-bundle/1"
 ENSEMBLE = "ensemble.yaml"
 THRESHOLDS = "thresholds.json"
 REQUIREMENTS = "requirements.txt"
@@ -100,15 +103,20 @@ class Bundle:
         )
 
 
+def is_bundle(folder: Path) -> bool:
+    """Whether ``folder`` is a bundle this pipeline wrote (its marker file says so)."""
+    try:
+        return json.loads((folder / MARKER).read_text(encoding="utf-8")).get("format") == MARKER_FORMAT
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return False
+
+
 def check_bundle_folder(out: Path, overwrite: bool) -> Path:
-    """``out`` as the bundle folder, checked before anything loads: a folder that holds files is
-    replaced only with ``overwrite``, and never the working directory or one above it."""
-    target = check_output_dir(out, "the bundle folder (--out)")
-    if Path.cwd().resolve().is_relative_to(target.resolve()):
-        raise OutputError(f"{target}: is the working directory or holds it; give the bundle its own folder")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise OutputError(f"{target}: is not empty; pass --overwrite to replace the bundle there")
-    return target
+    """``out`` as the bundle folder, checked before anything loads: a new or empty folder, or with
+    ``overwrite`` an earlier bundle; never the working directory or one above it."""
+    return check_replaceable(
+        out, "the bundle folder (--out)", overwrite=overwrite, kind="a bundle", recognise=is_bundle
+    )
 
 
 def dataset_name(out: Path, name: str | None) -> str:
@@ -293,22 +301,16 @@ def _tuned_thresholds(cfg: EnsembleConfig) -> Path | None:
     return None
 
 
-def _inputs_outside(out: Path, inputs: list[Path]) -> None:
-    """Replacing ``out`` must not take any input of the bundle with it."""
-    root = out.resolve()
-    for path in inputs:
-        if path.resolve().is_relative_to(root):
-            raise ConfigError(f"{out}: holds {path}, an input of the bundle; write the bundle elsewhere")
-
-
-def _set_aside(out: Path) -> Path:
-    """Rename the earlier bundle (or empty folder) ``out`` to a hidden name beside it."""
-    previous = out.with_name(f".{out.name}.previous-{secrets.token_hex(4)}")
-    try:
-        os.rename(out, previous)
-    except OSError as error:
-        raise OutputError(f"{out}: cannot replace it ({error.strerror or error})") from None
-    return previous
+def check_bundle_inputs(out: Path, cfg: EnsembleConfig, config_path: Path, files: list[Path]) -> None:
+    """Replacing ``out`` must take no input of the bundle with it, and the bundle is not written
+    among the ensemble's data or runs."""
+    holds, within = cfg.inputs(config_path)
+    check_apart(
+        out,
+        "the bundle",
+        holds=[*holds, *(("an input of the bundle", path) for path in files)],
+        within=within,
+    )
 
 
 def _readme(cfg: EnsembleConfig, dataset: str, data_dir: str, wheels: list[str], thresholds: bool) -> str:
@@ -417,14 +419,11 @@ def build_bundle(
     sources = [ref.checkpoint_path(cfg.runs_dir, fold) for ref in cfg.runs for fold in ref.folds]
     targets = [ref.checkpoint_path(Path(RUNS), fold) for ref in cfg.runs for fold in ref.folds]
     checkpoints = dict(zip(sources, targets, strict=True))
-    _inputs_outside(
+    check_bundle_inputs(
         out,
-        [
-            config_path,
-            *checkpoints,
-            *([thresholds] if thresholds else []),
-            *([wheels_from] if wheels_from else []),
-        ],
+        cfg,
+        config_path,
+        [*checkpoints, *([thresholds] if thresholds else []), *([wheels_from] if wheels_from else [])],
     )
     warnings = []
     if thresholds is None:
@@ -432,24 +431,16 @@ def build_bundle(
             f"{cfg.thresholds_path} not found: the bundle predicts with the config's default "
             "post-processing (run severstal oof to tune it first)"
         )
-    previous: Path | None = None
     try:
-        with staged_folder(out, "the bundle folder (--out)") as staging:
+        with replaced_folder(out, "the bundle folder (--out)") as staging:
             written, wheels = _write_bundle(
                 staging, cfg, checkpoints, thresholds, versions, wheels_from, name, data
             )
+            (staging / MARKER).write_text(json.dumps({"format": MARKER_FORMAT, "ensemble": cfg.name}) + "\n")
             size = sum(path.stat().st_size for path in staging.rglob("*") if path.is_file())
-            if out.exists():  # the old folder goes aside only now; staged_folder renames this one in
-                previous = _set_aside(out)
     except OSError as error:
         if not is_write_failure(error):
             raise
         raise OutputError(f"{out}: cannot write the bundle ({error.strerror or error})") from None
-    finally:
-        if previous is not None and not out.exists():  # the new folder did not come: the old one back
-            os.rename(previous, out)
-            previous = None
-    if previous is not None:
-        shutil.rmtree(previous, ignore_errors=True)
     lines = notebook_lines(name, data)
     return Bundle(out, name, written, wheels, thresholds is not None, size, lines, warnings)

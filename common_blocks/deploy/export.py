@@ -11,7 +11,9 @@ stays in the predictor, one code path for every backend. A gate that is a segmen
 ``manifest.json``, written last, says how to use them (input kind and normalisation, TTA, weights,
 mode, the tuned post-processing) and holds the sha256 of every ``.onnx`` and of the checkpoint it was
 exported from, which is how a backend finds a checkpoint's network and notices a damaged or stale
-export. The export checks itself: on a few of the ensemble's own images, every given runtime's
+export. The folder is replaced as a whole: a new or empty one, or with ``--overwrite`` an earlier export
+(recognised by its manifest), never any other folder nor one among the ensemble's inputs. The export
+checks itself: on a few of the ensemble's own images, every given runtime's
 probabilities must match PyTorch's within ``TOLERANCE``, or it fails naming the network and nothing
 is written.
 """
@@ -36,7 +38,7 @@ from common_blocks.data.formats import list_images
 from common_blocks.data.rle import IMAGE_SHAPE
 from common_blocks.deploy.runtimes import compile_network, install_hint
 from common_blocks.errors import ConfigError, DataError, PipelineError
-from common_blocks.files import staged_folder
+from common_blocks.files import check_apart, check_replaceable, replaced_folder
 from common_blocks.inference.ensemble_config import EnsembleConfig
 from common_blocks.inference.predictor import WeightedModel, build_predictor
 from common_blocks.training.losses import probabilities
@@ -168,9 +170,35 @@ def _export_one(
     }
 
 
-def export_ensemble(cfg: EnsembleConfig, out: Path, runtimes: Sequence[str]) -> dict[str, Any]:
-    """Export every network of ``cfg`` into ``out``, checked under each of ``runtimes``; the folder is
-    written whole or not at all (``manifest.json`` last). Returns the manifest."""
+def is_export(folder: Path) -> bool:
+    """Whether ``folder`` is an export this pipeline wrote (its manifest says so)."""
+    try:
+        return json.loads((folder / MANIFEST).read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return False
+
+
+def check_export_folder(out: Path, overwrite: bool) -> Path:
+    """``out`` as the export folder, checked before anything loads (``files.check_replaceable``)."""
+    return check_replaceable(
+        out, "the export folder (--out)", overwrite=overwrite, kind="an export", recognise=is_export
+    )
+
+
+def export_ensemble(
+    cfg: EnsembleConfig,
+    out: Path,
+    runtimes: Sequence[str],
+    *,
+    config_path: Path | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Export every network of ``cfg`` (read from ``config_path``) into ``out``, checked under each of
+    ``runtimes``; the folder is written whole or not at all and replaces an earlier export as a whole.
+    Returns the manifest."""
+    check_export_folder(out, overwrite)
+    holds, within = cfg.inputs(config_path)
+    check_apart(out, "the export", holds=holds, within=within)
     if not runtimes:
         raise ConfigError(
             "the export is checked with OpenVINO or ONNX Runtime, and neither is installed; "
@@ -184,7 +212,7 @@ def export_ensemble(cfg: EnsembleConfig, out: Path, runtimes: Sequence[str]) -> 
     # a class-head gate runs in torch (encoder and head only): only classifier gates are exported
     gates = [gate for gate in predictor.gates if not gate.module.has_class_head]
     roles = [("member", m) for m in predictor.segmenters] + [("gate", g) for g in gates]
-    with staged_folder(out, "the export folder (--out)", last=(MANIFEST,)) as staging:
+    with replaced_folder(out, "the export folder (--out)") as staging:
         networks = [_export_one(cfg, role, model, staging, runtimes, check) for role, model in roles]
         manifest = {
             "format": FORMAT,

@@ -163,6 +163,16 @@ class EnsembleConfig(Section):
         """Every trained family the ensemble loads: the members, then the gate."""
         return [*self.members, *([self.gate] if self.gate else [])]
 
+    def inputs(self, config_path: Path | None) -> tuple[list[tuple[str, Path]], list[tuple[str, Path]]]:
+        """What a command that writes a folder from this ensemble reads, as ``files.check_apart``
+        takes it: the paths the folder must not be or hold (the ensemble config, the folders of the
+        training configs it names) and the folders it must not lie inside (data and runs)."""
+        configs = sorted({Path(ref.config).parent for ref in self.runs if ref.config.endswith(YAML_SUFFIXES)})
+        holds = [("the folder of the training configs", folder) for folder in configs]
+        if config_path is not None:
+            holds.insert(0, ("the ensemble config", Path(config_path)))
+        return holds, [("the ensemble's data_dir", self.data_dir), ("the ensemble's runs_dir", self.runs_dir)]
+
     def describe_members(self) -> str:
         """``name[folds]xweight`` of each member (``name:averaged[...]`` when it is not ``best.ckpt``),
         ``+``-joined: the leaderboard's members column."""
