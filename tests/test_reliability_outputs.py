@@ -141,6 +141,15 @@ FILE_OUTPUTS = {
     "infer --out": lambda c, p: ["infer", "--config", c.yaml, "--workers", 0, "--out", p],
     "infer --overlay": lambda c, p: ["infer", "--config", c.yaml, "--image", c.image, "--overlay", p],
     "folds --out": lambda c, p: ["folds", "--data-dir", c.data, "--out", p],
+    "weights convert --out": lambda c, p: [
+        "weights",
+        "convert",
+        c.tmp / "w.pth",
+        "--encoder",
+        "resnet18",
+        "--out",
+        p,
+    ],
 }
 FOLDER_OUTPUTS = {
     "train --out-dir": lambda c, p: [
@@ -158,6 +167,8 @@ FOLDER_OUTPUTS = {
     "synthetic --out": lambda c, p: ["synthetic", "--out", p, "--n-train", 1, "--n-test", 1],
     "dataset --out": lambda c, p: ["dataset", "--data-dir", c.data, "--out", p],
     "pseudo --out-dir": lambda c, p: ["pseudo", "--config", c.yaml, "--round", 1, "--out-dir", p],
+    "export --out": lambda c, p: ["export", "--config", c.yaml, "--out", p],
+    "bundle --out": lambda c, p: ["bundle", "--config", c.yaml, "--out", p, "--no-dependency-wheels"],
 }
 
 
@@ -239,6 +250,10 @@ OUTPUT_IS_AN_INPUT = {
     ),
     "folds --out over train.csv": lambda c: (
         ["folds", "--data-dir", c.copy, "--out", c.copy / "train.csv"],
+        c.copy / "train.csv",
+    ),
+    "weights convert --out over SOURCE": lambda c: (
+        ["weights", "convert", c.copy / "train.csv", "--encoder", "resnet18", "--out", c.copy / "train.csv"],
         c.copy / "train.csv",
     ),
 }

@@ -5,7 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from common_blocks.data.samplers import BalancedSampler, presence_groups
+from common_blocks.data.samplers import BalancedSampler, RareClassSampler, presence_groups
 
 
 def skewed_presence(counts: dict[int, int]) -> np.ndarray:
@@ -111,3 +111,17 @@ def test_width_batches_keep_the_samplers_order_and_give_each_batch_one_width():
     assert set(widths) == {256, 416, 608}  # every width is drawn, epoch after epoch
     again = WidthBatchSampler(inner, 4, (256, 416, 608), seed=3)
     assert list(again) == epoch  # the draws follow the seed
+
+
+def test_the_rare_class_sampler_draws_images_of_those_classes_factor_times_as_often():
+    sampler = RareClassSampler(SKEWED, classes=(1, 2), factor=3.0, num_samples=200_000, seed=0)
+    drawn = np.bincount(list(sampler), minlength=len(SKEWED))
+    rare = SKEWED[:, :2].any(axis=1)
+    ratio = drawn[rare].mean() / drawn[~rare].mean()
+    assert ratio == pytest.approx(3.0, rel=0.05)
+    assert list(sampler) == list(sampler)  # one epoch is one draw
+    sampler.set_epoch(1)
+    other = list(sampler)
+    assert other != list(RareClassSampler(SKEWED, (1, 2), 3.0, 200_000, seed=0))
+    shards = [list(RareClassSampler(SKEWED, (1, 2), 3.0, 11, seed=0, num_replicas=2, rank=r)) for r in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == 6

@@ -19,6 +19,7 @@ import yaml
 from common_blocks.cli import main as cli_main
 from common_blocks.errors import ConfigError, PipelineError
 from common_blocks.run_folder import RunPaths
+from common_blocks.training import precision
 from common_blocks.training.checkpoints import load_checkpoint, read_resume_point
 from common_blocks.training.config import load_config
 from common_blocks.training.losses import WeightedLoss
@@ -99,18 +100,20 @@ def offline(monkeypatch, tmp_path):
         monkeypatch.setenv(variable, str(tmp_path / "empty-cache"))
 
 
-def test_checkpoints_of_imagenet_configs_load_offline(trained_segmenter, tmp_path, offline, capsys):
-    """A checkpoint whose config says ``encoder_weights: imagenet`` (as every real config does) is
-    read, scored and used without fetching those weights: the checkpoint holds the trained ones."""
+@pytest.mark.parametrize("source", ["imagenet", "package:no-longer-installed", "/moved/away/weights.pth"])
+def test_checkpoints_load_without_their_weights_source(trained_segmenter, tmp_path, offline, capsys, source):
+    """A checkpoint whose config names a weights source (the hub, as every GPU config does; a package
+    since uninstalled; a file since moved) is read, scored and used without that source: the
+    checkpoint holds the trained weights."""
     cfg, paths, summary = trained_segmenter
     checkpoint = torch.load(paths.best, map_location="cpu", weights_only=True)
-    checkpoint["hyper_parameters"]["config"]["model"]["args"]["encoder_weights"] = "imagenet"
-    path = tmp_path / "imagenet.ckpt"
+    checkpoint["hyper_parameters"]["config"]["model"]["args"]["encoder_weights"] = source
+    path = tmp_path / "sourced.ckpt"
     torch.save(checkpoint, path)
-    with pytest.raises(Exception):  # noqa: B017 - whatever the hub client raises when it cannot connect
-        DefectModule(checkpoint["hyper_parameters"]["config"])  # building it fresh would download
+    with pytest.raises(Exception):  # noqa: B017 - the hub client's error, or the one-line ConfigError
+        DefectModule(checkpoint["hyper_parameters"]["config"])  # building it fresh would read the source
     module = load_checkpoint(path)
-    assert module.cfg.model.args["encoder_weights"] == "imagenet"  # the record stays as trained
+    assert module.cfg.model.args["encoder_weights"] == source  # the record stays as trained
     assert evaluate_checkpoint(path).score == pytest.approx(summary["score"], abs=1e-12)
     cli_main(["checkpoint", "--checkpoint", str(path), "--json"])
     assert json.loads(capsys.readouterr().out)["score"] == pytest.approx(summary["score"], abs=1e-12)
@@ -349,3 +352,18 @@ def test_multi_scale_crops_give_each_training_batch_one_of_the_widths(synthetic_
             "augment.crop_widths=[128]",
             "pseudo.labels=x.csv",
         )
+
+
+@pytest.mark.parametrize("has_bf16, chosen", [(True, "bf16-mixed"), (False, "32")])
+def test_precision_auto_is_decided_once_said_and_recorded(
+    synthetic_data, debug_config, tmp_path, monkeypatch, capsys, has_bf16, chosen
+):
+    """``trainer.precision: auto`` trains in bf16-mixed where the CPU has bf16 instructions and in 32
+    elsewhere; the choice is printed at the start and is what the run's config.yaml and checkpoint say."""
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: has_bf16)
+    cfg = _config(debug_config, synthetic_data, "trainer.precision=auto", "data.max_images=8")
+    train_fold(cfg, 0, tmp_path)
+    assert f"trainer.precision auto: {chosen} (the CPU " in capsys.readouterr().err
+    paths = RunPaths.of(tmp_path, cfg.name, 0)
+    assert yaml.safe_load(paths.config.read_text())["trainer"]["precision"] == chosen
+    assert load_checkpoint(paths.best).cfg.trainer.precision == chosen

@@ -91,6 +91,41 @@ class BalancedSampler(Sampler[int]):
         return -(-self.num_samples // self.num_replicas)
 
 
+class RareClassSampler(Sampler[int]):
+    """Each epoch draws ``num_samples`` indices with replacement, an image that holds any of
+    ``classes`` (1-based) ``factor`` times as likely as another: the rare classes are seen more often
+    while the class mix of the rest stays as it is (unlike ``BalancedSampler``'s equal shares, which
+    repeat a small defect-free group many times). Drawn from ``seed + epoch``; under DDP every rank
+    draws the same epoch and takes its slice, as ``BalancedSampler`` does."""
+
+    def __init__(
+        self,
+        presence: np.ndarray,
+        classes: tuple[int, ...],
+        factor: float,
+        num_samples: int | None = None,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        rare = presence[:, [c - 1 for c in classes]].any(axis=1)
+        weights = np.where(rare, factor, 1.0)
+        self.probabilities = weights / weights.sum()
+        self.num_samples = len(presence) if num_samples is None else num_samples
+        self.num_replicas, self.rank, self.seed, self.epoch = num_replicas, rank, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng(self.seed + self.epoch)
+        epoch = rng.choice(len(self.probabilities), size=len(self) * self.num_replicas, p=self.probabilities)
+        return iter(epoch[self.rank :: self.num_replicas].tolist())
+
+    def __len__(self) -> int:
+        return -(-self.num_samples // self.num_replicas)
+
+
 class ShardSampler(Sampler[int]):
     """Rank ``rank`` of ``world`` takes indices rank, rank+world, ...: every item exactly once overall.
 

@@ -31,25 +31,9 @@ from common_blocks.deploy.runtimes import (
 from common_blocks.errors import ConfigError, DataError
 from common_blocks.inference.ensemble_config import EnsembleConfig
 from common_blocks.inference.predictor import Network, check_precision
+from common_blocks.training.precision import CPU_BF16_FLAGS, cpu_has_bf16
 
 BACKENDS = ("auto", "torch", *RUNTIME_PRECISIONS)
-CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-
-
-def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether the CPU has bf16 instructions (its ``flags`` list ``avx512_bf16`` or ``amx_bf16``);
-    elsewhere bf16 would be emulated, slower than fp32."""
-    try:
-        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-    flags = {
-        flag
-        for line in text.splitlines()
-        if line.startswith("flags")
-        for flag in line.partition(":")[2].split()
-    }
-    return any(flag in flags for flag in CPU_BF16_FLAGS)
 
 
 def _fastest(precision: str, device: torch.device) -> tuple[str, str]:

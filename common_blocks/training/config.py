@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import Field, model_validator
@@ -25,6 +25,8 @@ from common_blocks.run_folder import RunPaths
 from common_blocks.training.losses import LossTerm
 from common_blocks.training.models import ModelConfig
 from common_blocks.training.optim import OptimizerConfig, SchedulerConfig
+
+ClassId = Annotated[int, Field(ge=1, le=N_CLASSES)]
 
 
 class DataConfig(Section):
@@ -40,7 +42,10 @@ class DataConfig(Section):
     batch_size: int = Field(8, ge=1)
     valid_batch_size: int = Field(4, ge=1)
     num_workers: int = Field(2, ge=0)
-    sampler: Literal["balanced", "random"] = "balanced"
+    sampler: Literal["balanced", "random", "rare"] = "balanced"
+    # sampler rare: images holding any of these classes are drawn rare_factor times as often
+    rare_classes: tuple[ClassId, ...] = Field((1, 2), min_length=1)
+    rare_factor: float = Field(3.0, gt=0)
     samples_per_epoch: int | None = Field(None, ge=1)  # default: the number of training images
     max_images: int | None = Field(None, ge=2)  # use only the first N labelled images (debug runs)
 
@@ -48,7 +53,8 @@ class DataConfig(Section):
 class TrainerConfig(Section):
     max_epochs: int = Field(30, ge=1)
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
-    precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
+    # auto: bf16-mixed where the CPU or GPU computes bf16 natively, else 32 (training/precision.py)
+    precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = "auto"
     accumulate_grad_batches: int = Field(1, ge=1)
     gradient_clip_val: float | None = Field(None, gt=0)
     channels_last: bool = True

@@ -15,7 +15,13 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSamp
 from common_blocks.data.datasets import ClassificationDataset, SegmentationDataset
 from common_blocks.data.folds import read_folds, write_folds
 from common_blocks.data.formats import class_presence, read_labels, read_pseudo_labels
-from common_blocks.data.samplers import BalancedSampler, MixedSampler, ShardSampler, WidthBatchSampler
+from common_blocks.data.samplers import (
+    BalancedSampler,
+    MixedSampler,
+    RareClassSampler,
+    ShardSampler,
+    WidthBatchSampler,
+)
 from common_blocks.data.transforms import build_train_transform
 from common_blocks.errors import DataError
 from common_blocks.training.config import PseudoConfig, TrainConfig
@@ -169,6 +175,11 @@ class SteelDataModule(L.LightningDataModule):
         if data.sampler == "balanced":
             presence = class_presence(self.train_table)
             return BalancedSampler(presence, n_samples, self.cfg.trainer.seed, num_replicas=world, rank=rank)
+        if data.sampler == "rare":
+            presence = class_presence(self.train_table)
+            return RareClassSampler(
+                presence, data.rare_classes, data.rare_factor, n_samples, self.cfg.trainer.seed, world, rank
+            )
         if world > 1:
             return DistributedSampler(range(len(self.train_table)), world, rank, seed=self.cfg.trainer.seed)
         return RandomSampler(range(len(self.train_table)), num_samples=n_samples)

@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import signal
+import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -48,6 +49,7 @@ from common_blocks.training.checkpoints import (
 from common_blocks.training.config import TrainConfig
 from common_blocks.training.datamodule import SteelDataModule
 from common_blocks.training.module import DefectModule
+from common_blocks.training.precision import resolve_precision
 
 # Lightning's start-up chatter (accelerator availability, tips) says nothing a user acts on.
 for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
@@ -367,6 +369,11 @@ def train_fold(
       this folder, wherever it was copied or moved.
     """
     accelerator, devices = resolve_devices(cfg, devices)
+    precision, why = resolve_precision(cfg.trainer.precision, accelerator)
+    if rank_zero_only.rank == 0:
+        print(why, file=sys.stderr)
+    # the run's config.yaml and its checkpoints record the precision it trained in
+    cfg = cfg.model_copy(update={"trainer": cfg.trainer.model_copy(update={"precision": precision})})
     paths = RunPaths.of(out_dir, cfg.name, fold)
     # The process that launches the others (DDP) owns the run folder; the others only read it.
     lead = rank_zero_only.rank == 0
