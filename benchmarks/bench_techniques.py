@@ -13,7 +13,8 @@ batches) — it predicts the run's validation fold once and reports from its out
 * ``cross``: post-processing searched on a random half of the images and scored on the other half,
   both ways, averaged over ``--splits`` random halvings (an honest estimate of the tuned score;
   its spread over the halvings is printed too);
-* ``dice+``: the mean Dice of the positive pairs under the cross-tuned post-processing.
+* ``dice+``: the mean Dice of the positive pairs under the cross-tuned post-processing, and
+  ``dice+1`` .. ``dice+4`` the same per class (what tells whether a rare class is found at all).
 
 A run with a class head (``class_head``) also gets ``gated_tuned``, ``gated_cross`` and
 ``gated_dice+``: the same with its head as the gate, gate thresholds and soft factors searched too
@@ -59,11 +60,13 @@ NO_GATE = {"gates": (0.0,)}
 HEAD_GATE = {"gates": DEFAULT_GATES, "gate_factors": (2.0, 5.0, None)}
 
 
-def cross_tuned(stats: OofStats, splits: int, grid: dict, seed: int = 0) -> tuple[float, float, float]:
-    """(mean score, its std over halvings, mean positive-pair Dice) with post-processing tuned on one
-    half of the images (``search`` over ``grid``) and scored on the other."""
+def cross_tuned(
+    stats: OofStats, splits: int, grid: dict, seed: int = 0
+) -> tuple[float, float, float, np.ndarray]:
+    """(mean score, its std over halvings, mean positive-pair Dice, that Dice per class) with
+    post-processing tuned on one half of the images (``search`` over ``grid``) and scored on the other."""
     generator = np.random.default_rng(seed)
-    scores, dice = [], []
+    scores, dice, per_class = [], [], []
     for _ in range(splits):
         order = generator.permutation(stats.n_images)
         halves = order[: stats.n_images // 2], order[stats.n_images // 2 :]
@@ -75,7 +78,8 @@ def cross_tuned(stats: OofStats, splits: int, grid: dict, seed: int = 0) -> tupl
         summary = summarize(sums)
         scores.append(summary.score)
         dice.append(summary.positive_dice)
-    return float(np.mean(scores)), float(np.std(scores)), float(np.mean(dice))
+        per_class.append(sums.positive_dice / np.maximum(sums.positives, 1))
+    return float(np.mean(scores)), float(np.std(scores)), float(np.mean(dice)), np.mean(per_class, axis=0)
 
 
 @torch.inference_mode()
@@ -104,16 +108,17 @@ def evaluate_weights(module, datamodule, state: dict, splits: int) -> dict[str, 
         ]
         * N_CLASSES
     )
-    cross, spread, dice = cross_tuned(stats, splits, NO_GATE)
+    cross, spread, dice, per_class = cross_tuned(stats, splits, NO_GATE)
     row = {
         "fixed": summarize(evaluate(stats, fixed)).score,
         "tuned": search(stats, **NO_GATE).score,
         "cross": cross,
         "cross_sd": spread,
         "dice+": dice,
+        **{f"dice+{c}": float(v) for c, v in enumerate(per_class, start=1)},
     }
     if stats.has_gate:
-        cross, _, dice = cross_tuned(stats, splits, HEAD_GATE)
+        cross, _, dice, _ = cross_tuned(stats, splits, HEAD_GATE)
         row.update(
             {"gated_tuned": search(stats, **HEAD_GATE).score, "gated_cross": cross, "gated_dice+": dice}
         )

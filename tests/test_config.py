@@ -39,6 +39,8 @@ def test_overrides_are_read_as_yaml(debug_config):
         (["class_head={loss_weight: 0}"], "class_head.loss_weight: Input should be greater than 0"),
         (["class_head={pooling: mean}"], "class_head.pooling: Input should be 'avg' or 'max'"),
         (["task=classification", "class_head={}"], "class_head: a head on a segmenter"),
+        (["model.args.class_head={}"], "model.args.class_head: the class head is the pipeline's own key"),
+        (["model.args.class_head={loss_weight: 0.2}"], "set it at the top level"),
     ],
 )
 def test_bad_values_name_the_key_path(debug_config, overrides, message):

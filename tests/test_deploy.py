@@ -374,3 +374,20 @@ def test_a_damaged_or_foreign_export_is_one_error_line(exported, config, runs, t
         outcome, f"{exported}: holds no network exported from {other_runs}/debug/fold0/best.ckpt"
     )
     assert not out.exists()
+
+
+@pytest.mark.parametrize("runtime", [pytest.param(r, marks=needs(r)) for r in RUNTIMES])
+def test_a_network_file_the_runtime_cannot_parse_is_one_error_line(runtime, exported, config, tmp_path):
+    """Its sha256 matches the manifest (so the export looks whole) but the runtime cannot parse it."""
+    copy = Path(shutil.copytree(exported, tmp_path / "copy"))
+    broken = copy / "debug" / "fold0" / "best.onnx"
+    broken.write_bytes(b"not a protobuf" * 64)
+    manifest = json.loads((copy / MANIFEST).read_text())
+    for entry in manifest["networks"]:
+        if entry["file"] == "debug/fold0/best.onnx":
+            entry["sha256"] = sha256_of(broken)
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    out = tmp_path / "submission.csv"
+    outcome = infer(config, out, "--backend", runtime, "--exported", copy)
+    assert_one_error_line(outcome, f"{broken}: {runtime} cannot load this network", "export it again")
+    assert not out.exists()

@@ -16,7 +16,7 @@ from types import ModuleType
 import numpy as np
 import torch
 
-from common_blocks.errors import ConfigError
+from common_blocks.errors import ConfigError, DataError
 
 # The runtimes, fastest first (the order ``--backend auto`` tries them in), and the precisions each
 # runs on the CPU. ONNX Runtime's CPU provider has no bf16 kernels for these networks.
@@ -53,8 +53,10 @@ def installed_runtimes() -> list[str]:
 
 def _openvino(path: Path, precision: str) -> NumpyNetwork:
     openvino = import_runtime("openvino")
+    # the ONNX front end alone: a file it cannot parse is not handed on to the other front ends
+    onnx = importlib.import_module("openvino.frontend").FrontEndManager().load_by_framework("onnx")
     compiled = openvino.Core().compile_model(
-        str(path),
+        onnx.convert(onnx.load(str(path))),
         "CPU",
         {
             "INFERENCE_PRECISION_HINT": OPENVINO_HINTS[precision],
@@ -94,6 +96,17 @@ def check_runtime_precision(runtime: str, precision: str) -> None:
 
 
 def compile_network(runtime: str, path: Path, precision: str) -> NumpyNetwork:
-    """``path``'s network compiled by ``runtime`` to run in ``precision``."""
+    """``path``'s network compiled by ``runtime`` to run in ``precision``; a file the runtime cannot
+    parse or compile is one DataError naming it and the runtime (their messages run to pages)."""
     check_runtime_precision(runtime, precision)
-    return _COMPILERS[runtime](path, precision)
+    try:
+        return _COMPILERS[runtime](path, precision)
+    except (ConfigError, MemoryError):
+        raise
+    except Exception as error:  # each runtime raises its own types (InvalidProtobuf, GeneralFailure, ...)
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        reason = lines[-1][:160] if lines else "no message"  # the last line says what, the first where
+        raise DataError(
+            f"{path}: {runtime} cannot load this network ({type(error).__name__}: {reason}); export "
+            "it again with severstal export"
+        ) from None

@@ -174,6 +174,11 @@ class TrainConfig(Section):
                     raise ValueError(
                         f"init_from: {self.init_from} trains this run itself, not an earlier stage"
                     )
+        if "class_head" in self.model.args:
+            raise ValueError(
+                "model.args.class_head: the class head is the pipeline's own key; set it at the top level "
+                "(class_head: {loss_weight: 0.2}), not among the network's arguments"
+            )
         if self.data.grayscale and self.model.args.get("in_channels", 1) != 1:
             raise ValueError("data.grayscale feeds one channel: model.args.in_channels must be 1 or unset")
         return self
