@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from importlib import metadata
 from pathlib import Path
 
@@ -193,12 +194,54 @@ def test_wheels_from_picks_each_dependency_at_its_installed_version(tmp_path):
         wanted += [f"{stem}-{tag}.whl" for tag in tags]
     others = ["lightning-0.0.1-py3-none-any.whl", "numpy-2.0.0-py3-none-any.whl", "not-a-wheel.whl"]
     for name in [*wanted, *others]:
-        (tmp_path / name).write_bytes(b"")
+        write_wheel(tmp_path / name)
     assert sorted(p.name for p in find_wheels(tmp_path, versions)) == sorted(wanted)
     (tmp_path / wanted[0]).unlink()
     missing = f"{DEPENDENCY_WHEELS[0]}=={versions[DEPENDENCY_WHEELS[0]]}"
     with pytest.raises(DataError, match=f"no wheel of {re.escape(missing)} "):
         find_wheels(tmp_path, versions)
+
+
+def write_wheel(path: Path, metadata: str | None = None) -> None:
+    """A wheel file as pip reads it: a zip with NAME-VERSION.dist-info/METADATA naming both."""
+    name, version = path.name.split("-")[:2]
+    with zipfile.ZipFile(path, "w") as archive:
+        text = (
+            metadata if metadata is not None else f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+        )
+        archive.writestr(f"{name}-{version}.dist-info/METADATA", text)
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        ("random", "not a readable wheel"),
+        ("other metadata", "its METADATA does not say pydantic"),
+        ("no metadata", "its METADATA does not say pydantic"),
+    ],
+)
+def test_a_wheel_that_pip_could_not_install_is_one_error_line_and_no_folder(
+    ensemble_file, tmp_path, content, fragment
+):
+    """Checked before anything is written: a file named like a wheel must be one."""
+    versions = installed_versions(DEPENDENCY_WHEELS)
+    folder = tmp_path / "wheels"
+    folder.mkdir()
+    for name, version in versions.items():
+        write_wheel(folder / f"{name.replace('-', '_')}-{version}-py3-none-any.whl")
+    bad = folder / f"pydantic-{versions['pydantic']}-py3-none-any.whl"
+    if content == "random":
+        bad.write_bytes(os.urandom(3000))
+    elif content == "other metadata":
+        write_wheel(bad, "Name: pydantic\nVersion: 0.0.1\n")
+    else:
+        with zipfile.ZipFile(bad, "w") as archive:
+            archive.writestr("pydantic/__init__.py", "")
+    outcome = run_in_process(
+        "bundle", "--config", ensemble_file, "--out", tmp_path / "bundle", "--wheels-from", folder
+    )
+    assert_one_error_line(outcome, str(bad), fragment)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wheels"]
 
 
 @pytest.fixture

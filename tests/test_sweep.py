@@ -331,6 +331,22 @@ def test_a_run_folder_that_cannot_be_continued_is_refused_before_any_job(tmp_pat
     assert paths.last.read_bytes() == b"not a checkpoint"
 
 
+def test_a_last_ckpt_of_another_model_is_refused_before_any_job(tmp_path, synthetic_data):
+    """A classifier's last.ckpt in the segmenter's run folder: --resume would refuse it, so the sweep
+    refuses it before queueing anything, in one short line that names the file."""
+    from common_blocks.training.runner import train_fold
+
+    classifier = load_config(GATE, [f"data.data_dir={synthetic_data}", *QUICK])
+    train_fold(classifier, 1, tmp_path / "other")
+    paths = RunPaths.of(tmp_path / "runs", "debug", 1)
+    paths.root.mkdir(parents=True)
+    foreign = RunPaths.of(tmp_path / "other", classifier.name, 1).last.read_bytes()
+    paths.last.write_bytes(foreign)
+    line = _refused(tmp_path, "--data-dir", synthetic_data)
+    assert "debug/fold1: cannot continue the run" in line and "its weights do not fit the model" in line
+    assert len(line) < 700 and paths.last.read_bytes() == foreign
+
+
 def _second_stage(tmp_path: Path) -> Path:
     """A full-image fine-tune of the debug model that starts from its crops stage (configs/debug.yaml)."""
     tree = yaml.safe_load(DEBUG.read_text())

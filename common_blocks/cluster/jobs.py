@@ -22,8 +22,9 @@ from common_blocks.errors import PipelineError
 from common_blocks.inference.ensemble_config import EnsembleConfig
 from common_blocks.inference.oof import run_oof
 from common_blocks.run_folder import RunPaths
-from common_blocks.training.checkpoints import read_resume_point
+from common_blocks.training.checkpoints import check_weights_fit, read_resume_point
 from common_blocks.training.config import TrainConfig
+from common_blocks.training.module import DefectModule
 from common_blocks.training.runner import train_fold
 
 
@@ -80,6 +81,8 @@ def run_state(paths: RunPaths, cfg: TrainConfig, fold: int) -> RunState:
     if paths.last.is_file():
         try:
             point = read_resume_point(paths.last, cfg.trainer.max_epochs)
+            # as --resume does: the weights must fit the model this config builds
+            check_weights_fit(point, DefectModule(cfg.model_dump(mode="json"), fold, pretrained=False))
         except PipelineError as error:
             raise PipelineError(
                 f"{paths.label}: cannot continue the run{_other_config(paths, cfg)}: {error}; move the folder "

@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path, PurePosixPath
@@ -188,7 +189,42 @@ def find_wheels(folder: Path, versions: dict[str, str]) -> list[Path]:
             f"{folder}: no wheel of {wanted} (--wheels-from; make them with "
             f"pip download --no-deps --only-binary=:all: -d {folder} {wanted})"
         )
+    for wheel in wheels:
+        check_wheel(wheel)
     return wheels
+
+
+def check_wheel(path: Path) -> None:
+    """A DataError naming ``path`` unless it is a readable zip whose ``.dist-info/METADATA`` names the
+    distribution and version its file name says: pip in the notebook would fail on anything else."""
+    from packaging.utils import canonicalize_name, parse_wheel_filename
+    from packaging.version import InvalidVersion, Version
+
+    name, version, _, _ = parse_wheel_filename(path.name)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            broken = archive.testzip()
+            metadata_files = [n for n in archive.namelist() if re.fullmatch(r"[^/]+\.dist-info/METADATA", n)]
+            text = (
+                archive.read(metadata_files[0]).decode("utf-8", "replace") if len(metadata_files) == 1 else ""
+            )
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        raise DataError(f"{path}: not a readable wheel ({error}); download it again") from None
+    if broken is not None:
+        raise DataError(f"{path}: damaged wheel ({broken} fails its CRC check); download it again")
+    fields = dict(line.split(": ", 1) for line in text.split("\n\n")[0].splitlines() if ": " in line)
+    try:
+        same = (
+            canonicalize_name(fields.get("Name", "")) == name
+            and Version(fields.get("Version", "")) == version
+        )
+    except InvalidVersion:
+        same = False
+    if not same:
+        raise DataError(
+            f"{path}: its METADATA does not say {name} {version} (a wheel needs one .dist-info/METADATA "
+            "with its Name and Version); download it again"
+        )
 
 
 def _pip(*args: str, what: str) -> None:

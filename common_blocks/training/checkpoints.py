@@ -81,14 +81,17 @@ def _read(path: Path) -> dict[str, Any]:
     return checkpoint
 
 
+_DETAIL_LENGTH = 300
+
+
 def _detail(error: BaseException) -> str:
     """The first line of ``error``'s message (with the next one when it only introduces a list)."""
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     if not lines:
         return type(error).__name__
-    if lines[0].endswith(":") and len(lines) > 1:
-        return f"{lines[0]} {lines[1]}"
-    return lines[0]
+    text = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+    # torch lists every missing and unexpected key on that line: kilobytes, of which the first name it
+    return text if len(text) <= _DETAIL_LENGTH else text[: _DETAIL_LENGTH - 3] + "..."
 
 
 @dataclass(frozen=True)
