@@ -361,3 +361,20 @@ def test_a_killed_bundle_leaves_nothing_the_next_run_does_not_clear(ensemble_fil
     outcome = bundle_of(ensemble_file, runs, out, "--overwrite")
     assert outcome.code == 0, outcome.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == [running.name, "bundle"]
+
+
+def test_a_checkpoint_in_another_folds_slot_is_refused_by_every_command(ensemble_file, runs_copy, tmp_path):
+    """fold 1's best.ckpt copied into fold0/: scored out of fold it would see its own training images."""
+    slot = runs_copy / "debug" / "fold0" / "best.ckpt"
+    shutil.copyfile(runs_copy / "debug" / "fold1" / "best.ckpt", slot)
+    where = ("--config", ensemble_file, "--set", f"runs_dir={runs_copy}")
+    commands = {
+        "oof": ["oof", *where, "--workers", 0],
+        "infer": ["infer", *where, "--workers", 0, "--out", tmp_path / "submission.csv"],
+        "export": ["export", *where, "--out", tmp_path / "onnx"],
+        "bundle": ["bundle", *where, "--out", tmp_path / "bundle", "--no-dependency-wheels"],
+    }
+    for name, args in commands.items():
+        outcome = run_in_process(*args)
+        assert_one_error_line(outcome, f"{slot}: was trained as fold 1", "not fold 0"), name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs_copy"]

@@ -40,7 +40,7 @@ from common_blocks.errors import ConfigError, DataError, PipelineError
 from common_blocks.files import OutputError, check_apart, check_replaceable, is_write_failure, replaced_folder
 
 if TYPE_CHECKING:
-    from common_blocks.inference.ensemble_config import EnsembleConfig
+    from common_blocks.inference.ensemble_config import EnsembleConfig, RunRef
 
 PROJECT = "severstal-pipeline"
 KAGGLE_INPUT = PurePosixPath("/kaggle/input")
@@ -293,14 +293,15 @@ def _dependency_wheels(versions: dict[str, str], wheels_from: Path | None, wheel
     return [wheels / path.name for path in chosen]
 
 
-def bundle_checkpoint(source: Path, target: Path) -> dict[str, Any]:
-    """Write ``source`` to ``target`` without its training state, once inference has loaded it (a
-    file it cannot load is an error naming it); returns the training config it carries."""
+def bundle_checkpoint(source: Path, target: Path, ref: RunRef, fold: int) -> dict[str, Any]:
+    """Write ``source`` (``ref``'s checkpoint of ``fold``) to ``target`` without its training state,
+    once inference has loaded it (a file it cannot load, or of another fold or run, is an error
+    naming it); returns the training config it carries."""
     import torch
 
-    from common_blocks.training.checkpoints import load_checkpoint
+    from common_blocks.inference.predictor import load_slot
 
-    load_checkpoint(source)
+    load_slot(source, ref, fold)
     checkpoint = torch.load(source, map_location="cpu", weights_only=True)
     for key in TRAINING_STATE:
         checkpoint.pop(key, None)
@@ -383,7 +384,7 @@ def _readme(cfg: EnsembleConfig, dataset: str, data_dir: str, wheels: list[str],
 def _write_bundle(
     staging: Path,
     cfg: EnsembleConfig,
-    checkpoints: dict[Path, Path],
+    checkpoints: dict[Path, tuple[Path, RunRef, int]],
     thresholds: Path | None,
     versions: dict[str, str],
     wheels_from: Path | None,
@@ -402,8 +403,8 @@ def _write_bundle(
     wheels.mkdir()
     project = build_project_wheel(project_root(), wheels)
     dependencies = _dependency_wheels(versions, wheels_from, wheels)
-    for source, target in checkpoints.items():
-        config = bundle_checkpoint(source, staging / target)
+    for source, (target, ref, fold) in checkpoints.items():
+        config = bundle_checkpoint(source, staging / target, ref, fold)
         run = RunPaths(staging / target.parent)
         run.config.write_text(yaml.safe_dump(config, sort_keys=False))
     if thresholds is not None:
@@ -423,7 +424,7 @@ def _write_bundle(
     (staging / REQUIREMENTS).write_text("\n".join(pins) + "\n")
     names = [path.name for path in (project, *dependencies)]
     (staging / README).write_text(_readme(cfg, dataset, data_dir, names, thresholds is not None))
-    return [target.as_posix() for target in checkpoints.values()], names
+    return [target.as_posix() for target, _, _ in checkpoints.values()], names
 
 
 def build_bundle(
@@ -452,9 +453,11 @@ def build_bundle(
     versions = installed_versions(dependencies)
     if wheels_from is not None:
         find_wheels(wheels_from, versions)
-    sources = [ref.checkpoint_path(cfg.runs_dir, fold) for ref in cfg.runs for fold in ref.folds]
-    targets = [ref.checkpoint_path(Path(RUNS), fold) for ref in cfg.runs for fold in ref.folds]
-    checkpoints = dict(zip(sources, targets, strict=True))
+    checkpoints = {
+        ref.checkpoint_path(cfg.runs_dir, fold): (ref.checkpoint_path(Path(RUNS), fold), ref, fold)
+        for ref in cfg.runs
+        for fold in ref.folds
+    }
     check_bundle_inputs(
         out,
         cfg,

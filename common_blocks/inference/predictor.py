@@ -21,7 +21,7 @@ from torch import nn
 
 from common_blocks.data import rle
 from common_blocks.data.formats import N_CLASSES
-from common_blocks.errors import ConfigError
+from common_blocks.errors import ConfigError, DataError
 from common_blocks.evaluation.postprocess import PostprocessConfig, postprocess_image
 from common_blocks.inference.ensemble_config import EnsembleConfig, RunRef
 from common_blocks.training.checkpoints import load_checkpoint
@@ -257,10 +257,30 @@ def _checkpoints(cfg: EnsembleConfig, ref: RunRef, folds: list[int] | None) -> l
     return [ref.checkpoint_path(cfg.runs_dir, fold) for fold in ref.folds if folds is None or fold in folds]
 
 
+def load_slot(
+    path: Path, ref: RunRef, fold: int, device: str | torch.device = "cpu", channels_last: bool | None = None
+) -> DefectModule:
+    """The checkpoint in ``ref``'s slot for ``fold``, refused when it records another fold or run: a
+    checkpoint scored out of fold on images it trained on would inflate the local CV silently."""
+    module = load_checkpoint(path, device, channels_last=channels_last)
+    if module.fold is not None and module.fold != fold:
+        raise DataError(
+            f"{path}: was trained as fold {module.fold} (its validation fold), not fold {fold} of its "
+            f"slot; out-of-fold scores would use images it trained on. Put it in fold{module.fold}/"
+        )
+    if module.cfg.name != ref.name:
+        raise DataError(f"{path}: is a checkpoint of {module.cfg.name}, not of {ref.name} (its slot)")
+    return module
+
+
 def _load_runs(
     cfg: EnsembleConfig, ref: RunRef, folds: list[int] | None, device: torch.device
 ) -> list[DefectModule]:
-    return [load_checkpoint(path, device, channels_last=True) for path in _checkpoints(cfg, ref, folds)]
+    return [
+        load_slot(ref.checkpoint_path(cfg.runs_dir, fold), ref, fold, device, channels_last=True)
+        for fold in ref.folds
+        if folds is None or fold in folds
+    ]
 
 
 def _by_kind(loaded: dict[Path, DefectModule], kind) -> str:
