@@ -16,9 +16,19 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from common_blocks.errors import ConfigError, DataError, PipelineError, cli_entry
-from common_blocks.files import OutputError, check_output_dir, check_output_file, is_write_failure
+from common_blocks.files import (
+    OutputError,
+    check_apart,
+    check_output_dir,
+    check_output_file,
+    is_write_failure,
+)
+
+if TYPE_CHECKING:
+    from common_blocks.inference.ensemble_config import EnsembleConfig
 
 
 class _Parser(argparse.ArgumentParser):
@@ -97,6 +107,14 @@ def _not_an_input(out: Path, option: str, *inputs: Path) -> None:
     for source in inputs:
         if out.is_file() and source.is_file() and out.samefile(source):
             raise ConfigError(f"{out}: {option} is an input of this command ({source}); write elsewhere")
+
+
+def _apart_from_ensemble(out: Path, what: str, cfg: EnsembleConfig, config: Path, *reads: Path) -> None:
+    """``out`` (a folder the command writes into) is not, and lies not inside, what it reads: the
+    ensemble's data and runs, its configs, and ``reads`` (an export)."""
+    holds, within = cfg.inputs(config)
+    within += [("the export it reads (--exported)", path) for path in reads]
+    check_apart(out, what, holds=holds, within=within)
 
 
 def _config_options(parser: argparse.ArgumentParser, what: str, data_dir: str, example: str) -> None:
@@ -376,6 +394,7 @@ def _report_arguments(parser: argparse.ArgumentParser) -> None:
 def _report(args: argparse.Namespace) -> None:
     check_output_dir(args.out, "the report folder (--out)")
     cfg = _ensemble(args)
+    _apart_from_ensemble(args.out, "the report (--out)", cfg, args.config)
     from common_blocks.reports.oof_report import ensemble_report
 
     print(f"report written to {ensemble_report(cfg, args.out, args.worst)}")
@@ -420,6 +439,8 @@ def _pseudo(args: argparse.Namespace) -> None:
     check_output_dir(args.out_dir, "the pseudo-label folder (--out-dir)")
     backend = _backend(args)
     cfg = _ensemble(args)
+    exported = [args.exported] if args.exported is not None else []
+    _apart_from_ensemble(args.out_dir, "the pseudo-labels (--out-dir)", cfg, args.config, *exported)
     from common_blocks.pseudo.rounds import round_path
 
     for suffix in (".csv", "_summary.json"):
@@ -618,6 +639,9 @@ def _sweep(args: argparse.Namespace) -> None:
         devices=resources.devices,
         num_nodes=resources.num_nodes,
     )
+    check_apart(
+        plan.out_dir, "the runs (--out-dir)", holds=[], within=[("the data_dir", plan.ensemble.data_dir)]
+    )
     if args.executor == "slurm":
         submit_slurm(plan, resources, args.batch_size, args.workers, args.wait)
     else:
@@ -684,6 +708,9 @@ def _dataset_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _dataset(args: argparse.Namespace) -> None:
     check_output_dir(args.out, "the overview folder (--out)")
+    check_apart(
+        args.out, "the overview (--out)", holds=[], within=[("the data folder (--data-dir)", args.data_dir)]
+    )
     from common_blocks.reports.dataset import dataset_overview
 
     print(f"wrote {dataset_overview(args.data_dir, args.out, args.per_class, args.seed)}")

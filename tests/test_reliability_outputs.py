@@ -270,6 +270,62 @@ def test_an_output_that_would_replace_an_input_is_an_error(tmp_path, runs, data,
     assert_unchanged(before, tmp_path, data)
 
 
+# An output folder that is, or lies inside, an input folder of the same command: refused naming both.
+OUTPUT_INSIDE_AN_INPUT = {
+    "report --out inside the data": lambda c: (
+        ["report", "--config", c.yaml, "--out", c.data / "report"],
+        "lies inside the ensemble's data_dir",
+    ),
+    "report --out inside the runs": lambda c: (
+        ["report", "--config", c.yaml, "--out", c.runs / "report"],
+        "lies inside the ensemble's runs_dir",
+    ),
+    "pseudo --out-dir is the data": lambda c: (
+        ["pseudo", "--config", c.yaml, "--round", 1, "--out-dir", c.data],
+        "is the ensemble's data_dir",
+    ),
+    "pseudo --out-dir inside the export it reads": lambda c: (
+        [
+            "pseudo",
+            "--config",
+            c.yaml,
+            "--round",
+            1,
+            "--out-dir",
+            c.export / "pseudo",
+            "--backend",
+            "onnxruntime",
+            "--exported",
+            c.export,
+        ],
+        "lies inside the export it reads (--exported)",
+    ),
+    "dataset --out inside the data": lambda c: (
+        ["dataset", "--data-dir", c.data, "--out", c.data / "train_images" / "overview"],
+        "lies inside the data folder (--data-dir)",
+    ),
+    "sweep --out-dir inside the data": lambda c: (
+        ["sweep", "--config", c.yaml, "--executor", "local", "--out-dir", c.data / "runs"],
+        "lies inside the data_dir",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", OUTPUT_INSIDE_AN_INPUT)
+def test_an_output_folder_inside_an_input_is_an_error(tmp_path, runs, data, no_work, case):
+    context = Context(tmp_path, runs, data)
+    context.runs = runs
+    context.export = tmp_path / "export"
+    context.export.mkdir()
+    args, fragment = OUTPUT_INSIDE_AN_INPUT[case](context)
+    before, listed = snapshot(tmp_path, data, runs), names(tmp_path)
+    assert_one_error_line(run_in_process(*args), fragment)
+    assert_unchanged(before, tmp_path, data, runs)
+    assert names(tmp_path) == listed and snapshot(data, runs).keys() == {
+        k for k in before if k.is_relative_to(data) or k.is_relative_to(runs)
+    }
+
+
 def test_pseudo_round_files_that_are_folders_are_found_before_predicting(tmp_path, runs, data, no_work):
     context = Context(tmp_path, runs, data)
     (tmp_path / "pseudo" / "round1.csv").mkdir(parents=True)
