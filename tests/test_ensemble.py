@@ -84,7 +84,7 @@ def test_a_member_may_be_named_by_run_name_or_config_file(tmp_path):
 
 
 def _search_result(config: PostprocessConfig, score: float) -> SearchResult:
-    """A search result as validate.py oof writes it, with the given outcome."""
+    """A search result as severstal oof writes it, with the given outcome."""
     stats = OofStats(
         image_ids=["a.jpg"],
         folds=[0],

@@ -432,7 +432,7 @@ def test_one_image_overlay(tmp_path, runs, data):
     assert (picture == TRUTH_COLOUR).all(axis=-1).any()
 
 
-# --- validate.py oof ------------------------------------------------------------------------------
+# --- severstal oof ------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")

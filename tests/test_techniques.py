@@ -123,7 +123,7 @@ def test_validation_probabilities_are_the_predictors_bit_for_bit(
 
 
 def test_tuned_score_is_the_local_cv_of_the_run_alone(averaged_run, synthetic_data, tmp_path, capsys):
-    """The logged tuned score is what ``validate.py oof`` finds for an ensemble of this one checkpoint
+    """The logged tuned score is what ``severstal oof`` finds for an ensemble of this one checkpoint
     without TTA: the same statistics grid and the same search."""
     local_cv = _local_cv_of_the_run(averaged_run, synthetic_data, tmp_path, capsys, "best")
     assert local_cv == pytest.approx(averaged_run[2]["tuned_score"], abs=1e-9)

@@ -40,8 +40,11 @@ def _fastest(precision: str, device: torch.device) -> tuple[str, str]:
     """``auto``'s choice and why: torch on CUDA, else the fastest installed runtime that runs ``precision``."""
     if device.type == "cuda":
         return "torch", "a CUDA device"
+    runners = [name for name, precisions in RUNTIME_PRECISIONS.items() if precision in precisions]
+    if not runners:
+        return "torch", f"no ONNX runtime runs {precision} on a CPU"
     for name in installed_runtimes():
-        if precision in RUNTIME_PRECISIONS[name]:
+        if name in runners:
             return name, f"the fastest installed for {precision} on this CPU"
     return "torch", f"no ONNX runtime for {precision} is installed"
 
@@ -57,6 +60,8 @@ def choose_backend(backend: str, precision: str, exported: Path | None = None) -
         backend, why = _fastest(precision, torch_device)
         print(f"backend: {backend} (--backend auto: {why})", file=sys.stderr)
     device = torch_device if backend == "torch" else torch.device("cpu")  # the runtimes run on the CPU
+    if backend != "torch":
+        check_runtime_precision(backend, precision)  # what the runtime runs, before what the device does
     check_precision(precision, device)
     if backend == "torch" and exported is not None:
         raise ConfigError(

@@ -2,7 +2,7 @@
 
 One YAML names the member families (a training config ``configs/NAME.yaml`` or a run name), the
 folds and weight of each, the test-time augmentations, the classifier gate, and the post-processing:
-per-class defaults, overridden by the tuned values ``validate.py oof`` writes to
+per-class defaults, overridden by the tuned values ``severstal oof`` writes to
 ``postprocess.thresholds_file`` once that file exists. Checkpoints are ``RUNS_DIR/NAME/foldK/best.ckpt`` (or ``averaged.ckpt``, ``last.ckpt``).
 Relative paths are relative to the working directory, as in the training configs.
 """
@@ -219,7 +219,7 @@ class EnsembleConfig(Section):
         else:  # absent: the documented fallback
             config = PostprocessConfig(classes=self.postprocess.classes)
             source = (
-                f"the config's default post-processing ({path} not found: run validate.py oof to tune it)"
+                f"the config's default post-processing ({path} not found: run severstal oof to tune it)"
             )
         if self.gate is not None and self.gate.threshold is not None:
             config = with_gate_threshold(config, self.gate.threshold)

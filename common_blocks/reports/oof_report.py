@@ -1,4 +1,4 @@
-"""``validate.py report``: the HTML report of an ensemble from what ``validate.py oof`` left behind.
+"""``severstal report``: the HTML report of an ensemble from what ``severstal oof`` left behind.
 
 Everything but the worst images comes from the saved OOF statistics, the tuned thresholds and the run
 folders; only the k worst-scored validation images are predicted again, each by its own fold's models.
@@ -27,7 +27,7 @@ from common_blocks.training.runner import RunPaths
 
 def _require(path: Path) -> Path:
     if not path.is_file():
-        raise DataError(f"{path} not found: run `python validate.py oof --config ...` first")
+        raise DataError(f"{path} not found: run `severstal oof --config ...` first")
     return path
 
 

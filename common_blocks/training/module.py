@@ -213,7 +213,7 @@ class DefectModule(L.LightningModule):
 
     def _tuned_score(self) -> float:
         """The competition score of the epoch's validation images under the post-processing searched
-        on them: ``validate.py oof``'s exact search for this one model without TTA (optimistic)."""
+        on them: ``severstal oof``'s exact search for this one model without TTA (optimistic)."""
         stats = self.val_stats.build()
         self.val_stats = self._new_stats_builder()
         if dist.is_available() and dist.is_initialized():
