@@ -466,6 +466,21 @@ def test_oof_writes_thresholds_and_a_leaderboard_row_with_the_evaluated_cv(oof_r
     board = pd.read_csv(cfg.leaderboard_path)
     assert len(board) == 2 and board["tta"].tolist() == ["none+hflip", "none"]
     assert board["config_hash"].nunique() == 2
+    assert board["backend"].tolist() == ["torch", "torch"] and board["precision"].tolist() == ["fp32", "fp32"]
+
+
+def test_a_leaderboard_of_an_earlier_version_gains_the_new_columns(oof_run, tmp_path):
+    """Its rows are kept as they were, with the columns added since empty; the new row has them all."""
+    cfg, _, args = oof_run
+    earlier = pd.read_csv(cfg.leaderboard_path, dtype=str).iloc[:1, :12]
+    board_path = tmp_path / "leaderboard.csv"
+    earlier.to_csv(board_path, index=False)
+    code, _, stderr = run_cli(cli_main, *args, "--set", f"leaderboard={board_path}", "--set", "tta=[none]")
+    assert code == 0, stderr
+    board = pd.read_csv(board_path, dtype=str, keep_default_na=False)
+    assert list(board.columns) == [*earlier.columns, "backend", "precision"]
+    assert board.iloc[0, :12].tolist() == earlier.iloc[0].tolist()
+    assert board["backend"].tolist() == ["", "torch"] and board["precision"].tolist() == ["", "fp32"]
 
 
 def test_tuned_thresholds_give_inference_the_score_the_search_promised(oof_run, data):

@@ -459,7 +459,7 @@ def test_write_failures_that_are_bugs_are_not_hidden(tmp_path, data, monkeypatch
 BAD_LEADERBOARDS = {
     "not text": lambda path: path.write_bytes(b"\xff\xfe\x00\x81 not a leaderboard\n"),
     "a foreign header": lambda path: path.write_text("player,points\nann,3\n"),
-    "ragged rows": lambda path: path.write_text(path.read_text() + "a,b,c,d,e,f,g,h,i,j,k,l,m,n\n"),
+    "ragged rows": lambda path: path.write_text(path.read_text() + ",".join("abcdefghijklmnopqrst") + "\n"),
     "a folder": lambda path: (path.unlink(), path.mkdir(), (path / "keep.txt").write_text("x\n")),
 }
 

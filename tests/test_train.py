@@ -367,3 +367,16 @@ def test_precision_auto_is_decided_once_said_and_recorded(
     paths = RunPaths.of(tmp_path, cfg.name, 0)
     assert yaml.safe_load(paths.config.read_text())["trainer"]["precision"] == chosen
     assert load_checkpoint(paths.best).cfg.trainer.precision == chosen
+
+
+def test_epoch_counts_beyond_max_epochs_are_warned_about(debug_config):
+    from common_blocks.training.runner import epoch_warnings
+
+    assert epoch_warnings(load_config(debug_config)) == []
+    warned = epoch_warnings(
+        load_config(debug_config, ["optimizer.freeze_encoder_epochs=2", "trainer.average_top_k=5"])
+    )
+    assert warned == [
+        "optimizer.freeze_encoder_epochs 2 >= trainer.max_epochs 2: the encoder stays frozen for the whole run",
+        "trainer.average_top_k 5 > trainer.max_epochs 2: averaged.ckpt averages all 2 validations",
+    ]

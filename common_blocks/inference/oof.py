@@ -158,13 +158,19 @@ LEADERBOARD_COLUMNS = (
     "n_images",
     "score",
     *(f"score_{c}" for c in CLASS_IDS),
+    "backend",
+    "precision",
 )
+# A leaderboard written by an earlier version has the first columns only: its rows keep them and
+# the columns added since are appended, empty for those rows. New columns go at the end.
+_FIRST_COLUMNS = 12
 
 
 def read_leaderboard(path: str | os.PathLike) -> pd.DataFrame:
-    """The leaderboard's rows (none when the file does not exist yet), as strings; a file that is not
-    readable, not CSV or has other columns than ``LEADERBOARD_COLUMNS`` is an error naming it, never
-    merged into."""
+    """The leaderboard's rows (none when the file does not exist yet), as strings, in
+    ``LEADERBOARD_COLUMNS`` (an earlier version's file, whose columns are the first of them, gets the
+    later ones empty); a file that is not readable, not CSV or has other columns is an error naming
+    it, never merged into."""
     path = Path(path)
     if not path.exists():
         return pd.DataFrame(columns=list(LEADERBOARD_COLUMNS), dtype=str)
@@ -175,12 +181,13 @@ def read_leaderboard(path: str | os.PathLike) -> pd.DataFrame:
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise DataError(f"{path}: not a readable leaderboard CSV ({reason})") from None
-    if tuple(board.columns) != LEADERBOARD_COLUMNS:
+    columns = tuple(board.columns)
+    if len(columns) < _FIRST_COLUMNS or columns != LEADERBOARD_COLUMNS[: len(columns)]:
         raise DataError(
             f"{path}: not a leaderboard of this pipeline (columns {', '.join(map(str, board.columns))}; "
             f"expected {', '.join(LEADERBOARD_COLUMNS)}); move it away or set `leaderboard:` to another file"
         )
-    return board
+    return board.reindex(columns=list(LEADERBOARD_COLUMNS), fill_value="")
 
 
 def _with_row(board: pd.DataFrame, row: dict[str, object]) -> pd.DataFrame:
@@ -250,6 +257,8 @@ def run_oof(
         "n_images": summary.n_images,
         "score": f"{summary.score:.6f}",
         **{f"score_{c}": f"{summary.per_class[str(c)]:.6f}" for c in CLASS_IDS},
+        "backend": "torch" if runtime is None else runtime.name,
+        "precision": precision,
     }
     board = _with_row(read_leaderboard(cfg.leaderboard_path), row)  # read again: it may have grown
     # All three are prepared before any replaces its file. Inference reads the thresholds and the

@@ -344,6 +344,22 @@ def lightning_warnings_that_do_not_apply() -> Iterator[None]:
         yield
 
 
+def epoch_warnings(cfg: TrainConfig) -> list[str]:
+    """Settings counted in epochs that ``trainer.max_epochs`` leaves without effect: legal, rarely meant."""
+    epochs, warnings_ = cfg.trainer.max_epochs, []
+    if cfg.optimizer.freeze_encoder_epochs >= epochs:
+        warnings_.append(
+            f"optimizer.freeze_encoder_epochs {cfg.optimizer.freeze_encoder_epochs} >= trainer.max_epochs "
+            f"{epochs}: the encoder stays frozen for the whole run"
+        )
+    if cfg.trainer.average_top_k is not None and cfg.trainer.average_top_k > epochs:
+        warnings_.append(
+            f"trainer.average_top_k {cfg.trainer.average_top_k} > trainer.max_epochs {epochs}: averaged.ckpt "
+            f"averages all {epochs} validations"
+        )
+    return warnings_
+
+
 def train_fold(
     cfg: TrainConfig,
     fold: int,
@@ -372,6 +388,8 @@ def train_fold(
     precision, why = resolve_precision(cfg.trainer.precision, accelerator)
     if rank_zero_only.rank == 0:
         print(why, file=sys.stderr)
+        for warning in epoch_warnings(cfg):
+            print(f"warning: {warning}", file=sys.stderr)
     # the run's config.yaml and its checkpoints record the precision it trained in
     cfg = cfg.model_copy(update={"trainer": cfg.trainer.model_copy(update={"precision": precision})})
     paths = RunPaths.of(out_dir, cfg.name, fold)
