@@ -209,6 +209,23 @@ def test_a_refused_resume_is_one_line_and_changes_nothing(
     assert snapshot(paths.root) == before
 
 
+def test_resume_finishes_a_run_stopped_after_its_fit_before_its_summary(
+    base_run, synthetic_data, debug_config, tmp_path
+):
+    """Ctrl-C in the final validation leaves every checkpoint and no summary.json: --resume trains
+    nothing more, validates the best checkpoint and writes the summary the run would have written."""
+    paths = _copy_run(base_run, tmp_path / "runs")
+    expected = json.loads(paths.summary.read_text())
+    paths.summary.unlink()
+    checkpoints = snapshot(paths.best, paths.last)
+    args = _train_args(debug_config, synthetic_data, tmp_path / "runs", "--resume")
+    outcome = run_in_process("train", *args, *_sets("trainer.max_epochs=1", "data.samples_per_epoch=8"))
+    assert outcome.code == 0, outcome.stderr[-2000:]
+    summary = json.loads(paths.summary.read_text())
+    assert summary["score"] == expected["score"] and summary["epochs"] == expected["epochs"] == 1
+    assert snapshot(paths.best, paths.last) == checkpoints
+
+
 def test_devices_zero_is_one_line_and_makes_no_run_folder(synthetic_data, debug_config, tmp_path):
     outcome = run(
         "train", *_train_args(debug_config, synthetic_data, tmp_path / "runs", "--devices", "0"), cwd=ROOT

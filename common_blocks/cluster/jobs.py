@@ -80,7 +80,7 @@ def run_state(paths: RunPaths, cfg: TrainConfig, fold: int) -> RunState:
         return RunState("finished")
     if paths.last.is_file():
         try:
-            point = read_resume_point(paths.last, cfg.trainer.max_epochs)
+            point = read_resume_point(paths.last, cfg.trainer.max_epochs, fit_may_be_over=True)
             # as --resume does: the weights must fit the model this config builds
             check_weights_fit(point, DefectModule(cfg.model_dump(mode="json"), fold, pretrained=False))
         except PipelineError as error:

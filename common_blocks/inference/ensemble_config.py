@@ -218,9 +218,7 @@ class EnsembleConfig(Section):
             config, source = result.config, f"tuned post-processing from {path} (local CV {result.score:.5f})"
         else:  # absent: the documented fallback
             config = PostprocessConfig(classes=self.postprocess.classes)
-            source = (
-                f"the config's default post-processing ({path} not found: run severstal oof to tune it)"
-            )
+            source = f"the config's default post-processing ({path} not found: run severstal oof to tune it)"
         if self.gate is not None and self.gate.threshold is not None:
             config = with_gate_threshold(config, self.gate.threshold)
             source += f", gate threshold {self.gate.threshold:g} for every class"

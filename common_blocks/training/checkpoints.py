@@ -107,12 +107,14 @@ class ResumePoint:
     state_dict: dict[str, torch.Tensor]
 
 
-def read_resume_point(path: str | os.PathLike, max_epochs: int) -> ResumePoint:
+def read_resume_point(path: str | os.PathLike, max_epochs: int, fit_may_be_over: bool = False) -> ResumePoint:
     """The training state of ``path`` for ``--resume`` with ``trainer.max_epochs`` = ``max_epochs``.
 
     A PipelineError naming the file when it is missing, unreadable, not a training checkpoint of
     this pipeline (a foreign file, or one with the weights only), or when it has already trained
-    ``max_epochs`` epochs or more (the fit would do nothing); reading changes nothing.
+    ``max_epochs`` epochs or more (the fit would do nothing) unless ``fit_may_be_over`` (the run
+    stopped after its fit, before its final validation: resuming finishes that); reading changes
+    nothing.
     """
     path = Path(path)
     checkpoint = _read(path)
@@ -142,7 +144,7 @@ def read_resume_point(path: str | os.PathLike, max_epochs: int) -> ResumePoint:
             f"{path}: not a training checkpoint of this pipeline, cannot resume from it "
             f"({type(error).__name__}: {_detail(error)})"
         ) from None
-    if epochs_done >= max_epochs:
+    if epochs_done >= max_epochs and not fit_may_be_over:
         relation = "equal to" if epochs_done == max_epochs else "more than"
         raise PipelineError(
             f"{path}: --resume has nothing to train: the checkpoint has trained {epochs_done} epoch(s), "

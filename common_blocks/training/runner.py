@@ -152,7 +152,8 @@ def prepare_run_dir(paths: RunPaths, resume: bool, overwrite: bool, max_epochs: 
     if resume:
         if not paths.last.is_file():
             raise PipelineError(f"--resume: no {paths.last} to resume from")
-        return read_resume_point(paths.last, max_epochs)
+        # a run stopped between its fit and its summary (Ctrl-C in the final validation) is finished
+        return read_resume_point(paths.last, max_epochs, fit_may_be_over=not paths.summary.is_file())
     if (paths.last.exists() or paths.best.exists()) and not overwrite:
         raise PipelineError(
             f"{paths.root} already has checkpoints; pass --resume to continue or --overwrite to start over"
@@ -196,8 +197,7 @@ class _RunProgress:
         if self.fitted:
             return Interrupted(
                 f"{label}: the fit was over, validating its best checkpoint was interrupted: the checkpoints "
-                f"are kept, summary.json is not written (`severstal checkpoint --checkpoint {self.paths.best}` "
-                "scores it)"
+                "are kept, summary.json is not written; the same command with --resume validates and writes it"
             )
         state = self.last or (resumed and (resumed.epoch, resumed.global_step))
         if state:
@@ -435,14 +435,16 @@ def train_fold(
             after_save=progress.checkpoint_written,
             num_nodes=num_nodes,
         )
+        fit_over = point is not None and point.epochs_done >= cfg.trainer.max_epochs
         with lightning_warnings_that_do_not_apply():
-            _interruptible(
-                trainer,
-                trainer.fit,
-                module,
-                datamodule=datamodule,
-                ckpt_path=None if point is None else point.path,
-            )
+            if not fit_over:
+                _interruptible(
+                    trainer,
+                    trainer.fit,
+                    module,
+                    datamodule=datamodule,
+                    ckpt_path=None if point is None else point.path,
+                )
             progress.fitted = True
             # The best checkpoint of this folder, never a path restored from a checkpoint.
             best_path = paths.best if paths.best.is_file() else paths.last
@@ -475,7 +477,7 @@ def train_fold(
         "fold": fold,
         "config_digest": cfg.digest(),
         "best_checkpoint": str(best_path.absolute()),
-        "epochs": trainer.current_epoch,
+        "epochs": point.epochs_done if fit_over else trainer.current_epoch,
         "n_valid_images": len(datamodule.valid_table),
         **scores[best_path],
     }
