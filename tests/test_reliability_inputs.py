@@ -217,6 +217,14 @@ def test_truncated_jpeg_in_a_subprocess(data, tmp_path):
         ("data.rare_classes=[0]", "data.rare_classes.0: Input should be greater than or equal to 1"),
         ("data.rare_classes=[]", "data.rare_classes: Tuple should have at least 1 item"),
         ("data.rare_factor=0", "data.rare_factor: Input should be greater than 0"),
+        ("init_from=weights.bin", "init_from: expected a .ckpt file or configs/NAME.yaml, got 'weights.bin'"),
+        ("optimizer.freeze_encoder_epochs=-1", "optimizer.freeze_encoder_epochs: Input should be greater"),
+        ("trainer.average_top_k=1", "trainer.average_top_k: Input should be greater than or equal to 2"),
+        ("trainer.monitor=loss", "trainer.monitor: Input should be 'score' or 'tuned_score' (got 'loss')"),
+        ("augment.crop_widths=[100]", "crop_widths needs crop_height set and crop_width null"),
+        ("augment.blackout=1.5", "augment.blackout: Input should be less than or equal to 1 (got 1.5)"),
+        ("class_head={loss_weight: -1}", "class_head.loss_weight: Input should be greater than 0"),
+        ("model.args.class_head={}", "model.args.class_head: the class head is the pipeline's own key"),
     ],
 )
 def test_training_config_types_are_strict(tmp_path, override, fragment):
@@ -302,6 +310,14 @@ def test_an_encoder_weights_source_that_is_not_there(data, tmp_path, value, frag
     expect_one_error(tmp_path, argv, f"model.args.encoder_weights: {fragment}", roots=(data,))
 
 
+def test_pos_weight_of_the_wrong_length_names_the_loss_term(data, tmp_path):
+    loss = "loss=[{type: bce, weight: 1.0, args: {pos_weight: [1, 2]}}]"
+    argv = train_argv(DEBUG_CONFIG, tmp_path, f"data.data_dir={data}", loss)
+    expect_one_error(
+        tmp_path, argv, "pos_weight: expected a list of 4 numbers (one per output)", roots=(data,)
+    )
+
+
 def test_garbage_encoder_weights_file(data, tmp_path):
     """torch's message runs to 4 lines, and it warns about the pickle protocol (0x80 0x81) first."""
     weights = tmp_path / "weights.pth"
@@ -317,20 +333,26 @@ def test_garbage_encoder_weights_file(data, tmp_path):
     assert not [w for w in caught if "pickle" in str(w.message)], [str(w.message) for w in caught]
 
 
-def valid_search_result() -> dict:
+def valid_search_result(version: int = 1) -> dict:
+    """A thresholds file of format 1 (hard gates) or 2 (with the soft gate factors' axis)."""
+    grid = {"thresholds": [0.5], "min_sizes": [0], "min_areas": [0], "gates": [0.0]}
+    scores = [[[[[0.5]]]]] * 4
+    if version == 2:
+        grid["gate_factors"] = [None]
+        scores = [[[[[[0.5]]]]]] * 4
     return {
-        "format_version": 1,
+        "format_version": version,
         "score": 0.5,
         "class_scores": [0.5] * 4,
         "n_images": 2,
         "config": PostprocessConfig().model_dump(mode="json"),
-        "grid": {"thresholds": [0.5], "min_sizes": [0], "min_areas": [0], "gates": [0.0]},
-        "scores": [[[[[0.5]]]]] * 4,
+        "grid": grid,
+        "scores": scores,
     }
 
 
-def spoiled(path: tuple, value) -> dict:
-    result = valid_search_result()
+def spoiled(path: tuple, value, version: int = 1) -> dict:
+    result = valid_search_result(version)
     node = result
     for key in path[:-1]:
         node = node[key]
@@ -351,18 +373,27 @@ BAD_RESULTS = {
     "bool_version": (("format_version",), True, "format version True"),
     "grid_out_of_range": (("grid", "thresholds"), [1.5], "grid.thresholds: values must lie in"),
 }
+BAD_RESULTS_2 = {
+    "gate_factor_below_one": (("config", "classes", 1, "gate_factor"), 0.5, "config.classes.1.gate_factor"),
+    "bad_factor_grid": (("grid", "gate_factors"), [0.5], "gate_factors"),
+    "scores_without_the_factor_axis": (("scores",), [[[[[0.5]]]]] * 4, "scores"),
+}
+CASES_1_AND_2 = {
+    **{f"format 1: {k}": (1, *v) for k, v in BAD_RESULTS.items()},
+    **{f"format 2: {k}": (2, *v) for k, v in BAD_RESULTS_2.items()},
+}
 
 
-@pytest.mark.parametrize("path, value, fragment", BAD_RESULTS.values(), ids=BAD_RESULTS)
-def test_malformed_thresholds_json(data, tmp_path, path, value, fragment):
-    SearchResult.from_dict(valid_search_result())  # the unspoiled file is fine
+@pytest.mark.parametrize("version, path, value, fragment", CASES_1_AND_2.values(), ids=CASES_1_AND_2)
+def test_malformed_thresholds_json(data, tmp_path, version, path, value, fragment):
+    SearchResult.from_dict(valid_search_result(version))  # the unspoiled file is fine
     thresholds = tmp_path / "thresholds.json"
-    thresholds.write_text(json.dumps(spoiled(path, value)))
+    thresholds.write_text(json.dumps(spoiled(path, value, version)))
     ensemble = ensemble_yaml(
         tmp_path / "ensemble.yaml", data, tmp_path, extra=f"postprocess: {{thresholds_file: {thresholds}}}\n"
     )
     line = expect_one_error(tmp_path, ["infer", "--config", ensemble], f"{thresholds}: ", fragment)
-    assert len(line) < 200
+    assert len(line) - len(str(thresholds)) < 180
 
 
 def test_model_level_config_error_does_not_print_the_tree(tmp_path):
