@@ -4,7 +4,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -86,18 +85,6 @@ def test_any_bytes_that_are_no_checkpoint_are_refused_naming_the_file(trained_se
             read_resume_point(path, max_epochs=3)
 
 
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-    """No network and empty weight caches: whatever tries to download fails at once."""
-
-    def refuse(*args, **kwargs):
-        raise OSError("network unreachable (test)")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    for variable in ("HF_HOME", "TORCH_HOME", "XDG_CACHE_HOME"):
-        monkeypatch.setenv(variable, str(tmp_path / "empty-cache"))
 
 
 @pytest.mark.parametrize("source", ["imagenet", "package:no-longer-installed", "/moved/away/weights.pth"])

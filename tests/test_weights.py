@@ -173,3 +173,31 @@ def test_weights_list_and_convert_on_the_command_line(tmp_path):
     )
     assert_one_error_line(outcome, "does not fit the encoder tu-efficientnet_lite1")
     assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+
+
+@installed(LITE0)
+def test_a_run_trains_offline_from_a_package_and_its_checkpoint_needs_it_no_more(
+    synthetic_data, debug_config, tmp_path, offline, monkeypatch
+):
+    from common_blocks.run_folder import RunPaths
+    from common_blocks.training import weights
+    from common_blocks.training.checkpoints import load_checkpoint
+    from common_blocks.training.config import load_config
+    from common_blocks.training.runner import train_fold
+
+    overrides = [
+        f"data.data_dir={synthetic_data}",
+        "model.args={encoder_name: tu-efficientnet_lite0, encoder_weights: package:" + LITE0 + "}",
+        "trainer.max_epochs=1",
+        "data.max_images=8",
+    ]
+    cfg = load_config(debug_config, overrides)
+    train_fold(cfg, 0, tmp_path)
+    best = RunPaths.of(tmp_path, cfg.name, 0).best
+
+    def uninstalled(dist, key):
+        raise ConfigError(f"{key}: package:{dist} is not installed")
+
+    monkeypatch.setattr(weights, "package_weights", uninstalled)
+    module = load_checkpoint(best)
+    assert module.cfg.model.args["encoder_weights"] == f"package:{LITE0}"
