@@ -46,4 +46,4 @@ def save_untrained(module: nn.Module, path: str | os.PathLike) -> None:
         accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False
     )
     trainer.strategy.connect(module)
-    trainer.save_checkpoint(path)
+    trainer.save_checkpoint(path, weights_only=False)  # a full checkpoint, as training writes
