@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from common_blocks.backend_names import BACKENDS, PRECISIONS
 from common_blocks.errors import ConfigError, DataError, PipelineError, cli_entry
 from common_blocks.files import (
     OutputError,
@@ -147,24 +148,20 @@ def _loader_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-# The choices of --backend and --precision: common_blocks.deploy.backends.BACKENDS and the keys of
-# common_blocks.inference.predictor.PRECISIONS (tests/test_deploy.py checks it), without importing torch.
-BACKEND_CHOICES = ("auto", "torch", "openvino", "onnxruntime")
-PRECISION_CHOICES = ("fp32", "fp16", "bf16")
 
 
 def _backend_options(parser: argparse.ArgumentParser) -> None:
     """``--backend``, ``--precision`` and ``--exported`` of the commands that predict."""
     parser.add_argument(
         "--backend",
-        choices=BACKEND_CHOICES,
+        choices=BACKENDS,
         default="torch",
         help="what runs the networks: torch (the checkpoints; default), openvino or onnxruntime (their ONNX "
         "export, on the CPU; optional extras), auto (torch on CUDA, else the fastest installed)",
     )
     parser.add_argument(
         "--precision",
-        choices=PRECISION_CHOICES,
+        choices=PRECISIONS,
         default="fp32",
         help="the networks' arithmetic: fp32 (default), bf16 (CUDA, or a CPU with avx512_bf16/amx_bf16), "
         "fp16 (CUDA)",

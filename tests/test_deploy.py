@@ -21,12 +21,13 @@ import torch
 import yaml
 
 from common_blocks import cli
-from common_blocks.deploy import backends, export
-from common_blocks.deploy.backends import BACKENDS, choose_backend, cpu_has_bf16
+from common_blocks.backend_names import BACKENDS, PRECISIONS
+from common_blocks.deploy import backends, export, runtimes
+from common_blocks.deploy.backends import choose_backend, cpu_has_bf16
 from common_blocks.deploy.export import MANIFEST, TOLERANCE, open_export, sha256_of
 from common_blocks.errors import ConfigError
 from common_blocks.evaluation.scorer import score_submission
-from common_blocks.inference.predictor import PRECISIONS
+from common_blocks.inference.predictor import AUTOCAST_DTYPES
 from tests import test_inference
 from tests.cli_contract import assert_one_error_line, assert_unchanged, run, run_in_process, snapshot
 from tests.test_inference import DEBUG, DEBUG_GATE, ENSEMBLE, write_untrained
@@ -96,8 +97,11 @@ def torch_submission(tmp_path_factory, config) -> Path:
     return out
 
 
-def test_the_command_line_offers_every_backend_and_precision():
-    assert set(cli.BACKEND_CHOICES) == set(BACKENDS) and set(cli.PRECISION_CHOICES) == set(PRECISIONS)
+def test_every_backend_and_precision_has_its_implementation():
+    """backend_names is the one list: the runtimes compile each ONNX backend, autocast knows each precision."""
+    assert set(BACKENDS) == {"auto", "torch", *runtimes._COMPILERS} and set(AUTOCAST_DTYPES) == set(PRECISIONS)
+    options = {action.dest: action.choices for action in cli.build_parser(commands=["infer"])._actions}
+    assert tuple(options["backend"]) == BACKENDS and tuple(options["precision"]) == PRECISIONS
 
 
 # --- export --------------------------------------------------------------------------------------

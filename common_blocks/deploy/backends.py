@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common_blocks.backend_names import BACKENDS
 from common_blocks.deploy.export import Export, export_ensemble, open_export
 from common_blocks.deploy.runtimes import (
     RUNTIME_PRECISIONS,
@@ -32,8 +33,6 @@ from common_blocks.errors import ConfigError, DataError
 from common_blocks.inference.ensemble_config import EnsembleConfig
 from common_blocks.inference.predictor import Network, check_precision
 from common_blocks.training.precision import CPU_BF16_FLAGS, cpu_has_bf16
-
-BACKENDS = ("auto", "torch", *RUNTIME_PRECISIONS)
 
 
 def _fastest(precision: str, device: torch.device) -> tuple[str, str]:

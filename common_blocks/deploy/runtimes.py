@@ -16,11 +16,9 @@ from types import ModuleType
 import numpy as np
 import torch
 
+from common_blocks.backend_names import RUNTIME_PRECISIONS
 from common_blocks.errors import ConfigError, DataError
 
-# The runtimes, fastest first (the order ``--backend auto`` tries them in), and the precisions each
-# runs on the CPU. ONNX Runtime's CPU provider has no bf16 kernels for these networks.
-RUNTIME_PRECISIONS: dict[str, tuple[str, ...]] = {"openvino": ("fp32", "bf16"), "onnxruntime": ("fp32",)}
 OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16"}  # INFERENCE_PRECISION_HINT; unset, AMX CPUs pick bf16
 
 NumpyNetwork = Callable[[np.ndarray], np.ndarray]

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from common_blocks.backend_names import PRECISIONS
 from common_blocks.data import rle
 from common_blocks.data.formats import N_CLASSES
 from common_blocks.errors import ConfigError, DataError
@@ -31,7 +32,8 @@ from common_blocks.training.module import DefectModule
 TTA_FLIPS: dict[str, tuple[int, ...]] = {"none": (), "hflip": (-1,), "vflip": (-2,)}
 # The networks' arithmetic, whichever backend runs them: fp32, fp16 (CUDA only) or bf16 (CUDA, or a
 # CPU with bf16 instructions); the torch backend runs the reduced ones as autocast to these dtypes.
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+# the autocast dtype of each of backend_names.PRECISIONS
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 # A network as a backend runs it: a normalised float32 (B, C, H, W) CPU batch -> its logits at the
 # network's own resolution (``data.scale``), as ``DefectModule.model_logits`` gives them.
 Network = Callable[[torch.Tensor], torch.Tensor]
@@ -132,7 +134,7 @@ class EnsemblePredictor:
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The context of the torch modules' forward passes: autocast to ``precision``; none for fp32."""
-        dtype = PRECISIONS[self.precision]
+        dtype = AUTOCAST_DTYPES[self.precision]
         if dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=dtype)
