@@ -99,7 +99,9 @@ def torch_submission(tmp_path_factory, config) -> Path:
 
 def test_every_backend_and_precision_has_its_implementation():
     """backend_names is the one list: the runtimes compile each ONNX backend, autocast knows each precision."""
-    assert set(BACKENDS) == {"auto", "torch", *runtimes._COMPILERS} and set(AUTOCAST_DTYPES) == set(PRECISIONS)
+    assert set(BACKENDS) == {"auto", "torch", *runtimes._COMPILERS} and set(AUTOCAST_DTYPES) == set(
+        PRECISIONS
+    )
     options = {action.dest: action.choices for action in cli.build_parser(commands=["infer"])._actions}
     assert tuple(options["backend"]) == BACKENDS and tuple(options["precision"]) == PRECISIONS
 

@@ -120,3 +120,21 @@ def test_config_validates_and_round_trips_through_json():
         ClassPostprocess(threshold=1.5)
     with pytest.raises(ValidationError):
         PostprocessConfig(classes=[ClassPostprocess()] * 3)
+
+
+def test_every_setting_of_a_class_is_rendered_for_people():
+    """The oof summary and the report show ``rendered()``: a field added later cannot be left out."""
+    soft = ClassPostprocess(
+        threshold=0.45, min_size=50, min_area=400, gate=0.6, gate_factor=2.0, fill_holes=True
+    )
+    shown = soft.rendered()
+    assert len(shown) == len(ClassPostprocess.model_fields)
+    assert shown == {
+        "threshold": "0.45",
+        "min size": "50",
+        "min area": "400",
+        "gate": "0.6",
+        "gate factor": "x2",
+        "fill holes": "yes",
+    }
+    assert ClassPostprocess().rendered()["gate factor"] == "none (hard gate)"

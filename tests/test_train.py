@@ -85,8 +85,6 @@ def test_any_bytes_that_are_no_checkpoint_are_refused_naming_the_file(trained_se
             read_resume_point(path, max_epochs=3)
 
 
-
-
 @pytest.mark.parametrize("source", ["imagenet", "package:no-longer-installed", "/moved/away/weights.pth"])
 def test_checkpoints_load_without_their_weights_source(trained_segmenter, tmp_path, offline, capsys, source):
     """A checkpoint whose config names a weights source (the hub, as every GPU config does; a package

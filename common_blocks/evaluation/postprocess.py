@@ -32,6 +32,18 @@ class ClassPostprocess(BaseModel):
     gate_factor: float | None = Field(None, ge=1)  # None: a gated class is dropped
     fill_holes: bool = False
 
+    def rendered(self) -> dict[str, str]:
+        """Each setting as people read it (``severstal oof``'s summary, the report's table): the one
+        place that lists them, so that no view leaves one out."""
+        return {
+            "threshold": f"{self.threshold:g}",
+            "min size": str(self.min_size),
+            "min area": str(self.min_area),
+            "gate": f"{self.gate:g}",
+            "gate factor": "none (hard gate)" if self.gate_factor is None else f"x{self.gate_factor:g}",
+            "fill holes": "yes" if self.fill_holes else "no",
+        }
+
     def required_area(self, gated: bool) -> float:
         """Steps 4-5: the fewest pixels a mask keeps (infinite: dropped whatever its size)."""
         if not gated:

@@ -121,15 +121,8 @@ class OofReport:
         for class_id, setting, score in zip(
             CLASS_IDS, self.result.config.classes, self.result.class_scores, strict=True
         ):
-            lines.append(
-                f"  class {class_id}: dice {score:.4f}  threshold {setting.threshold:g}  min_size "
-                f"{setting.min_size}  min_area {setting.min_area}  gate {setting.gate:g}"
-                + (
-                    f" (soft: min_area x{setting.gate_factor:g} below it)"
-                    if setting.gate and setting.gate_factor
-                    else ""
-                )
-            )
+            shown = "  ".join(f"{name} {value}" for name, value in setting.rendered().items())
+            lines.append(f"  class {class_id}: dice {score:.4f}  {shown}")
         lines += [f"wrote {what}: {path}" for what, path in self.written.items()]
         return "\n".join(lines)
 

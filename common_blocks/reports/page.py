@@ -81,17 +81,9 @@ def _cv_html(summary: ScoreSummary, config: PostprocessConfig) -> str:
         ],
     )
     per_class = _table_html(
-        ("class", "Dice", "threshold", "min size", "min area", "gate", "fill holes"),
+        ("class", "Dice", *config.classes[0].rendered()),
         [
-            (
-                f"class {c}",
-                f"{summary.per_class[str(c)]:.4f}",
-                cfg.threshold,
-                cfg.min_size,
-                cfg.min_area,
-                cfg.gate,
-                cfg.fill_holes,
-            )
+            (f"class {c}", f"{summary.per_class[str(c)]:.4f}", *cfg.rendered().values())
             for c, cfg in zip(CLASS_IDS, config.classes, strict=True)
         ],
     )
