@@ -47,6 +47,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from benchmarks.common import REAL_SAMPLE
 from common_blocks.data.datasets import SegmentationDataset
 from common_blocks.data.formats import list_images
 from common_blocks.data.synthetic import generate
@@ -66,7 +67,7 @@ TARGET_RATIO = 0.85
 RSS_TOLERANCE = 0.10
 UNTRAINED_THRESHOLD = 0.65
 DEBUG_CONFIGS = (ROOT / "configs" / "debug.yaml", ROOT / "configs" / "debug_classifier.yaml")
-REAL_IMAGES = ROOT.parent / "shared" / "severstal-sample" / "train_images"
+REAL_IMAGES = REAL_SAMPLE / "train_images"
 # Part 5's members: config and the overrides that build it offline (random init).
 BACKEND_MEMBERS = {
     "cpu_small": (ROOT / "configs" / "cpu_small.yaml", ()),

@@ -30,12 +30,12 @@ import cv2
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
+from benchmarks.common import REAL_SAMPLE
 from common_blocks.data.datasets import SegmentationDataset, mask_to_tensor, to_tensor
 from common_blocks.data.formats import read_labels
 from common_blocks.data.images import read_image
 from common_blocks.data.transforms import AugmentConfig, build_train_transform
 
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "severstal-sample"
 TARGET_PER_WORKER = 150.0
 BATCH_SIZE = 8
 
@@ -89,7 +89,7 @@ def stage_times(dataset: SegmentationDataset, n_images: int) -> dict[str, float]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="folder with train.csv and train_images/"
+        "--data-dir", type=Path, default=REAL_SAMPLE, help="folder with train.csv and train_images/"
     )
     parser.add_argument("--images", type=int, default=400, help="timed images per run")
     parser.add_argument(

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.common import REAL_SAMPLE  # the one place that says where the real sample lives
+
 # The installed console script (make installs the project into the venv in editable mode).
 SEVERSTAL = str(Path(sys.executable).with_name("severstal"))
-REAL_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "severstal-sample"
 
 
 @pytest.fixture(scope="session")
