@@ -1,6 +1,6 @@
 """Training throughput: the full pipeline (loader + Lightning step) against the model step alone.
 
-    python -m benchmarks.bench_train --config configs/cpu_small.yaml [--steps 20]
+    python -m benchmarks.bench_train --config configs/cpu_small.yaml [--steps 20] [--set trainer.precision=bf16-mixed]
     python -m benchmarks.bench_train --config configs/fpn_se_resnext50.yaml --steps 4 --batch-size 4
 
 Both run in one process on the same model and batch size, on the real sample's fold-0 training
@@ -28,6 +28,7 @@ from common_blocks.run_folder import RunPaths
 from common_blocks.training.config import load_config
 from common_blocks.training.datamodule import SteelDataModule
 from common_blocks.training.module import DefectModule
+from common_blocks.training.precision import resolve_precision
 from common_blocks.training.runner import build_trainer
 
 
@@ -87,6 +88,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch-size", type=int, help="overrides data.batch_size")
     parser.add_argument("--workers", type=int, help="overrides data.num_workers")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="a config override"
+    )
     args = parser.parse_args()
     require_real_sample(args.data_dir)
     with tempfile.TemporaryDirectory() as folds_dir:
@@ -103,7 +107,9 @@ def main() -> None:
             overrides.append(f"data.batch_size={args.batch_size}")
         if args.workers is not None:
             overrides.append(f"data.num_workers={args.workers}")
-        cfg = load_config(args.config, overrides)
+        cfg = load_config(args.config, [*overrides, *args.overrides])
+        precision, _ = resolve_precision(cfg.trainer.precision, "cpu")
+        cfg = cfg.model_copy(update={"trainer": cfg.trainer.model_copy(update={"precision": precision})})
         datamodule = SteelDataModule(cfg, 0)
         datamodule.prepare_data()
         datamodule.setup("fit")
@@ -115,7 +121,8 @@ def main() -> None:
         del batches, loader
         pipeline = full_pipeline(cfg, datamodule, args.steps)
     print(
-        f"{cfg.name}: batch {cfg.data.batch_size}, workers {cfg.data.num_workers}, threads {torch.get_num_threads()}"
+        f"{cfg.name}: batch {cfg.data.batch_size}, workers {cfg.data.num_workers}, threads {torch.get_num_threads()}, "
+        f"precision {cfg.trainer.precision}"
     )
     print(f"model step alone  {alone:8.2f} img/s")
     print(f"full pipeline     {pipeline:8.2f} img/s")
