@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from common_blocks.backend_names import BACKENDS, PRECISIONS
+from common_blocks.cluster.availability import EXECUTORS
 from common_blocks.errors import ConfigError, DataError, PipelineError, cli_entry
 from common_blocks.files import (
     OutputError,
@@ -531,7 +532,7 @@ def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--executor",
         required=True,
-        choices=("slurm", "local"),
+        choices=EXECUTORS,
         help="slurm: submit a job array with sbatch and return; local: run the jobs on this machine and wait",
     )
     parser.add_argument(

@@ -21,6 +21,7 @@ OPTIMIZERS: dict[str, type[Optimizer]] = {
     "adamw": torch.optim.AdamW,
     "radam": torch.optim.RAdam,
 }
+OptimizerName = Literal[tuple(OPTIMIZERS)]  # the config accepts exactly the registered names
 
 
 class OptimizerConfig(BaseModel):
@@ -28,7 +29,7 @@ class OptimizerConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["adam", "adamw", "radam"] = "adam"
+    type: OptimizerName = "adam"
     encoder_lr: float = Field(1e-4, gt=0)
     decoder_lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
