@@ -127,7 +127,7 @@ def test_data_commands_and_the_evaluation_package_load_no_torch(tmp_path):
         (["oof", "--config", "c.yaml", "--precision", "fp8"], "--precision: invalid choice: 'fp8'"),
         (
             ["infer", "--config", "c.yaml", "--backend", "openvino", "--precision", "fp16"],
-            "precision fp16 needs a CUDA device",
+            "--backend openvino runs fp32 and bf16 only, not --precision fp16; use --backend torch for fp16",
         ),
         (
             ["oof", "--config", "c.yaml", "--backend", "onnxruntime", "--precision", "bf16"],
