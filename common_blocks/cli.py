@@ -149,8 +149,6 @@ def _loader_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-
-
 def _backend_options(parser: argparse.ArgumentParser) -> None:
     """``--backend``, ``--precision`` and ``--exported`` of the commands that predict."""
     parser.add_argument(

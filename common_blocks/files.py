@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import glob
+import json
 import os
 import re
 import secrets
@@ -279,6 +280,19 @@ def atomic_output(path: str | os.PathLike, what: str = "the output") -> Iterator
         yield temporary
 
 
+def _staging_folder(target: Path, what: str, make: Callable[[], Path]) -> tuple[Path, list[Path]]:
+    """The folder ``make`` creates beside ``target`` (its missing parents made first), registered so
+    that errors name ``target``; and the parents made, to remove on failure."""
+    created = _make_parents(target, what)
+    try:
+        staging = make()
+    except OSError as error:
+        _remove_empty(created)
+        raise OutputError(f"{target}: cannot write {what} ({_describe(error)})") from None
+    _FOLDERS[staging] = target
+    return staging, created
+
+
 @contextlib.contextmanager
 def staged_folder(
     path: str | os.PathLike, what: str = "the output folder", last: tuple[str, ...] = ("index.html",)
@@ -289,13 +303,11 @@ def staged_folder(
     leaves ``path`` as it was; errors about a staged file name its final place in ``path``.
     """
     target = check_output_dir(path, what)
-    created = _make_parents(target, what)
-    try:
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    except OSError as error:
-        _remove_empty(created)
-        raise OutputError(f"{target}: cannot write {what} ({_describe(error)})") from None
-    _FOLDERS[staging] = target
+    staging, created = _staging_folder(
+        target,
+        what,
+        lambda: Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)),
+    )
     try:
         yield staging
         if not target.exists():
@@ -350,12 +362,21 @@ def check_apart(
         raise OutputError(f"{out}: {relation} {name} {path}; give {what} a folder of its own")
 
 
+def is_marked(folder: Path, marker: str, format_: str) -> bool:
+    """Whether ``folder/marker`` is a JSON object whose ``format`` is ``format_``: how a folder that
+    this pipeline wrote is told from any other."""
+    try:
+        return json.loads((folder / marker).read_text(encoding="utf-8")).get("format") == format_
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return False
+
+
 def check_replaceable(
-    path: str | os.PathLike, what: str, *, overwrite: bool, kind: str, recognise: Callable[[Path], bool]
+    path: str | os.PathLike, what: str, *, overwrite: bool, kind: str, marker: tuple[str, str]
 ) -> Path:
     """``path`` as the folder ``replaced_folder`` will write: new or empty, or, with ``overwrite``, a
-    folder that ``recognise`` tells is a ``kind`` this pipeline wrote. Any other folder is an
-    OutputError and is never touched: the user's files, data or configs are not ours to delete.
+    ``kind`` this pipeline wrote (``is_marked`` by ``marker``: file name and format). Any other folder
+    is an OutputError and is never touched: the user's files, data or configs are not ours to delete.
     What a killed earlier run left beside it is cleared first (``remove_stale_temporaries``), so
     that an earlier folder it had set aside is back in place before it is judged."""
     target = check_output_dir(path, what)
@@ -366,7 +387,7 @@ def check_replaceable(
     if target.is_dir() and any(target.iterdir()):
         if not overwrite:
             raise OutputError(f"{target}: is not empty; pass --overwrite to replace the {kind} there")
-        if not recognise(target):
+        if not is_marked(target, *marker):
             raise OutputError(
                 f"{target}: is not {kind} this pipeline wrote, so --overwrite leaves it alone; choose "
                 "another folder, or empty this one yourself"
@@ -414,15 +435,14 @@ def replaced_folder(target: Path, what: str) -> Iterator[Path]:
     block succeeds it takes ``target``'s place as a whole: the earlier folder is set aside, the new
     one renamed in, and only then is the earlier one deleted. A failure leaves ``target`` as it was,
     and a later run removes what a killed one left (``remove_stale_temporaries``)."""
-    created = _make_parents(target, what)
     stem = f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}"
-    staging, previous = target.with_name(f"{stem}.tmp"), target.with_name(f"{stem}.old")
-    try:
-        staging.mkdir()
-    except OSError as error:
-        _remove_empty(created)
-        raise OutputError(f"{target}: cannot write {what} ({_describe(error)})") from None
-    _FOLDERS[staging] = target
+    previous = target.with_name(f"{stem}.old")
+
+    def make() -> Path:
+        target.with_name(f"{stem}.tmp").mkdir()
+        return target.with_name(f"{stem}.tmp")
+
+    staging, created = _staging_folder(target, what, make)
     try:
         yield staging
         os.chmod(staging, 0o777 & ~_current_umask())

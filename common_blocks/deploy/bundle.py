@@ -104,19 +104,11 @@ class Bundle:
         )
 
 
-def is_bundle(folder: Path) -> bool:
-    """Whether ``folder`` is a bundle this pipeline wrote (its marker file says so)."""
-    try:
-        return json.loads((folder / MARKER).read_text(encoding="utf-8")).get("format") == MARKER_FORMAT
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
-        return False
-
-
 def check_bundle_folder(out: Path, overwrite: bool) -> Path:
     """``out`` as the bundle folder, checked before anything loads: a new or empty folder, or with
     ``overwrite`` an earlier bundle; never the working directory or one above it."""
     return check_replaceable(
-        out, "the bundle folder (--out)", overwrite=overwrite, kind="a bundle", recognise=is_bundle
+        out, "the bundle folder (--out)", overwrite=overwrite, kind="a bundle", marker=(MARKER, MARKER_FORMAT)
     )
 
 

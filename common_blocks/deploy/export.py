@@ -170,18 +170,10 @@ def _export_one(
     }
 
 
-def is_export(folder: Path) -> bool:
-    """Whether ``folder`` is an export this pipeline wrote (its manifest says so)."""
-    try:
-        return json.loads((folder / MANIFEST).read_text(encoding="utf-8")).get("format") == FORMAT
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
-        return False
-
-
 def check_export_folder(out: Path, overwrite: bool) -> Path:
     """``out`` as the export folder, checked before anything loads (``files.check_replaceable``)."""
     return check_replaceable(
-        out, "the export folder (--out)", overwrite=overwrite, kind="an export", recognise=is_export
+        out, "the export folder (--out)", overwrite=overwrite, kind="an export", marker=(MANIFEST, FORMAT)
     )
 
 
