@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 
 from common_blocks.data.rle import decode
 from common_blocks.data.synthetic import generate, image_ids, make_sample, render_sample
+from tests.cli_contract import assert_one_error_line, run_in_process
 from tests.conftest import SEVERSTAL
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -152,3 +154,19 @@ def test_make_sample_paints_only_the_requested_classes() -> None:
     assert not clean_masks.any()
     with pytest.raises(ValueError, match="among 1..4"):
         make_sample(rng, classes=(5,))
+
+
+def test_overwrite_never_replaces_a_real_data_set(real_sample, tmp_path: Path) -> None:
+    """A folder with images and labels that this generator did not write (the real sample's layout)
+    is refused with --overwrite, in one line, and nothing in it changes."""
+    real = tmp_path / "real"
+    (real / "train_images").mkdir(parents=True)
+    for image in sorted((real_sample / "train_images").iterdir())[:3]:
+        shutil.copy(image, real / "train_images" / image.name)
+    shutil.copy(real_sample / "train.csv", real / "train.csv")
+    before = {path: path.read_bytes() for path in real.rglob("*") if path.is_file()}
+    outcome = run_in_process("synthetic", "--out", real, "--n-train", 2, "--n-test", 1, "--overwrite")
+    assert_one_error_line(
+        outcome, f"{real}: holds images but is not a synthetic data set this generator wrote"
+    )
+    assert {path: path.read_bytes() for path in real.rglob("*") if path.is_file()} == before

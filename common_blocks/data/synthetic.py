@@ -12,6 +12,7 @@ Usage: ``severstal synthetic --out DIR --n-train N --n-test M --seed S [--overwr
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,7 +25,7 @@ from tqdm import tqdm
 from common_blocks.data.formats import N_CLASSES, RLE_COLUMNS, empty_table, write_labels, write_submission
 from common_blocks.data.rle import IMAGE_SHAPE, encode
 from common_blocks.errors import DataError
-from common_blocks.files import OutputError, check_output_dir, check_output_file, staged_folder
+from common_blocks.files import OutputError, check_output_dir, check_output_file, is_marked, staged_folder
 
 HEIGHT, WIDTH = IMAGE_SHAPE
 SPLITS = ("train", "test")
@@ -259,6 +260,10 @@ def _write_sample(task: tuple[int, str, int, str, Path]) -> tuple[str, list[str]
 
 
 LABEL_FILES = ("train.csv", "test_labels.csv", "sample_submission.csv")
+# The mark of a data set this generator wrote: ``--overwrite`` replaces only a folder that has it, so a
+# real data set (whose images and train.csv it would delete) is never taken for an earlier synthetic one.
+MARKER = "severstal-synthetic.json"
+MARKER_FORMAT = "severstal-synthetic/1"
 
 
 def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
@@ -270,8 +275,15 @@ def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
     for split in SPLITS:
         image_dir = out_dir / f"{split}_images"
         check_output_dir(image_dir, "an image folder of the data set")
-        if image_dir.is_dir() and any(image_dir.iterdir()) and not overwrite:
-            raise DataError(f"{image_dir} is not empty; pass --overwrite to replace the data set there")
+        if image_dir.is_dir() and any(image_dir.iterdir()):
+            if not overwrite:
+                raise DataError(f"{image_dir} is not empty; pass --overwrite to replace the data set there")
+            if not is_marked(out_dir, MARKER, MARKER_FORMAT):
+                raise DataError(
+                    f"{out_dir}: holds images but is not a synthetic data set this generator wrote (no "
+                    f"{MARKER}), so --overwrite leaves it alone; write the synthetic set elsewhere, or remove the folder "
+                    "yourself"
+                )
     for name in LABEL_FILES:
         check_output_file(out_dir / name, "a label file of the data set")
 
@@ -306,8 +318,10 @@ def generate(
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, overwrite)
     train_ids, test_ids = image_ids(seed, n_train, n_test)
-    with staged_folder(out_dir, "the data set folder", last=LABEL_FILES) as staging:
+    with staged_folder(out_dir, "the data set folder", last=(*LABEL_FILES, MARKER)) as staging:
         _write_data_set(staging, seed, train_ids, test_ids, workers)
+        marker = {"format": MARKER_FORMAT, "seed": seed, "n_train": n_train, "n_test": n_test}
+        (staging / MARKER).write_text(json.dumps(marker) + "\n")
     _remove_stale_images(out_dir, dict(zip(SPLITS, (train_ids, test_ids), strict=True)))
 
 
