@@ -244,6 +244,7 @@ def _train(args: argparse.Namespace) -> None:
     from common_blocks.run_folder import RunPaths
 
     check_output_dir(RunPaths.of(args.out_dir, cfg.name, args.fold).root, "the run folder")
+    check_apart(args.out_dir, "the runs (--out-dir)", holds=[], within=[("the data_dir", cfg.data.data_dir)])
     from common_blocks.training.runner import train_fold  # the model stack only once the config is valid
 
     summary = train_fold(cfg, args.fold, args.out_dir, args.devices, args.resume, args.overwrite)

@@ -304,6 +304,10 @@ OUTPUT_INSIDE_AN_INPUT = {
         ["dataset", "--data-dir", c.data, "--out", c.data / "train_images" / "overview"],
         "lies inside the data folder (--data-dir)",
     ),
+    "train --out-dir inside the data": lambda c: (
+        ["train", "--config", DEBUG, "--fold", 0, "--data-dir", c.data, "--out-dir", c.data / "runs"],
+        "lies inside the data_dir",
+    ),
     "sweep --out-dir inside the data": lambda c: (
         ["sweep", "--config", c.yaml, "--executor", "local", "--out-dir", c.data / "runs"],
         "lies inside the data_dir",
