@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -397,3 +398,37 @@ def test_a_network_file_the_runtime_cannot_parse_is_one_error_line(runtime, expo
     outcome = infer(config, out, "--backend", runtime, "--exported", copy)
     assert_one_error_line(outcome, f"{broken}: {runtime} cannot load this network", "export it again")
     assert not out.exists()
+
+
+SIGNAL_AFTER_TEARDOWN = """
+import signal, subprocess, sys
+import common_blocks.training
+from pathlib import Path
+from common_blocks.deploy.runtimes import compile_network
+signal.signal(signal.SIGCHLD, lambda *args: None)  # a Python handler, as torch's DataLoader sets one
+for _ in range(3):
+    first, second = (compile_network("openvino", Path(sys.argv[1]), "fp32") for _ in range(2))
+    del first, second  # the first compiled goes first: out of the order the plugin swapped stacks in
+    for _ in range(3):
+        subprocess.run(["true"], check=True)  # the child's exit signals this thread
+print("survived")
+"""
+
+
+@needs("openvino")
+def test_networks_compiled_and_dropped_in_any_order_leave_signals_deliverable(exported):
+    """OpenVINO's CPU plugin swaps the thread's signal stack per Core; two Cores torn down first in,
+    first out left a freed stack behind, and the next signal a Python handler catches was a SIGSEGV
+    (the crash that once split make test in two). One Core per process: signals stay deliverable."""
+    network = exported / "debug" / "fold0" / "best.onnx"
+    result = subprocess.run(
+        [sys.executable, "-c", SIGNAL_AFTER_TEARDOWN, str(network)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "survived", (
+        result.returncode,
+        result.stderr[-2000:],
+    )
+    assert runtimes.openvino_core() is runtimes.openvino_core()

@@ -8,10 +8,12 @@ number of threads, so that every backend gets the same cores.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,11 +51,21 @@ def installed_runtimes() -> list[str]:
     return installed
 
 
+@functools.cache
+def openvino_core() -> Any:
+    """The process's one ``openvino.Core``. Each Core loads its own CPU plugin, which swaps the thread's
+    signal stack (``sigaltstack``) for one of its own and puts the previous one back when torn down;
+    two Cores torn down first-in-first-out leave the thread on the freed stack of the first, and the
+    next signal a Python handler catches (a child's SIGCHLD once torch's DataLoader has set its
+    handler) cannot be delivered: SIGSEGV. One Core has one plugin and no such order."""
+    return import_runtime("openvino").Core()
+
+
 def _openvino(path: Path, precision: str) -> NumpyNetwork:
-    openvino = import_runtime("openvino")
+    core = openvino_core()
     # the ONNX front end alone: a file it cannot parse is not handed on to the other front ends
     onnx = importlib.import_module("openvino.frontend").FrontEndManager().load_by_framework("onnx")
-    compiled = openvino.Core().compile_model(
+    compiled = core.compile_model(
         onnx.convert(onnx.load(str(path))),
         "CPU",
         {
