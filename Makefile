@@ -20,14 +20,10 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(PY) -m pip install --quiet -c constraints.txt --no-build-isolation -e '.[onnxruntime,openvino]'
 	touch $(STAMP)
 
-# The exported-backend tests run in a second process: after OpenVINO has run in a pytest process that
-# has also built many torch models, a later test in it crashed inside the interpreter (SIGSEGV, memory
-# corruption; reproduced with test_config + test_datasets + test_deploy + test_folds, not with
-# test_deploy + test_folds alone). A pipeline command is a process of its own that loads OpenVINO only
-# with --backend openvino; the crash is not understood yet.
+# One pytest process for the whole suite, the exported backends included (OpenVINO once crashed a
+# later test here: common_blocks/deploy/runtimes.py:openvino_core says why, and a test keeps it fixed).
 test: $(STAMP)
-	$(PY) -m pytest -q tests --ignore=tests/test_deploy.py
-	$(PY) -m pytest -q tests/test_deploy.py
+	$(PY) -m pytest -q tests
 
 demo: $(STAMP)
 	bash scripts/demo.sh $(PY) $(DEMO_DIR) $(RUNS_DIR)
