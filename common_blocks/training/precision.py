@@ -30,10 +30,11 @@ def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     return any(flag in flags for flag in CPU_BF16_FLAGS)
 
 
-def resolve_precision(precision: str, accelerator: str) -> tuple[str, str]:
-    """``precision`` with ``auto`` decided for ``accelerator`` ("gpu" or "cpu"), and why."""
+def resolve_precision(precision: str, accelerator: str) -> tuple[str, str | None]:
+    """``precision`` with ``auto`` decided for ``accelerator`` ("gpu" or "cpu"), and why (None when
+    the config named one itself: nothing to say)."""
     if precision != AUTO:
-        return precision, f"trainer.precision {precision}"
+        return precision, None
     if accelerator == "gpu":
         native = torch.cuda.is_bf16_supported()
         where = f"the GPU {'supports' if native else 'does not support'} bf16"

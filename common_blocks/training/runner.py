@@ -387,7 +387,8 @@ def train_fold(
     accelerator, devices = resolve_devices(cfg, devices)
     precision, why = resolve_precision(cfg.trainer.precision, accelerator)
     if rank_zero_only.rank == 0:
-        print(why, file=sys.stderr)
+        if why is not None:
+            print(why, file=sys.stderr)
         for warning in epoch_warnings(cfg):
             print(f"warning: {warning}", file=sys.stderr)
     # the run's config.yaml and its checkpoints record the precision it trained in
