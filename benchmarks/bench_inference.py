@@ -104,7 +104,9 @@ def models(
             accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False
         )
         trainer.strategy.connect(DefectModule(cfg.model_dump(mode="json"), 0))
-        trainer.save_checkpoint(RunPaths.of(untrained, cfg.name, 0).best, weights_only=False)  # as training does
+        trainer.save_checkpoint(
+            RunPaths.of(untrained, cfg.name, 0).best, weights_only=False
+        )  # as training does
     return untrained, False
 
 
