@@ -26,6 +26,10 @@ class StandIn(nn.Module):
         """A classification stand-in is a gate, as a classifier's ``DefectModule`` is."""
         return self.task_mode == CLASSIFICATION_MODE
 
+    @property
+    def resizes_logits(self) -> bool:
+        return False
+
     def model_logits(self, images: torch.Tensor) -> torch.Tensor:
         return self(images)
 

@@ -179,7 +179,7 @@ def test_networks_run_under_the_precision_and_everything_after_them_in_fp32(prec
         [WeightedModel(member)], [WeightedModel(gate)], tta=["none", "hflip", "vflip"], precision=precision
     )
     images = torch.randn(2, 3, 8, 16)
-    gate_probs, _, probs = predictor.segment(images)
+    gate_probs, probs = predictor.gate_probabilities(images), predictor.probabilities(images).numpy()
     assert member.seen == [dtype] * 3 and gate.seen == [dtype]
     assert gate_probs.dtype == probs.dtype == "float32"
     assert not torch.is_autocast_enabled("cpu")

@@ -17,18 +17,25 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
 
 from common_blocks import cli
 from common_blocks.backend_names import BACKENDS, PRECISIONS
+from common_blocks.data import rle
+from common_blocks.data.formats import list_images
 from common_blocks.deploy import backends, export, runtimes
 from common_blocks.deploy.backends import choose_backend, cpu_has_bf16
 from common_blocks.deploy.export import MANIFEST, TOLERANCE, open_export, sha256_of
 from common_blocks.errors import ConfigError
+from common_blocks.evaluation.postprocess import ClassPostprocess, PostprocessConfig, postprocess_image
 from common_blocks.evaluation.scorer import score_submission
-from common_blocks.inference.predictor import AUTOCAST_DTYPES
+from common_blocks.inference.ensemble_config import load_ensemble_config
+from common_blocks.inference.predictor import AUTOCAST_DTYPES, build_predictor
+from common_blocks.inference.submission import ReadTolerantDataset
 from tests import test_inference
 from tests.cli_contract import assert_one_error_line, assert_unchanged, run, run_in_process, snapshot
 from tests.test_inference import DEBUG, DEBUG_GATE, ENSEMBLE, write_untrained
@@ -240,6 +247,52 @@ def test_exported_backends_submit_what_torch_submits(
     assert ("exported 4 network(s) for openvino" in outcome.stderr) != from_export
     assert not list(temporary.iterdir())  # the export on the fly is removed
     assert score_submission(out, torch_submission).score >= least
+
+
+@pytest.mark.parametrize(
+    ("backend", "precision"),
+    [
+        ("torch", "fp32"),
+        pytest.param("torch", "bf16", marks=needs_bf16()),
+        pytest.param("openvino", "fp32", marks=needs("openvino")),
+        pytest.param("openvino", "bf16", marks=[needs("openvino"), needs_bf16()]),
+        pytest.param("onnxruntime", "fp32", marks=needs("onnxruntime")),
+    ],
+)
+def test_predictions_skip_planes_below_threshold_and_equal_the_full_maps_bit_for_bit(
+    backend, precision, exported, config, data
+):
+    """``predict`` resizes and post-processes only the planes whose bound reaches the threshold; its
+    masks are those of post-processing every full-resolution map, on every backend."""
+    cfg = load_ensemble_config(config)
+    runtime = None if backend == "torch" else backends.ExportedRuntime(backend, lambda: open_export(exported))
+    dataset = ReadTolerantDataset(
+        pd.DataFrame({"ImageId": list_images(data / "test_images")[:6]}),
+        data / "test_images",
+        with_masks=False,
+    )
+    images = torch.stack([item["image"] for item in dataset])
+    probe = build_predictor(cfg, device="cpu", precision=precision, runtime=runtime)
+    probs = probe.probabilities(images).numpy()
+    # per class, a threshold just under the median plane's maximum: that plane keeps a pixel or a few
+    # (its bound is barely above the threshold), the planes below it cannot hold a defect
+    maxima = np.sort(probs.max(axis=(-2, -1)), axis=0)
+    post = PostprocessConfig(
+        classes=tuple(
+            ClassPostprocess(threshold=float(maxima[len(maxima) // 2, k]) - 1e-6, fill_holes=k == 1)
+            for k in range(4)
+        )
+    )
+    predictor = build_predictor(cfg, postprocess=post, device="cpu", precision=precision, runtime=runtime)
+    gate_probs = predictor.gate_probabilities(images)
+    expected = [
+        tuple(rle.encode(mask) for mask in postprocess_image(prob, post, gate))
+        for prob, gate in zip(probs, gate_probs, strict=True)
+    ]
+    assert predictor.resizes_planes and predictor.predict(images) == expected
+    _, masks = predictor.masks(images)
+    assert 0 < len(masks) < probs.shape[0] * 4  # planes were skipped, and planes were computed
+    assert any(any(row) for row in expected)
 
 
 @needs("openvino", "onnxruntime")

@@ -23,7 +23,7 @@ from common_blocks.backend_names import PRECISIONS
 from common_blocks.data import rle
 from common_blocks.data.formats import N_CLASSES
 from common_blocks.errors import ConfigError, DataError
-from common_blocks.evaluation.postprocess import PostprocessConfig, postprocess_image
+from common_blocks.evaluation.postprocess import PostprocessConfig, postprocess_mask
 from common_blocks.inference.ensemble_config import EnsembleConfig, RunRef
 from common_blocks.training.checkpoints import load_checkpoint
 from common_blocks.training.losses import BINARY_MODE, CLASSIFICATION_MODE, MULTILABEL_MODE, probabilities
@@ -38,6 +38,9 @@ AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "fp16": torch.fl
 # network's own resolution (``data.scale``), as ``DefectModule.model_logits`` gives them.
 Network = Callable[[torch.Tensor], torch.Tensor]
 EMPTY_RLES = ("",) * N_CLASSES
+# Added to a plane's bound (``EnsemblePredictor.planes``) to cover float32 rounding in the resize and the
+# sums, which can put a blend a few units in the last place (~1e-7 here) above the maxima it blends.
+BOUND_MARGIN = 1e-5
 
 
 def check_precision(precision: str, device: torch.device) -> None:
@@ -184,19 +187,22 @@ class EnsemblePredictor:
         slower). The maps cross to the CPU once per batch, at the end.
         """
         images = self.to_device(images)
-        norm = sum(model.weight for model in self.segmenters) * len(self.tta)
+        norm = self._norm()
         total: torch.Tensor | None = None
         for model in self.segmenters:
-            member = self._member_output(model, images, model.weight / norm)
+            member = model.module.to_input_size(self._member_sum(model, images, model.weight / norm), images)
             total = member if total is None else total.add_(member)
         if self.average == "logits":
             total = activate_(total, self.mode)
         self.segmented_images += images.shape[0]
         return total.contiguous().cpu()
 
-    def _member_output(self, model: WeightedModel, images: torch.Tensor, weight: float) -> torch.Tensor:
+    def _norm(self) -> float:
+        return sum(model.weight for model in self.segmenters) * len(self.tta)
+
+    def _member_sum(self, model: WeightedModel, images: torch.Tensor, weight: float) -> torch.Tensor:
         """``weight`` times the sum over the flips of the network's output on the flipped images, flipped
-        back (and activated when averaging probabilities), resized to the input's size. Each pass's
+        back (and activated when averaging probabilities), at the network's resolution. Each pass's
         output is freed before the next forward pass allocates its own."""
         total: torch.Tensor | None = None
         for dims in self.tta:
@@ -207,7 +213,51 @@ class EnsemblePredictor:
                 value = activate_(value, self.mode)
             total = value.mul_(weight) if total is None else total.add_(value, alpha=weight)
             del value
-        return model.module.to_input_size(total, images)
+        return total
+
+    @property
+    def resizes_planes(self) -> bool:
+        """Whether ``planes`` resizes only the class planes that can hold a pixel above its threshold:
+        multilabel members (each class its own sigmoid) that all run below the input's resolution.
+        A member at full resolution has nothing to resize, and holding its maps until the bounds are
+        known would cost a full-resolution map per member."""
+        return self.mode == MULTILABEL_MODE and all(m.module.resizes_logits for m in self.segmenters)
+
+    @torch.inference_mode()
+    def planes(self, images: torch.Tensor, needed: Callable[[np.ndarray], np.ndarray]) -> dict:
+        """``{(image, class): (H, W) float32 probabilities}`` of the planes ``needed`` asks for, equal bit
+        for bit to the planes of ``probabilities(images)``; the other planes are not computed.
+
+        ``needed`` takes an upper bound (B, 4) of each plane's probabilities and returns which (B, 4)
+        planes to compute. A resized map is a bilinear blend of the map it comes from, so it never
+        exceeds that map's maximum: the bound is the sum of the members' maxima at their networks'
+        resolution (activated, for ``average: logits``), plus ``BOUND_MARGIN`` for rounding. On a test
+        set where most planes are defect-free, most of the resizing and post-processing is skipped.
+        Without ``resizes_planes`` the bound is infinite and every plane is computed.
+        """
+        images = self.to_device(images)
+        if not self.resizes_planes:
+            probs = self.probabilities(images).numpy()
+            wanted = needed(np.full(probs.shape[:2], np.inf))
+            return {(int(i), int(c)): probs[i, c] for i, c in zip(*np.nonzero(wanted), strict=True)}
+        norm = self._norm()
+        maps = [self._member_sum(model, images, model.weight / norm) for model in self.segmenters]
+        self.segmented_images += images.shape[0]
+        bounds = sum(member.amax(dim=(-2, -1)).double() for member in maps)
+        if self.average == "logits":
+            bounds = bounds.sigmoid()
+        rows, classes = np.nonzero(needed((bounds + BOUND_MARGIN).cpu().numpy()))
+        if not rows.size:
+            return {}
+        index = torch.from_numpy(rows).to(images.device), torch.from_numpy(classes).to(images.device)
+        total: torch.Tensor | None = None
+        for model, member in zip(self.segmenters, maps, strict=True):
+            resized = model.module.to_input_size(member[index][None], images)
+            total = resized if total is None else total.add_(resized)
+        if self.average == "logits":
+            total = activate_(total, self.mode)
+        selected = total[0].cpu().numpy()
+        return {(int(i), int(c)): selected[k] for k, (i, c) in enumerate(zip(rows, classes, strict=True))}
 
     def passes_gate(self, gate_probs: np.ndarray | None, n_images: int) -> np.ndarray:
         """(B,) bool: the images for which some class's gate probability reaches its threshold."""
@@ -215,39 +265,56 @@ class EnsemblePredictor:
             return np.ones(n_images, dtype=bool)
         return (gate_probs.astype(np.float64) >= self.gate_thresholds).any(axis=1)
 
-    def segment(self, images: torch.Tensor) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-        """Gate probabilities (B, 4) (None without a gate), the indices of the images that pass the gate,
-        and their (K, 4, H, W) probabilities: only those images are segmented. The batch goes to the
-        device once, for the gate and the segmenters."""
+    def masks(self, images: torch.Tensor) -> tuple[np.ndarray | None, dict]:
+        """Gate probabilities (B, 4) (None without a gate) and ``{(image, class): (H, W) uint8 mask}`` of
+        the post-processed planes that may hold a defect; every other plane's mask is empty.
+
+        Only the images that pass the gate are segmented; of those, only the planes that post-processing
+        could leave non-empty are resized and post-processed: not gated away (its class's required area
+        finite) and with a bound above the class's threshold. The batch goes to the device once.
+        """
         images = self.to_device(images)
         gate_probs = self.gate_probabilities(images)
         chosen = np.flatnonzero(self.passes_gate(gate_probs, images.shape[0]))
         if not chosen.size:
-            return gate_probs, chosen, np.zeros((0, len(EMPTY_RLES), *images.shape[-2:]), np.float32)
-        if chosen.size == len(images):
-            selected = images
-        else:
-            selected = images[torch.from_numpy(chosen).to(images.device)]
-        return gate_probs, chosen, self.probabilities(selected).numpy()
+            return gate_probs, {}
+        selected = (
+            images if chosen.size == len(images) else images[torch.from_numpy(chosen).to(images.device)]
+        )
+        classes = self.postprocess.classes
+        thresholds = np.array([c.threshold for c in classes], np.float64)
+        gates = np.full((chosen.size, len(classes)), np.nan) if gate_probs is None else gate_probs[chosen]
+        droppable = np.array(
+            [
+                [c.required_area(float(g) < c.gate) == np.inf for c, g in zip(classes, row, strict=True)]
+                for row in gates
+            ]
+        )
 
-    def _masks(self, prob: np.ndarray, gate_probs: np.ndarray | None, index: int) -> np.ndarray:
-        return postprocess_image(prob, self.postprocess, None if gate_probs is None else gate_probs[index])
+        def needed(bounds: np.ndarray) -> np.ndarray:
+            return (bounds > thresholds) & ~droppable
+
+        masks = {}
+        for (row, k), prob in self.planes(selected, needed).items():
+            gate = None if gate_probs is None else float(gate_probs[chosen[row], k])
+            masks[(int(chosen[row]), k)] = postprocess_mask(prob, classes[k], gate)
+        return gate_probs, masks
 
     def predict_masks(self, images: torch.Tensor) -> tuple[np.ndarray | None, np.ndarray]:
         """Gate probabilities (B, 4) (None without a gate) and post-processed (B, 4, H, W) uint8 masks."""
-        gate_probs, chosen, probs = self.segment(images)
-        masks = np.zeros((images.shape[0], len(EMPTY_RLES), *images.shape[-2:]), np.uint8)
-        for prob, index in zip(probs, chosen, strict=True):
-            masks[index] = self._masks(prob, gate_probs, index)
-        return gate_probs, masks
+        gate_probs, masks = self.masks(images)
+        out = np.zeros((images.shape[0], len(EMPTY_RLES), *images.shape[-2:]), np.uint8)
+        for (index, k), mask in masks.items():
+            out[index, k] = mask
+        return gate_probs, out
 
     def predict(self, images: torch.Tensor) -> list[tuple[str, str, str, str]]:
         """The four RLE strings of each image of a normalised (B, C, H, W) batch."""
-        gate_probs, chosen, probs = self.segment(images)
-        rles = [EMPTY_RLES] * images.shape[0]
-        for prob, index in zip(probs, chosen, strict=True):
-            rles[index] = tuple(rle.encode(mask) for mask in self._masks(prob, gate_probs, index))
-        return rles
+        _, masks = self.masks(images)
+        rles = [list(EMPTY_RLES) for _ in range(images.shape[0])]
+        for (index, k), mask in masks.items():
+            rles[index][k] = rle.encode(mask)
+        return [tuple(row) for row in rles]
 
 
 def activate_(logits: torch.Tensor, mode: str) -> torch.Tensor:

@@ -86,6 +86,12 @@ class DefectModule(L.LightningModule):
         """
         return self.to_input_size(self.model_logits(images), images)
 
+    @property
+    def resizes_logits(self) -> bool:
+        """Whether segmentation logits come at a lower resolution than the input (``data.scale`` < 1)
+        and ``to_input_size`` resizes them."""
+        return not self.is_classifier and self.cfg.data.scale < 1
+
     def to_input_size(self, logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """Segmentation ``logits`` (or any per-pixel maps) resized to the size of ``images``, bilinearly.
 
