@@ -15,6 +15,11 @@
    when the sample is absent; the networks then run on synthetic images), no TTA, no gate. Targets:
    fastest fp32 >= 1.5x torch fp32 and bf16 >= 2.5x torch fp32 on FPN, network alone; end to end >=
    0.9 of the network alone for the backend ``--backend auto`` picks.
+6. Where the end-to-end time goes, per image, for the ``cpu_small`` member of part 5 under each backend
+   and precision: decoding, normalising, the network, resizing to 256x1600, post-processing, RLE and
+   writing the CSV, each stage's functions timed inside one whole inference run (wall-clock, so a
+   stage's share is exact and nothing overlaps); "other" is the rest (collating, flips, activation,
+   copies, the loop).
 
 Models (1-3): fold 0 of the ``--member`` segmenter and ``--gate`` classifier configs (default: the
 debug ones that ``make demo`` trains) from ``--runs-dir``, else untrained ones written to the work
@@ -28,6 +33,10 @@ how heavy the member is: the tiny debug member is the hardest case.
         [--tta none hflip vflip] [--average probabilities|logits] [--rss-images 1000 4000]
         [--work-dir /tmp/bench_inference] [--parts 1 2 3 4 5] [--threads N]
     .venv/bin/python -m benchmarks.bench_inference --parts 5 --images 16 --batch-size 2 --repeats 1
+    .venv/bin/python -m benchmarks.bench_inference --parts 6 --runs-dir RUNS --images 64 --batch-size 2
+
+Parts 5 and 6 use a trained ``cpu_small`` (fold 0) when ``--runs-dir`` holds one, post-processed at
+threshold 0.5, minimum area 500 px: then the post-processing times are those of real maps.
 
 On a shared machine, other processes' load slows two torch threads far more than one (each parallel
 region waits for a descheduled thread), so ``--threads 1`` gives the steadier ratios there.
@@ -36,18 +45,23 @@ region waits for a descheduled thread), so ``--threads 1`` gives the steadier ra
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import torch
 
 from benchmarks.common import REAL_SAMPLE
+from common_blocks.data import datasets, rle
 from common_blocks.data.datasets import SegmentationDataset
 from common_blocks.data.formats import list_images
 from common_blocks.data.synthetic import generate
@@ -55,6 +69,8 @@ from common_blocks.deploy.backends import ExportedRuntime, cpu_has_bf16
 from common_blocks.deploy.export import export_ensemble, open_export
 from common_blocks.deploy.runtimes import RUNTIME_PRECISIONS, installed_runtimes
 from common_blocks.evaluation.postprocess import ClassPostprocess, PostprocessConfig
+from common_blocks.inference import predictor as predictor_module
+from common_blocks.inference import submission
 from common_blocks.inference.ensemble_config import EnsembleConfig
 from common_blocks.inference.predictor import EnsemblePredictor, build_predictor
 from common_blocks.inference.submission import make_submission
@@ -340,10 +356,11 @@ def cpu_description() -> str:
     )
 
 
-def backend_member(args: argparse.Namespace, name: str, data_dir: Path) -> tuple[EnsembleConfig, Path]:
-    """Part 5's one-member ensemble of ``name`` (untrained, fold 0, no TTA, no gate) and its export."""
+def backend_member(args: argparse.Namespace, name: str, data_dir: Path) -> tuple[EnsembleConfig, Path, bool]:
+    """Part 5's one-member ensemble of ``name`` (fold 0, no TTA, no gate), its export, and whether it
+    is trained (``--runs-dir`` holds it and it needs no overrides) or untrained."""
     config, overrides = BACKEND_MEMBERS[name]
-    runs_dir, _ = models(args.runs_dir, args.work_dir, (config,), overrides)
+    runs_dir, trained = models(args.runs_dir, args.work_dir, (config,), overrides)
     cfg = EnsembleConfig.model_validate(
         {
             "name": f"bench_{name}",
@@ -354,40 +371,62 @@ def backend_member(args: argparse.Namespace, name: str, data_dir: Path) -> tuple
             "postprocess": {"thresholds_file": args.work_dir / "no_thresholds.json"},
         }
     )
-    folder = args.work_dir / f"export_{name}"
+    folder = args.work_dir / f"export_{name}_{'trained' if trained else 'untrained'}"
     start = time.perf_counter()
-    export_ensemble(cfg, folder, installed_runtimes())
+    export_ensemble(cfg, folder, installed_runtimes(), overwrite=True)
     print(
-        f"   {name}: exported and checked under {', '.join(installed_runtimes())} in {time.perf_counter() - start:.0f} s"
+        f"   {name} ({'trained' if trained else 'untrained'}): exported and checked under "
+        f"{', '.join(installed_runtimes())} in {time.perf_counter() - start:.0f} s"
     )
-    return cfg, folder
+    return cfg, folder, trained
+
+
+def bench_postprocess(trained: bool) -> PostprocessConfig:
+    """A trained member's maps at threshold 0.5 and minimum area 500 px (the validation's untuned
+    setting); an untrained one's at ``UNTRAINED_THRESHOLD``, which keeps its noise about as sparse."""
+    if trained:
+        return PostprocessConfig(classes=(ClassPostprocess(threshold=0.5, min_area=500),) * 4)
+    return PostprocessConfig(classes=(ClassPostprocess(threshold=UNTRAINED_THRESHOLD),) * 4)
+
+
+def backend_predictors(
+    args: argparse.Namespace, name: str, images_dir: Path
+) -> dict[tuple[str, str], EnsemblePredictor]:
+    """``name``'s member under torch and each installed runtime, in fp32 and (where the CPU has bf16
+    instructions and the backend runs it) bf16, keyed by (backend, precision)."""
+    cfg, folder, trained = backend_member(args, name, images_dir.parent)
+    export = open_export(folder)
+    precisions = ["fp32", *(["bf16"] if cpu_has_bf16() else [])]
+    return {
+        (backend, precision): build_predictor(
+            cfg,
+            postprocess=bench_postprocess(trained),
+            device="cpu",
+            precision=precision,
+            runtime=None if backend == "torch" else ExportedRuntime(backend, lambda e=export: e),
+        )
+        for backend in ("torch", *installed_runtimes())
+        for precision in precisions
+        if backend == "torch" or precision in RUNTIME_PRECISIONS[backend]
+    }
+
+
+def backend_images(args: argparse.Namespace) -> tuple[Path, list[str], bool]:
+    """Parts 5 and 6's images: the first ``--images`` of the real sample's train images (whether
+    they are real), else synthetic ones."""
+    real = REAL_IMAGES.is_dir()
+    images_dir = REAL_IMAGES if real else synthetic_test_images(args.work_dir, args.images)
+    return images_dir, list_images(images_dir)[: args.images], real
 
 
 def backends_and_precisions(args: argparse.Namespace) -> None:
-    real = REAL_IMAGES.is_dir()
-    images_dir = REAL_IMAGES if real else synthetic_test_images(args.work_dir, args.images)
-    ids = list_images(images_dir)[: args.images]
-    precisions = ["fp32", *(["bf16"] if cpu_has_bf16() else [])]
+    images_dir, ids, real = backend_images(args)
     print(
         f"\n5. backends x precisions at 256x1600 ({len(ids)} {'real' if real else 'synthetic'} images, batch "
         f"{args.batch_size}, no TTA, {torch.get_num_threads()} thread(s); {cpu_description()})"
     )
-    postprocess = PostprocessConfig(classes=(ClassPostprocess(threshold=UNTRAINED_THRESHOLD),) * 4)
-    for name in BACKEND_MEMBERS:
-        cfg, folder = backend_member(args, name, images_dir.parent)
-        export = open_export(folder)
-        predictors = {
-            (backend, precision): build_predictor(
-                cfg,
-                postprocess=postprocess,
-                device="cpu",
-                precision=precision,
-                runtime=None if backend == "torch" else ExportedRuntime(backend, lambda e=export: e),
-            )
-            for backend in ("torch", *installed_runtimes())
-            for precision in precisions
-            if backend == "torch" or precision in RUNTIME_PRECISIONS[backend]
-        }
+    for name in args.backend_members:
+        predictors = backend_predictors(args, name, images_dir)
         batches = preload(images_dir, ids, args.batch_size, next(iter(predictors.values())).grayscale)
         measures = {}
         for key, ensemble in predictors.items():
@@ -416,6 +455,92 @@ def backends_and_precisions(args: argparse.Namespace) -> None:
                 print(f"     fastest {precision}: {best} {ratio:.2f}x torch fp32 ({verdict} {target}x)")
 
 
+# Part 6's stages: (module, attribute) of the functions whose calls make each stage, none inside another.
+STAGES: dict[str, tuple[tuple[object, str], ...]] = {
+    "decode": ((datasets, "read_image"),),
+    "normalise": ((datasets, "to_tensor"),),
+    "network": ((EnsemblePredictor, "network_logits"),),
+    "resize": ((DefectModule, "to_input_size"),),
+    "post-process": ((predictor_module, "postprocess_mask"),),
+    "RLE": ((rle, "encode"),),
+    "check + CSV": ((submission, "check_predictions"), (submission, "write_submission")),
+}
+
+
+@dataclass
+class StageSeconds:
+    """Seconds in each of ``STAGES``: on the main thread (the critical path) and on other threads
+    (the prefetching thread, overlapped with the network)."""
+
+    main: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    background: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+
+
+@contextlib.contextmanager
+def stage_timers() -> Iterator[StageSeconds]:
+    """Seconds spent in each of ``STAGES`` while the context is open: its functions are wrapped in
+    timers, and put back on exit."""
+    seconds = StageSeconds()
+    originals = []
+
+    def timed(stage: str, function: Callable) -> Callable:
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                on_main = threading.current_thread() is threading.main_thread()
+                (seconds.main if on_main else seconds.background)[stage] += time.perf_counter() - start
+
+        return wrapper
+
+    for stage, places in STAGES.items():
+        for owner, attribute in places:
+            original = getattr(owner, attribute)
+            originals.append((owner, attribute, original))
+            setattr(owner, attribute, timed(stage, original))
+    try:
+        yield seconds
+    finally:
+        for owner, attribute, original in originals:
+            setattr(owner, attribute, original)
+
+
+def stage_profile(args: argparse.Namespace) -> None:
+    images_dir, ids, real = backend_images(args)
+    print(
+        f"\n6. where the time goes, ms per image ({len(ids)} {'real' if real else 'synthetic'} images, batch "
+        f"{args.batch_size}, no TTA, decoding in the process, {torch.get_num_threads()} thread(s); "
+        f"{cpu_description()}). A stage in [brackets] ran in the prefetching thread, overlapped with "
+        "the rest; 'other' is the main thread's time outside the stages (waiting for a batch included)"
+    )
+    predictors = backend_predictors(args, "cpu_small", images_dir)
+    print("   " + " ".join(f"{name:>13s}" for name in ("backend", *STAGES, "other", "total")))
+    for (backend, precision), ensemble in predictors.items():
+        end_to_end_rate(ensemble, images_dir, ids[: args.batch_size], args.batch_size, 0)  # warm-up
+        best: tuple[float, StageSeconds] | None = None
+        for _ in range(args.repeats):
+            with stage_timers() as seconds:
+                start = time.perf_counter()
+                end_to_end_rate(
+                    ensemble, images_dir, ids, args.batch_size, 0, args.work_dir / "bench_submission.csv"
+                )
+                total = time.perf_counter() - start
+            if best is None or total < best[0]:
+                best = total, seconds
+        total, seconds = best
+        per_image = 1000 / len(ids)
+        cells = [
+            f"{per_image * seconds.main[stage]:.2f}"
+            if seconds.main[stage] >= seconds.background[stage]
+            else f"[{per_image * seconds.background[stage]:.2f}]"
+            for stage in STAGES
+        ]
+        cells += [f"{per_image * (total - sum(seconds.main.values())):.2f}", f"{per_image * total:.2f}"]
+        print(f"   {backend + ' ' + precision:>13s} " + " ".join(f"{cell:>13s}" for cell in cells))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "demo", help="trained runs")
@@ -429,7 +554,14 @@ def main() -> None:
     parser.add_argument("--average", choices=["probabilities", "logits"], default="probabilities")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per figure (best is kept)")
     parser.add_argument("--rss-images", type=int, nargs="+", default=[1000, 4000])
-    parser.add_argument("--parts", type=int, nargs="+", default=[1, 2, 3, 4], choices=[1, 2, 3, 4, 5])
+    parser.add_argument("--parts", type=int, nargs="+", default=[1, 2, 3, 4], choices=[1, 2, 3, 4, 5, 6])
+    parser.add_argument(
+        "--backend-members",
+        nargs="+",
+        choices=list(BACKEND_MEMBERS),
+        default=list(BACKEND_MEMBERS),
+        help="part 5's",
+    )
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
     parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -453,6 +585,8 @@ def main() -> None:
         compare_memory(args)
     if 5 in args.parts:
         backends_and_precisions(args)
+    if 6 in args.parts:
+        stage_profile(args)
 
 
 if __name__ == "__main__":
