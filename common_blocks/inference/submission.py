@@ -23,7 +23,6 @@ from common_blocks.data.formats import (
     read_image_ids,
     write_submission,
 )
-from common_blocks.data.prefetch import Prefetched, collate_in_numpy
 from common_blocks.data.rle import IMAGE_SHAPE
 from common_blocks.errors import ConfigError, DataError
 from common_blocks.inference.predictor import EMPTY_RLES, EnsemblePredictor
@@ -74,23 +73,16 @@ def predict_stream(predictor: EnsemblePredictor, batches: Iterable[dict]) -> Ite
 
 def image_loader(
     dataset: ReadTolerantDataset, batch_size: int, workers: int | None, device: torch.device
-) -> DataLoader | Prefetched:
+) -> DataLoader:
     """Batches in dataset order. ``workers=None`` decodes in this process when the model runs on the
-    CPU, in a thread one or two batches ahead of the network (``Prefetched``): a worker process takes
-    cores from the model's threads (on 2 cores, 11 instead of 20 img/s end to end) and glibc's
-    per-thread arenas then grow this process's RSS by ~0.5 GB. With a GPU, 2 worker processes decode."""
+    CPU: a worker process takes cores from the model's threads (on 2 cores, 11 instead of 20 img/s
+    end to end) and glibc's per-thread arenas then grow this process's RSS by ~0.5 GB. With a GPU,
+    2 worker processes decode."""
     if workers is None:
         workers = GPU_DECODE_WORKERS if device.type == "cuda" else 0
     if batch_size < 1 or workers < 0:
         raise ConfigError(f"--batch-size must be >= 1 and --workers >= 0, got {batch_size} and {workers}")
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=collate_in_numpy,
-        pin_memory=device.type == "cuda",
-    )
-    return Prefetched(loader) if workers == 0 else loader
+    return DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda")
 
 
 def submission_image_ids(data_dir: str | os.PathLike) -> list[str]:

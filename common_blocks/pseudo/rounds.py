@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from torch.utils.data import DataLoader
 
 from common_blocks.data import rle
 from common_blocks.data.formats import CLASS_IDS, RLE_COLUMNS, list_images, write_pseudo_labels
@@ -35,7 +35,7 @@ def round_path(out_dir: str | os.PathLike, round_number: int, suffix: str = ".cs
 
 def folder_loader(
     images_dir: Path, grayscale: bool, batch_size: int, workers: int | None, device: torch.device
-) -> Iterable[dict]:
+) -> DataLoader:
     """Every image of the folder, unaugmented and normalised as in training; unreadable ones flagged."""
     table = pd.DataFrame({"ImageId": list_images(images_dir)})
     dataset = ReadTolerantDataset(table, images_dir, grayscale=grayscale, with_masks=False)
@@ -43,7 +43,7 @@ def folder_loader(
 
 
 def predict_and_select(
-    predictor: EnsemblePredictor, loader: Iterable[dict], summary: SelectionSummary
+    predictor: EnsemblePredictor, loader: DataLoader, summary: SelectionSummary
 ) -> tuple[pd.DataFrame, list[str]]:
     """Every readable image's predicted label row, gate probabilities ``p1``..``p4`` and ``kept`` (the
     rule's verdict), and the read errors.
