@@ -51,10 +51,8 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -467,20 +465,11 @@ STAGES: dict[str, tuple[tuple[object, str], ...]] = {
 }
 
 
-@dataclass
-class StageSeconds:
-    """Seconds in each of ``STAGES``: on the main thread (the critical path) and on other threads
-    (the prefetching thread, overlapped with the network)."""
-
-    main: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
-    background: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
-
-
 @contextlib.contextmanager
-def stage_timers() -> Iterator[StageSeconds]:
+def stage_timers() -> Iterator[dict[str, float]]:
     """Seconds spent in each of ``STAGES`` while the context is open: its functions are wrapped in
     timers, and put back on exit."""
-    seconds = StageSeconds()
+    seconds = dict.fromkeys(STAGES, 0.0)
     originals = []
 
     def timed(stage: str, function: Callable) -> Callable:
@@ -490,8 +479,7 @@ def stage_timers() -> Iterator[StageSeconds]:
             try:
                 return function(*args, **kwargs)
             finally:
-                on_main = threading.current_thread() is threading.main_thread()
-                (seconds.main if on_main else seconds.background)[stage] += time.perf_counter() - start
+                seconds[stage] += time.perf_counter() - start
 
         return wrapper
 
@@ -512,14 +500,13 @@ def stage_profile(args: argparse.Namespace) -> None:
     print(
         f"\n6. where the time goes, ms per image ({len(ids)} {'real' if real else 'synthetic'} images, batch "
         f"{args.batch_size}, no TTA, decoding in the process, {torch.get_num_threads()} thread(s); "
-        f"{cpu_description()}). A stage in [brackets] ran in the prefetching thread, overlapped with "
-        "the rest; 'other' is the main thread's time outside the stages (waiting for a batch included)"
+        f"{cpu_description()}); 'other' is the time outside the stages"
     )
     predictors = backend_predictors(args, "cpu_small", images_dir)
     print("   " + " ".join(f"{name:>13s}" for name in ("backend", *STAGES, "other", "total")))
     for (backend, precision), ensemble in predictors.items():
         end_to_end_rate(ensemble, images_dir, ids[: args.batch_size], args.batch_size, 0)  # warm-up
-        best: tuple[float, StageSeconds] | None = None
+        best: dict[str, float] | None = None
         for _ in range(args.repeats):
             with stage_timers() as seconds:
                 start = time.perf_counter()
@@ -527,18 +514,10 @@ def stage_profile(args: argparse.Namespace) -> None:
                     ensemble, images_dir, ids, args.batch_size, 0, args.work_dir / "bench_submission.csv"
                 )
                 total = time.perf_counter() - start
-            if best is None or total < best[0]:
-                best = total, seconds
-        total, seconds = best
-        per_image = 1000 / len(ids)
-        cells = [
-            f"{per_image * seconds.main[stage]:.2f}"
-            if seconds.main[stage] >= seconds.background[stage]
-            else f"[{per_image * seconds.background[stage]:.2f}]"
-            for stage in STAGES
-        ]
-        cells += [f"{per_image * (total - sum(seconds.main.values())):.2f}", f"{per_image * total:.2f}"]
-        print(f"   {backend + ' ' + precision:>13s} " + " ".join(f"{cell:>13s}" for cell in cells))
+            if best is None or total < best["total"]:
+                best = {**seconds, "other": total - sum(seconds.values()), "total": total}
+        cells = " ".join(f"{1000 * value / len(ids):13.2f}" for value in best.values())
+        print(f"   {backend + ' ' + precision:>13s} {cells}")
 
 
 def main() -> None:
