@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import re
 import subprocess
 import sys
 import textwrap
@@ -225,14 +224,3 @@ def test_imports_run_one_way_and_no_private_name_crosses_modules(path):
             continue
         assert own is not None, f"top-level module imports {module}"
         assert LAYERS.index(target) <= LAYERS.index(own), f"{own} imports {module}"
-
-
-def test_every_repository_path_the_readme_names_exists():
-    """A path in backticks under one of the repository's folders must be there: renamed modules leave
-    no stale pointers behind."""
-    root = Path(__file__).resolve().parents[1]
-    text = (root / "README.md").read_text(encoding="utf-8")
-    folders = "common_blocks|configs|tests|benchmarks|scripts|docs"
-    named = set(re.findall(rf"`((?:{folders})/[A-Za-z0-9_./-]+)`", text))
-    missing = sorted(path for path in named if not (root / path).exists() and "NAME" not in path)
-    assert named and not missing, missing
