@@ -12,11 +12,14 @@ import hashlib
 import io
 import signal
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from common_blocks.cli import main
-from tests.conftest import SEVERSTAL
+
+# The installed console script (make installs the project into the venv in editable mode).
+SEVERSTAL = str(Path(sys.executable).with_name("severstal"))
 
 
 @dataclass
@@ -24,6 +27,10 @@ class Outcome:
     code: int
     stdout: str
     stderr: str
+
+    def __iter__(self):
+        """``code, stdout, stderr = run_in_process(...)``."""
+        return iter((self.code, self.stdout, self.stderr))
 
 
 def as_in_a_terminal() -> None:

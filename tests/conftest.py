@@ -1,17 +1,15 @@
-"""Shared fixtures: the real Severstal sample, which lives outside the repository."""
+"""Shared fixtures: the real Severstal sample (outside the repository), the synthetic data, untrained
+debug runs and an OOF run over them. Test modules take them as arguments, never by import."""
 
 from __future__ import annotations
 
 import socket
-import sys
 from pathlib import Path
 
 import pytest
 
 from benchmarks.common import REAL_SAMPLE  # the one place that says where the real sample lives
-
-# The installed console script (make installs the project into the venv in editable mode).
-SEVERSTAL = str(Path(sys.executable).with_name("severstal"))
+from tests.repository import DEBUG
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +32,44 @@ def synthetic_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def debug_config() -> Path:
-    return Path(__file__).resolve().parents[1] / "configs" / "debug.yaml"
+    return DEBUG
+
+
+@pytest.fixture(scope="module")
+def data(synthetic_data: Path) -> Path:
+    """The synthetic data with the debug config's folds file, as training writes it."""
+    from common_blocks.training.config import load_config
+    from common_blocks.training.datamodule import write_missing_folds
+
+    write_missing_folds(load_config(DEBUG, [f"data.data_dir={synthetic_data}"]))
+    return synthetic_data
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    """Untrained folds 0 and 1 of the debug segmenter and gate; one set per module, which may change it."""
+    from tests.debug_runs import write_debug_runs
+
+    return write_debug_runs(tmp_path_factory.mktemp("runs"))
+
+
+@pytest.fixture(scope="module")
+def oof_run(tmp_path_factory, runs: Path, data: Path):
+    """``severstal oof`` of the debug ensemble over ``runs`` (TTA none + hflip): its config, stdout
+    and arguments."""
+    import yaml
+
+    from tests.cli_contract import run_in_process
+    from tests.debug_runs import debug_ensemble
+
+    out = tmp_path_factory.mktemp("oof")
+    cfg = debug_ensemble(out, runs, data, "tta=[none, hflip]")
+    config = out / "ensemble_debug.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    args = ["oof", "--config", config, "--workers", 0]
+    outcome = run_in_process(*args)
+    assert outcome.code == 0, outcome.stderr
+    return cfg, outcome.stdout, args
 
 
 @pytest.fixture

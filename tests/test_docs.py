@@ -7,8 +7,8 @@ from pathlib import Path
 import pydantic
 
 from common_blocks.training.config import TrainConfig
+from tests.repository import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 # config keys the page documents as a whole: free-form arguments, a list of terms, an optional block
 WHOLE = {"model": ("type", "args"), "loss": (), "class_head": ()}

@@ -7,7 +7,6 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -23,9 +22,8 @@ from common_blocks.training.config import load_config
 from common_blocks.training.datamodule import SteelDataModule
 from common_blocks.training.losses import CLASSIFICATION_MODE, MULTILABEL_MODE
 from common_blocks.training.module import DefectModule
+from tests.repository import ROOT
 from tests.stand_ins import StandIn
-
-ROOT = Path(__file__).resolve().parents[1]
 
 # --- the smoke run ---------------------------------------------------------------------------------
 

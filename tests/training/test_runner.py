@@ -24,8 +24,8 @@ from common_blocks.training.config import load_config
 from common_blocks.training.losses import WeightedLoss
 from common_blocks.training.module import DefectModule, NonFiniteLossError
 from common_blocks.training.runner import evaluate_checkpoint, train_fold
+from tests.repository import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["trainer.max_epochs=1"]
 
 

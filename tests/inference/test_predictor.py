@@ -1,31 +1,20 @@
-"""Ensemble inference and OOF tuning: gating, TTA, streaming, atomic output, bad input, thresholds end to end.
+"""Ensemble inference: gating, TTA, streaming, the class head as the gate, ``inference.py``'s outputs and
+bad input, over stand-in networks and untrained debug runs (``tests/debug_runs.py``)."""
 
-Members are untrained debug-size checkpoints (written in a second, no training): what is tested is the
-plumbing, which does not depend on how good the models are.
-"""
-
-import contextlib
-import io
 import re
 import shutil
 from pathlib import Path
 
 import cv2
 import numpy as np
-import pandas as pd
 import pytest
 import torch
-import yaml
 
-from common_blocks.cli import main as cli_main
 from common_blocks.data import rle
 from common_blocks.data.formats import CLASS_IDS, RLE_COLUMNS, read_image_ids, read_label_rows, read_labels
 from common_blocks.errors import ConfigError
-from common_blocks.evaluation.metric import score_tables, summarize
 from common_blocks.evaluation.oof_stats import OofStats
 from common_blocks.evaluation.postprocess import ClassPostprocess, PostprocessConfig, postprocess_image
-from common_blocks.evaluation.threshold_search import SearchResult, evaluate
-from common_blocks.inference.ensemble_config import EnsembleConfig, load_ensemble_config
 from common_blocks.inference.predictor import (
     EMPTY_RLES,
     EnsemblePredictor,
@@ -42,52 +31,12 @@ from common_blocks.reports.figures import LABEL_WIDTH, ROW_GAP, TRUTH_COLOUR
 from common_blocks.run_folder import RunPaths
 from common_blocks.training.checkpoints import load_checkpoint
 from common_blocks.training.config import load_config
-from common_blocks.training.datamodule import labelled_folds, write_missing_folds
+from common_blocks.training.datamodule import labelled_folds
 from common_blocks.training.module import DefectModule
-from tests.stand_ins import StandIn, save_untrained
-
-ROOT = Path(__file__).resolve().parents[1]
-DEBUG = ROOT / "configs" / "debug.yaml"
-DEBUG_GATE = ROOT / "configs" / "debug_classifier.yaml"
-ENSEMBLE = ROOT / "configs" / "ensemble_debug.yaml"
-
-
-def write_untrained(runs: Path, config: Path, fold: int, *overrides: str) -> None:
-    """An untrained checkpoint of ``config``; the models see 32x200 images, to keep the tests fast."""
-    cfg = load_config(config, ["data.scale=0.125", *overrides])
-    torch.manual_seed(fold)
-    save_untrained(DefectModule(cfg.model_dump(mode="json"), fold), RunPaths.of(runs, cfg.name, fold).best)
-
-
-def ensemble(out: Path, runs: Path, data: Path, *overrides: str) -> EnsembleConfig:
-    """The debug ensemble on these runs and data, its outputs under ``out``."""
-    return load_ensemble_config(
-        ENSEMBLE,
-        [
-            f"runs_dir={runs}",
-            f"data_dir={data}",
-            f"members=[{{config: {DEBUG}, folds: [0, 1]}}]",
-            f"gate={{config: {DEBUG_GATE}, folds: [0, 1]}}",
-            f"postprocess.thresholds_file={out / 'thresholds.json'}",
-            f"leaderboard={out / 'leaderboard.csv'}",
-            *overrides,
-        ],
-    )
-
-
-@pytest.fixture(scope="module")
-def data(synthetic_data):
-    write_missing_folds(load_config(DEBUG, [f"data.data_dir={synthetic_data}"]))  # as training does
-    return synthetic_data
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    runs = tmp_path_factory.mktemp("runs")
-    for config in (DEBUG, DEBUG_GATE):
-        for fold in (0, 1):
-            write_untrained(runs, config, fold)
-    return runs
+from tests.cli_contract import Outcome, run_in_process
+from tests.debug_runs import debug_ensemble, write_untrained
+from tests.repository import DEBUG, DEBUG_GATE, ENSEMBLE
+from tests.stand_ins import StandIn
 
 
 class Recorder(StandIn):
@@ -218,7 +167,7 @@ def test_prediction_streams_one_batch_at_a_time_and_skips_unreadable_items():
 
 
 def test_missing_checkpoints_are_listed_in_one_error(tmp_path, data):
-    cfg = ensemble(tmp_path, tmp_path / "empty_runs", data)
+    cfg = debug_ensemble(tmp_path, tmp_path / "empty_runs", data)
     with pytest.raises(ConfigError) as raised:
         build_predictor(cfg)
     message = str(raised.value)
@@ -232,13 +181,13 @@ def test_missing_checkpoints_are_listed_in_one_error(tmp_path, data):
 def test_members_trained_in_different_modes_are_an_error(tmp_path, runs, data, mode):
     write_untrained(runs, DEBUG, 0, f"mode={mode}", f"name=debug_{mode}")
     members = f"members=[{{config: {DEBUG}, folds: [0]}}, {{config: debug_{mode}, folds: [0]}}]"
-    cfg = ensemble(tmp_path, runs, data, members)
+    cfg = debug_ensemble(tmp_path, runs, data, members)
     with pytest.raises(ConfigError, match=rf"different modes \(debug=multilabel, debug_{mode}={mode}\)"):
         build_predictor(cfg, [0])
 
 
 def test_a_classifier_member_is_an_error(tmp_path, runs, data):
-    cfg = ensemble(tmp_path, runs, data, f"members=[{{config: {DEBUG_GATE}, folds: [0]}}]")
+    cfg = debug_ensemble(tmp_path, runs, data, f"members=[{{config: {DEBUG_GATE}, folds: [0]}}]")
     with pytest.raises(ConfigError, match="debug_classifier is a classifier; list it as the gate"):
         build_predictor(cfg, [0])
 
@@ -262,7 +211,7 @@ def test_a_segmenters_class_head_is_the_gate_without_a_classifier(tmp_path, head
     from common_blocks.inference.oof import run_oof
 
     head = f"{{config: {HEAD}, folds: [0, 1]}}"
-    cfg = ensemble(tmp_path, head_runs, data, f"members=[{head}]", f"gate={head}")
+    cfg = debug_ensemble(tmp_path, head_runs, data, f"members=[{head}]", f"gate={head}")
     run_oof(cfg, workers=0)
     stats = OofStats.load(cfg.oof_path)
     assert stats.has_gate
@@ -296,7 +245,7 @@ def test_a_class_head_gate_runs_in_torch_under_a_backend(tmp_path, head_runs, da
     head = f"{{config: {HEAD}, folds: [0]}}"
     runtime = LoadRecorder()
     predictor = build_predictor(
-        ensemble(tmp_path, head_runs, data, f"members=[{head}]", f"gate={head}"), [0], runtime=runtime
+        debug_ensemble(tmp_path, head_runs, data, f"members=[{head}]", f"gate={head}"), [0], runtime=runtime
     )
     checkpoint = RunPaths.of(head_runs, HEAD, 0).best
     assert runtime.loaded == [checkpoint] and predictor.gates[0].compiled is None
@@ -307,7 +256,7 @@ def test_a_class_head_gate_runs_in_torch_under_a_backend(tmp_path, head_runs, da
 
 
 def test_a_segmenter_without_a_class_head_is_no_gate(tmp_path, runs, data):
-    cfg = ensemble(tmp_path, runs, data, f"gate={{config: {DEBUG}, folds: [0, 1]}}")
+    cfg = debug_ensemble(tmp_path, runs, data, f"gate={{config: {DEBUG}, folds: [0, 1]}}")
     with pytest.raises(ConfigError, match="gate: debug is a multilabel segmenter without a class head"):
         build_predictor(cfg, [0])
 
@@ -315,20 +264,8 @@ def test_a_segmenter_without_a_class_head_is_no_gate(tmp_path, runs, data):
 # --- inference.py ---------------------------------------------------------------------------------
 
 
-def run_cli(main, *args) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code
-    return code, out.getvalue(), err.getvalue()
-
-
-def run_inference(cfg_dir: Path, runs: Path, data: Path, *args) -> tuple[int, str, str]:
-    return run_cli(
-        cli_main,
+def run_inference(cfg_dir: Path, runs: Path, data: Path, *args) -> Outcome:
+    return run_in_process(
         "infer",
         "--config", ENSEMBLE,
         "--set", f"runs_dir={runs}",
@@ -430,102 +367,3 @@ def test_one_image_overlay(tmp_path, runs, data):
     picture = cv2.cvtColor(cv2.imread(str(overlay)), cv2.COLOR_BGR2RGB)
     assert picture.shape == (rows * 256 + (rows - 1) * ROW_GAP, LABEL_WIDTH + 1600, 3)
     assert (picture == TRUTH_COLOUR).all(axis=-1).any()
-
-
-# --- severstal oof ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def oof_run(tmp_path_factory, runs, data):
-    out = tmp_path_factory.mktemp("oof")
-    cfg = ensemble(out, runs, data, "tta=[none, hflip]")
-    config = out / "ensemble_debug.yaml"
-    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    args = ["oof", "--config", config, "--workers", 0]
-    code, stdout, stderr = run_cli(cli_main, *args)
-    assert code == 0, stderr
-    return cfg, stdout, args
-
-
-def test_oof_writes_thresholds_and_a_leaderboard_row_with_the_evaluated_cv(oof_run, data):
-    cfg, stdout, args = oof_run
-    stats, result = OofStats.load(cfg.oof_path), SearchResult.load(cfg.thresholds_path)
-    summary = summarize(evaluate(stats, result.config))
-    folds = pd.read_csv(data / "folds.csv")
-    assert sorted(stats.image_ids) == sorted(folds.loc[folds["fold"].isin([0, 1]), "ImageId"])
-    assert stats.has_gate and summary.score == pytest.approx(result.score, abs=1e-12)
-    assert f"local CV score {summary.score:.5f} over {stats.n_images} images" in stdout
-    board = pd.read_csv(cfg.leaderboard_path)
-    row = board.iloc[0]
-    assert row["name"] == "ensemble_debug" and row["members"] == "debug[0,1]x1" and row["tta"] == "none+hflip"
-    assert row["score"] == pytest.approx(summary.score, abs=1e-6)
-    for class_id, score in summary.per_class.items():
-        assert row[f"score_{class_id}"] == pytest.approx(score, abs=1e-6)
-    code, _, stderr = run_cli(cli_main, *args, "--set", "tta=[none]")
-    assert code == 0, stderr
-    board = pd.read_csv(cfg.leaderboard_path)
-    assert len(board) == 2 and board["tta"].tolist() == ["none+hflip", "none"]
-    assert board["config_hash"].nunique() == 2
-    assert board["backend"].tolist() == ["torch", "torch"] and board["precision"].tolist() == ["fp32", "fp32"]
-
-
-def test_a_leaderboard_of_an_earlier_version_gains_the_new_columns(oof_run, tmp_path):
-    """Its rows are kept as they were, with the columns added since empty; the new row has them all."""
-    cfg, _, args = oof_run
-    earlier = pd.read_csv(cfg.leaderboard_path, dtype=str).iloc[:1, :12]
-    board_path = tmp_path / "leaderboard.csv"
-    earlier.to_csv(board_path, index=False)
-    code, _, stderr = run_cli(cli_main, *args, "--set", f"leaderboard={board_path}", "--set", "tta=[none]")
-    assert code == 0, stderr
-    board = pd.read_csv(board_path, dtype=str, keep_default_na=False)
-    assert list(board.columns) == [*earlier.columns, "backend", "precision"]
-    assert board.iloc[0, :12].tolist() == earlier.iloc[0].tolist()
-    assert board["backend"].tolist() == ["", "torch"] and board["precision"].tolist() == ["", "fp32"]
-
-
-def test_tuned_thresholds_give_inference_the_score_the_search_promised(oof_run, data):
-    """Fold 0's images through the full inference path, with the tuned post-processing, score what
-    the OOF statistics say that post-processing scores on them."""
-    cfg, _, _ = oof_run
-    postprocess, message = cfg.resolved_postprocess()
-    assert postprocess == SearchResult.load(cfg.thresholds_path).config and "tuned" in message
-    predictor = build_predictor(cfg, [0], postprocess=postprocess)
-    table = labelled_folds(load_config(DEBUG, [f"data.data_dir={data}"]))
-    valid = table[table["fold"] == 0].reset_index(drop=True)
-    dataset = ReadTolerantDataset(valid, data / "train_images", with_masks=False)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=4)
-    predicted = pd.DataFrame(
-        [(p.image_id, *p.rles) for p in predict_stream(predictor, loader)], columns=valid.columns[:5]
-    )
-    stats = OofStats.load(cfg.oof_path)
-    fold0 = stats.folds == 0
-    fold0_stats = OofStats(
-        **{name: getattr(stats, name) for name in ("thresholds", "min_sizes", "fill_holes")},
-        **{name: getattr(stats, name)[fold0] for name in ("image_ids", "folds", "area", "intersection")},
-        truth_area=stats.truth_area[fold0],
-        gate=stats.gate[fold0],
-    )
-    promised = summarize(evaluate(fold0_stats, postprocess))
-    assert summarize(score_tables(predicted, valid)).score == pytest.approx(promised.score, abs=1e-9)
-
-
-def test_oof_needs_the_same_folds_everywhere(tmp_path, runs, data):
-    from common_blocks.inference.oof import run_oof
-
-    cfg = ensemble(tmp_path, runs, data, f"gate={{config: {DEBUG_GATE}, folds: [0]}}")
-    with pytest.raises(ConfigError, match=r"same folds .* debug \[0, 1\], debug_classifier \[0\]"):
-        run_oof(cfg)
-    assert np.all([not (tmp_path / name).exists() for name in ("thresholds.json", "leaderboard.csv")])
-
-
-def test_report_of_the_oof_run_references_only_existing_files(oof_run, tmp_path):
-    import re
-
-    _, _, args = oof_run
-    code, stdout, stderr = run_cli(cli_main, "report", *args[1:3], "--out", tmp_path / "report", "--worst", 2)
-    assert code == 0, stderr
-    page = (tmp_path / "report" / "index.html").read_text()
-    referenced = re.findall(r'(?:src|href)="([^"#:]+)"', page)
-    assert any(name.endswith(".png") for name in referenced)
-    assert all((tmp_path / "report" / name).is_file() for name in referenced)
-    assert "worst" in page.lower()

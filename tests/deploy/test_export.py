@@ -1,6 +1,6 @@
 """Exported backends give the same answers: ``severstal export``, ``--backend``, ``--precision``, ``--exported``.
 
-The debug ensemble of test_inference (segmenter and gate, folds 0 and 1, at 32x200 inside the
+The debug ensemble of ``conftest.py`` (segmenter and gate, folds 0 and 1, at 32x200 inside the
 network) is exported once; the submissions of OpenVINO and ONNX Runtime are scored against torch's
 with the competition metric, bf16 against fp32 by the local CV of ``severstal oof``. Tests that need
 an extra skip without it (``make`` installs both).
@@ -36,12 +36,9 @@ from common_blocks.evaluation.scorer import score_submission
 from common_blocks.inference.ensemble_config import load_ensemble_config
 from common_blocks.inference.predictor import AUTOCAST_DTYPES, build_predictor
 from common_blocks.inference.submission import ReadTolerantDataset
-from tests import test_inference
 from tests.cli_contract import assert_one_error_line, assert_unchanged, run, run_in_process, snapshot
-from tests.test_inference import DEBUG, DEBUG_GATE, ENSEMBLE, write_untrained
-
-data = test_inference.data  # the synthetic data with its folds file, and the untrained debug runs
-runs = test_inference.runs
+from tests.debug_runs import write_untrained
+from tests.repository import DEBUG, DEBUG_GATE, ENSEMBLE
 
 RUNTIMES = ("openvino", "onnxruntime")
 SAME_SUBMISSION = 0.999  # competition score of a backend's submission with torch's as the truth

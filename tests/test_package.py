@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from common_blocks.cli import COMMANDS, main
-from tests.conftest import SEVERSTAL
+from tests.cli_contract import SEVERSTAL
+from tests.repository import ROOT
 
 HEAVY = ("torch", "lightning", "segmentation_models_pytorch", "timm", "torchmetrics")
 
@@ -193,7 +194,7 @@ def test_bad_arguments_are_one_error_line(argv, message, tmp_path, monkeypatch, 
 
 
 LAYERS = ("data", "evaluation", "training", "inference", "deploy", "cluster", "pseudo", "reports")
-PACKAGE = Path(__file__).resolve().parents[1] / "common_blocks"
+PACKAGE = ROOT / "common_blocks"
 
 
 def _imports(path: Path) -> list[tuple[str, list[str]]]:

@@ -1,13 +1,12 @@
-from pathlib import Path
-
 import pytest
 
 from common_blocks.config_io import apply_overrides
 from common_blocks.errors import ConfigError
 from common_blocks.training.config import TrainConfig, load_config
+from tests.repository import CONFIGS
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
-TRAIN_CONFIGS = [path for path in CONFIGS if not path.stem.startswith("ensemble")]
+CONFIG_FILES = sorted(CONFIGS.glob("*.yaml"))
+TRAIN_CONFIGS = [path for path in CONFIG_FILES if not path.stem.startswith("ensemble")]
 
 
 @pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=lambda p: p.stem)

@@ -33,8 +33,8 @@ from common_blocks.training.runner import (
     train_fold,
 )
 from tests.cli_contract import Outcome, as_in_a_terminal, assert_one_error_line, run, run_in_process, snapshot
+from tests.repository import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 FOLD = 0
 STEPS_PER_EPOCH = 6  # data.samples_per_epoch=24 at batch size 4
 

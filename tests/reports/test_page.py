@@ -10,7 +10,7 @@ from common_blocks.evaluation.postprocess import ClassPostprocess, PostprocessCo
 from common_blocks.evaluation.threshold_search import evaluate, pair_outcomes, search
 from common_blocks.reports.figures import confusion_by_class_count, label_masks
 from common_blocks.reports.page import WorstImage, build_report, worst_images
-from tests.test_viz import linked_files, make_runs
+from tests.reports.fake_runs import linked_files, make_runs
 
 N_IMAGES = 10
 THRESHOLDS = (0.3, 0.5, 0.7)

@@ -2,7 +2,7 @@
 from its own files alone, the submission the source tree predicts; bad input is one error line and
 leaves no folder, and ``--overwrite`` replaces a bundle whole or not at all.
 
-The ensemble is test_inference's untrained debug runs (same fixtures), tuned by its OOF run.
+The ensemble is the untrained debug runs of ``conftest.py``, tuned by its OOF run.
 """
 
 from __future__ import annotations
@@ -32,12 +32,9 @@ from common_blocks.deploy.bundle import (
     installed_versions,
 )
 from common_blocks.errors import DataError
-from tests import test_inference
 from tests.cli_contract import assert_one_error_line, assert_unchanged, run_in_process, snapshot
+from tests.repository import DEBUG, ROOT
 
-data = test_inference.data
-runs = test_inference.runs
-oof_run = test_inference.oof_run
 DATASET = "severstal-test"
 # The tuned gate thresholds drop every mask of these untrained runs: the bundled config gates at 0
 # (and predicts without flips, which halves the networks' time).
@@ -155,7 +152,7 @@ def test_the_bundle_refers_only_to_its_own_files(kaggle, oof_run):
     cfg, _, _ = oof_run
     bundle = kaggle / "input" / DATASET
     text = (bundle / ENSEMBLE).read_text()
-    assert str(kaggle.parent) not in text and str(test_inference.ROOT) not in text
+    assert str(kaggle.parent) not in text and str(ROOT) not in text
     tree = yaml.safe_load(text)
     assert tree["runs_dir"] == "runs" and tree["data_dir"] == str(KAGGLE_DATA)
     assert [m["config"] for m in tree["members"]] == ["debug"]  # run names, no config paths
@@ -317,7 +314,7 @@ def test_overwrite_never_replaces_a_folder_that_is_not_a_bundle(ensemble_file, o
     (notes / "notes.txt").write_text("mine")
     configs = tmp_path / "configs"
     configs.mkdir()
-    member = Path(shutil.copy(test_inference.DEBUG, configs / "debug.yaml"))
+    member = Path(shutil.copy(DEBUG, configs / "debug.yaml"))
     data_copy = Path(shutil.copytree(data, tmp_path / "syn3"))
     ensemble = tmp_path / "ensemble.yaml"
     tree = yaml.safe_load(ensemble_file.read_text())

@@ -25,10 +25,9 @@ from common_blocks.inference.ensemble_config import load_ensemble_config
 from common_blocks.run_folder import TRAIN_LOSS, RunPaths
 from common_blocks.training.config import load_config
 from common_blocks.training.module import DefectModule
-from tests.cli_contract import as_in_a_terminal, assert_one_error_line, run_in_process, snapshot
-from tests.conftest import SEVERSTAL
+from tests.cli_contract import SEVERSTAL, as_in_a_terminal, assert_one_error_line, run_in_process, snapshot
+from tests.repository import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 DEBUG = ROOT / "configs" / "debug.yaml"
 GATE = ROOT / "configs" / "debug_classifier.yaml"
 # One quick epoch: 2 training batches of small crops (the full validation fold stays).

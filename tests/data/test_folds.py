@@ -7,7 +7,7 @@ import pytest
 from common_blocks.data.folds import assign_folds, read_folds
 from common_blocks.data.formats import class_presence, empty_table, read_labels
 from common_blocks.errors import DataError
-from tests.conftest import SEVERSTAL
+from tests.cli_contract import SEVERSTAL
 
 
 def _skewed_table(n=200, seed=0):

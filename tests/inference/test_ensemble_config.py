@@ -11,8 +11,8 @@ from common_blocks.evaluation.oof_stats import OofStats
 from common_blocks.evaluation.postprocess import ClassPostprocess, PostprocessConfig
 from common_blocks.evaluation.threshold_search import SearchResult, search
 from common_blocks.inference.ensemble_config import load_ensemble_config
+from tests.repository import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 ENSEMBLE_CONFIGS = sorted((ROOT / "configs").glob("ensemble*.yaml"))
 
 

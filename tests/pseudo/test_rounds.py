@@ -26,9 +26,9 @@ from common_blocks.training.config import load_config
 from common_blocks.training.datamodule import SteelDataModule
 from common_blocks.training.module import DefectModule
 from common_blocks.training.runner import train_fold
+from tests.repository import ROOT
 from tests.stand_ins import StandIn, save_untrained
 
-ROOT = Path(__file__).resolve().parents[1]
 CLASS_3_BOX = (slice(100, 140), slice(300, 500))
 CPU = torch.device("cpu")
 

@@ -2,8 +2,8 @@
 found before any expensive work, with every file the user had left byte-identical.
 
 Driven through the ``severstal`` commands over tables of bad inputs: mostly in process (cheap), a few
-as subprocesses for the real exit status. The ensemble members are untrained debug checkpoints, as in
-test_inference. Running as root, a read-only folder is writable; there the tests make ``os.access``
+as subprocesses for the real exit status. The ensemble members are untrained debug checkpoints of
+``conftest.py``. Running as root, a read-only folder is writable; there the tests make ``os.access``
 answer for it as it would for a user.
 """
 
@@ -24,16 +24,11 @@ import yaml
 
 from common_blocks.evaluation.metric import ScoreSummary
 from common_blocks.run_folder import RunPaths
-from tests import test_inference
 from tests.cli_contract import assert_one_error_line, assert_unchanged, run, run_in_process, snapshot
-from tests.test_inference import DEBUG, DEBUG_GATE, ENSEMBLE, write_untrained
+from tests.debug_runs import write_untrained
+from tests.repository import DEBUG, DEBUG_GATE, ENSEMBLE
 
 FULL_DISK = OSError(errno.ENOSPC, "No space left on device")
-
-
-# The untrained debug runs and the data with its folds file, as test_inference builds them (one set per module).
-data = test_inference.data
-runs = test_inference.runs
 
 
 def ensemble_yaml(folder: Path, runs: Path, data: Path, **keys) -> Path:

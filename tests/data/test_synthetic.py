@@ -14,10 +14,9 @@ import pytest
 
 from common_blocks.data.rle import decode
 from common_blocks.data.synthetic import generate, image_ids, make_sample, render_sample
-from tests.cli_contract import assert_one_error_line, run_in_process
-from tests.conftest import SEVERSTAL
+from tests.cli_contract import SEVERSTAL, assert_one_error_line, run_in_process
+from tests.repository import ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SEED, N_TRAIN, N_TEST = 5, 60, 8
 LABELS_HEADER = "ImageId,ClassId,EncodedPixels"
 SUBMISSION_HEADER = "ImageId,EncodedPixels,ClassId"
@@ -136,7 +135,7 @@ def test_overwrite_replaces_the_earlier_data_set(tmp_path: Path) -> None:
 def test_cli_refuses_to_overwrite_with_one_line_error(tmp_path: Path) -> None:
     generate(tmp_path, 1, 1, seed=0, workers=1)
     command = [SEVERSTAL, "synthetic", "--out", str(tmp_path), "--n-train", "1"]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "--overwrite" in lines[0]

@@ -1,7 +1,6 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -9,8 +8,7 @@ from common_blocks.cli import main as cli_main
 from common_blocks.data.formats import read_labels, write_labels, write_submission
 from common_blocks.errors import DataError
 from common_blocks.evaluation.scorer import score_submission
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.repository import ROOT
 
 
 def _run_validate(*args):

@@ -26,8 +26,8 @@ from common_blocks.evaluation.postprocess import PostprocessConfig
 from common_blocks.evaluation.threshold_search import SearchResult
 from common_blocks.training.config import load_config
 from tests.cli_contract import assert_one_error_line, assert_unchanged, run, run_in_process, snapshot
+from tests.repository import DEBUG
 
-DEBUG_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "debug.yaml"
 LATIN_1 = "# r\xe9glage fin\n".encode("latin-1")  # "réglage" in Latin-1: byte 0xe9 is not UTF-8
 CURRENT_HEADER = "ImageId,ClassId,EncodedPixels\n"
 
@@ -68,8 +68,8 @@ def train_argv(config: Path, tmp_path: Path, *overrides: str) -> list[object]:
 
 def test_training_yaml_that_is_not_utf8(tmp_path):
     config = tmp_path / "latin.yaml"
-    config.write_bytes(DEBUG_CONFIG.read_bytes() + LATIN_1)
-    line_no = DEBUG_CONFIG.read_bytes().count(b"\n") + 1
+    config.write_bytes(DEBUG.read_bytes() + LATIN_1)
+    line_no = DEBUG.read_bytes().count(b"\n") + 1
     expect_one_error(tmp_path, train_argv(config, tmp_path), f"{config}, line {line_no}: not UTF-8 text")
 
 
@@ -105,7 +105,7 @@ def test_utf8_yaml_reads_in_any_locale(tmp_path, monkeypatch):
 def test_binary_folds_file(data_copy, tmp_path):
     folds = data_copy / "folds.csv"
     folds.write_bytes(bytes(range(256)) * 4)
-    argv = train_argv(DEBUG_CONFIG, tmp_path, f"data.data_dir={data_copy}")
+    argv = train_argv(DEBUG, tmp_path, f"data.data_dir={data_copy}")
     expect_one_error(tmp_path, argv, f"{folds}, line 1: a NUL byte: a binary file, not a CSV")
     folds.write_bytes("ImageId,fold\n".encode("utf-16"))
     expect_one_error(tmp_path, argv, f"{folds}: UTF-16 text")
@@ -229,8 +229,8 @@ def test_truncated_jpeg_in_a_subprocess(data, tmp_path):
 )
 def test_training_config_types_are_strict(tmp_path, override, fragment):
     # A missing data folder behind the bad value: were the value accepted, the run stops there.
-    argv = train_argv(DEBUG_CONFIG, tmp_path, override, f"data.data_dir={tmp_path / 'nowhere'}")
-    expect_one_error(tmp_path, argv, str(DEBUG_CONFIG), fragment)
+    argv = train_argv(DEBUG, tmp_path, override, f"data.data_dir={tmp_path / 'nowhere'}")
+    expect_one_error(tmp_path, argv, str(DEBUG), fragment)
 
 
 @pytest.mark.parametrize(
@@ -251,7 +251,7 @@ def test_ensemble_config_types_are_strict(data, tmp_path, override, fragment):
 
 def test_strict_configs_still_take_paths_lists_ints_for_floats_and_exponents(tmp_path):
     cfg = load_config(
-        DEBUG_CONFIG,
+        DEBUG,
         [
             f"data.data_dir={tmp_path}",  # a string for a Path
             "oof.thresholds=[0.4, 0.5]",  # a list for a tuple
@@ -306,13 +306,13 @@ def test_label_class_ids_are_strict(data, tmp_path, rows, fragment):
     ],
 )
 def test_an_encoder_weights_source_that_is_not_there(data, tmp_path, value, fragment):
-    argv = train_argv(DEBUG_CONFIG, tmp_path, f"data.data_dir={data}", f"model.args.encoder_weights={value}")
+    argv = train_argv(DEBUG, tmp_path, f"data.data_dir={data}", f"model.args.encoder_weights={value}")
     expect_one_error(tmp_path, argv, f"model.args.encoder_weights: {fragment}", roots=(data,))
 
 
 def test_pos_weight_of_the_wrong_length_names_the_loss_term(data, tmp_path):
     loss = "loss=[{type: bce, weight: 1.0, args: {pos_weight: [1, 2]}}]"
-    argv = train_argv(DEBUG_CONFIG, tmp_path, f"data.data_dir={data}", loss)
+    argv = train_argv(DEBUG, tmp_path, f"data.data_dir={data}", loss)
     expect_one_error(
         tmp_path, argv, "pos_weight: expected a list of 4 numbers (one per output)", roots=(data,)
     )
@@ -322,9 +322,7 @@ def test_garbage_encoder_weights_file(data, tmp_path):
     """torch's message runs to 4 lines, and it warns about the pickle protocol (0x80 0x81) first."""
     weights = tmp_path / "weights.pth"
     weights.write_bytes(bytes(range(128, 256)) * 8)
-    argv = train_argv(
-        DEBUG_CONFIG, tmp_path, f"data.data_dir={data}", f"model.args.encoder_weights={weights}"
-    )
+    argv = train_argv(DEBUG, tmp_path, f"data.data_dir={data}", f"model.args.encoder_weights={weights}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         expect_one_error(
@@ -399,8 +397,8 @@ def test_malformed_thresholds_json(data, tmp_path, version, path, value, fragmen
 def test_model_level_config_error_does_not_print_the_tree(tmp_path):
     line = expect_one_error(
         tmp_path,
-        train_argv(DEBUG_CONFIG, tmp_path, "loss=[]"),
-        str(DEBUG_CONFIG),
+        train_argv(DEBUG, tmp_path, "loss=[]"),
+        str(DEBUG),
         "loss needs at least one term",
     )
     assert "{" not in line and len(line) < 150, line
@@ -408,7 +406,7 @@ def test_model_level_config_error_does_not_print_the_tree(tmp_path):
 
 def test_long_values_are_not_quoted_whole(tmp_path):
     with pytest.raises(ConfigError) as error:
-        load_config(DEBUG_CONFIG, [f"name={list(range(200))}"])
+        load_config(DEBUG, [f"name={list(range(200))}"])
     assert "name: Input should be a valid string" in str(error.value) and len(str(error.value)) < 150
 
 
@@ -437,7 +435,7 @@ def test_non_integer_fold(data_copy, tmp_path, fold, fragment):
     image_id = lines[2].split(",")[0]
     lines[2] = f"{image_id},{fold}"
     folds.write_text("\n".join(lines) + "\n")
-    argv = train_argv(DEBUG_CONFIG, tmp_path, f"data.data_dir={data_copy}")
+    argv = train_argv(DEBUG, tmp_path, f"data.data_dir={data_copy}")
     expect_one_error(tmp_path, argv, f"{folds}, {fragment}")
 
 

@@ -1,0 +1,1 @@
+"""The command-line contract over tables of bad inputs, outputs and interruptions."""

@@ -1,0 +1,47 @@
+"""Untrained debug-size runs (written in a second, no training) and the debug ensemble over them: the
+inference, export, bundle and report tests exercise plumbing, which does not depend on how good the
+models are."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from common_blocks.inference.ensemble_config import EnsembleConfig, load_ensemble_config
+from common_blocks.run_folder import RunPaths
+from common_blocks.training.config import load_config
+from common_blocks.training.module import DefectModule
+from tests.repository import DEBUG, DEBUG_GATE, ENSEMBLE
+from tests.stand_ins import save_untrained
+
+
+def write_untrained(runs: Path, config: Path, fold: int, *overrides: str) -> None:
+    """An untrained checkpoint of ``config``; the models see 32x200 images, to keep the tests fast."""
+    cfg = load_config(config, ["data.scale=0.125", *overrides])
+    torch.manual_seed(fold)
+    save_untrained(DefectModule(cfg.model_dump(mode="json"), fold), RunPaths.of(runs, cfg.name, fold).best)
+
+
+def write_debug_runs(runs: Path) -> Path:
+    """Untrained folds 0 and 1 of the debug segmenter and of the debug gate under ``runs``."""
+    for config in (DEBUG, DEBUG_GATE):
+        for fold in (0, 1):
+            write_untrained(runs, config, fold)
+    return runs
+
+
+def debug_ensemble(out: Path, runs: Path, data: Path, *overrides: str) -> EnsembleConfig:
+    """The debug ensemble on these runs and data, its outputs under ``out``."""
+    return load_ensemble_config(
+        ENSEMBLE,
+        [
+            f"runs_dir={runs}",
+            f"data_dir={data}",
+            f"members=[{{config: {DEBUG}, folds: [0, 1]}}]",
+            f"gate={{config: {DEBUG_GATE}, folds: [0, 1]}}",
+            f"postprocess.thresholds_file={out / 'thresholds.json'}",
+            f"leaderboard={out / 'leaderboard.csv'}",
+            *overrides,
+        ],
+    )
