@@ -615,7 +615,10 @@ def _sweep(args: argparse.Namespace) -> None:
     from common_blocks.cluster.availability import check_executor
 
     check_executor(args.executor)  # what to install, before any config or model loads
-    from common_blocks.cluster.sweep import plan_sweep, resolve_resources, run_local, submit_slurm
+    from common_blocks.cluster.local import run_local
+    from common_blocks.cluster.plan import plan_sweep
+    from common_blocks.cluster.resources import resolve_resources
+    from common_blocks.cluster.slurm import submit_slurm
 
     resources = resolve_resources(
         args.executor,

@@ -19,7 +19,9 @@ import torch
 import yaml
 
 from common_blocks.cluster.jobs import RunState, TrainJob
-from common_blocks.cluster.sweep import PlannedRun, Resources, SweepPlan, plan_sweep, run_local
+from common_blocks.cluster.local import run_local
+from common_blocks.cluster.plan import PlannedRun, SweepPlan, plan_sweep
+from common_blocks.cluster.resources import Resources
 from common_blocks.errors import PipelineError
 from common_blocks.inference.ensemble_config import load_ensemble_config
 from common_blocks.run_folder import TRAIN_LOSS, RunPaths
