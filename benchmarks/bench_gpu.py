@@ -61,7 +61,7 @@ import lightning as L
 import pandas as pd
 
 from benchmarks.common import peak_rss_mib
-from common_blocks.cli import NON_NEGATIVE, POSITIVE, integer_at_least, strict_json
+from common_blocks.arguments import NON_NEGATIVE, POSITIVE, integer_at_least
 from common_blocks.data.datasets import SegmentationDataset
 from common_blocks.data.formats import list_images
 from common_blocks.data.synthetic import generate
@@ -70,6 +70,7 @@ from common_blocks.files import atomic_output, check_output_dir, check_output_fi
 from common_blocks.inference.ensemble_config import EnsembleConfig
 from common_blocks.inference.predictor import build_predictor
 from common_blocks.run_folder import RunPaths
+from common_blocks.strict_json import strict_json
 from common_blocks.training.config import TrainConfig, load_config
 from common_blocks.training.datamodule import SteelDataModule
 from common_blocks.training.module import DefectModule

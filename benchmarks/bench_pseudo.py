@@ -34,6 +34,7 @@ from common_blocks.data.synthetic import generate
 from common_blocks.evaluation.metric import score_tables, summarize
 from common_blocks.inference.ensemble_config import EnsembleConfig
 from common_blocks.inference.oof import run_oof
+from common_blocks.inference.options import PredictOptions
 from common_blocks.pseudo.rounds import (
     GATE_COLUMNS,
     pseudo_label_round,
@@ -117,7 +118,7 @@ def run(args, work: Path) -> dict:
     result["local_cv_round0"] = run_oof(ensemble(runs0, data, args.folds)).summary.score
     summary = SelectionSummary(args.p_high, args.p_low)
     report, predictions = pseudo_label_round(
-        ensemble(runs0, data, args.folds), 1, labels_dir, summary, num_workers=0
+        ensemble(runs0, data, args.folds), 1, labels_dir, summary, PredictOptions(workers=0)
     )
     result["selection"] = summary.to_dict()
     labels = predictions[["ImageId", *RLE_COLUMNS]]

@@ -1,197 +1,14 @@
-"""The package's shape: one command line listing every command, and import cost that matches the command."""
+"""The package's shape: imports run one way between sub-packages, no library module or benchmark
+imports the command line, and no private name crosses modules."""
 
 from __future__ import annotations
 
 import ast
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
-from common_blocks.cli import COMMANDS, main
-from tests.cli_contract import SEVERSTAL
 from tests.repository import ROOT
-
-HEAVY = ("torch", "lightning", "segmentation_models_pytorch", "timm", "torchmetrics")
-
-
-def test_help_lists_every_command():
-    result = subprocess.run([SEVERSTAL, "--help"], capture_output=True, text=True, check=True)
-    listed = {
-        line.split()[0] for line in result.stdout.splitlines() if line.startswith("    ") and line.split()
-    }
-    assert set(COMMANDS) <= listed
-    assert {
-        "train",
-        "infer",
-        "oof",
-        "score",
-        "checkpoint",
-        "report",
-        "pseudo",
-        "folds",
-        "synthetic",
-        "dataset",
-        "sweep",
-        "export",
-        "bundle",
-        "weights",
-    } <= set(COMMANDS)
-
-
-def test_data_commands_and_the_evaluation_package_load_no_torch(tmp_path):
-    """synthetic, folds and score run whole in a fresh interpreter, after importing every evaluation
-    module, and none of the model stack is imported."""
-    code = textwrap.dedent(
-        f"""
-        import sys
-        import common_blocks.evaluation.metric, common_blocks.evaluation.scorer
-        import common_blocks.evaluation.postprocess, common_blocks.evaluation.oof_stats
-        import common_blocks.evaluation.threshold_search
-        from common_blocks.cli import main
-        data = {str(tmp_path)!r}
-        main(["synthetic", "--out", data, "--n-train", "8", "--n-test", "4", "--workers", "1"])
-        main(["folds", "--data-dir", data, "--n-folds", "2"])
-        main(["score", "--submission", data + "/sample_submission.csv", "--truth", data + "/test_labels.csv",
-              "--images", data + "/test_images", "--json"])
-        print("loaded:", [name for name in {HEAVY!r} if name in sys.modules])
-        """
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert '"score"' in result.stdout and (tmp_path / "folds.csv").is_file()
-    assert result.stdout.strip().splitlines()[-1] == "loaded: []"
-
-
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["trian"], "invalid choice: 'trian'"),
-        ([], "required: COMMAND"),
-        (["train", "--config", "c.yaml", "--fold", "-1"], "--fold: must be an integer >= 0, got -1"),
-        (
-            ["train", "--config", "c.yaml", "--fold", "0", "--resume", "--overwrite"],
-            "not allowed with argument",
-        ),
-        (
-            ["infer", "--config", "c.yaml", "--batch-size", "0"],
-            "--batch-size: must be an integer >= 1, got 0",
-        ),
-        (["infer", "--config", "c.yaml", "--overlay", "o.png"], "--overlay and --truth need --image"),
-        (["oof", "--config", "c.yaml", "--workers", "-1"], "--workers: must be an integer >= 0, got -1"),
-        (["score", "--submission", "s.csv"], "required: --truth"),
-        (["checkpoint", "--checkpoint", "nowhere.ckpt"], "nowhere.ckpt: checkpoint not found"),
-        (["report", "--config", "c.yaml", "--out", "r", "--worst", "0"], "--worst: must be an integer >= 1"),
-        (["pseudo", "--config", "c.yaml", "--round", "1", "--p-high", "2"], "--p-high: must lie in [0, 1]"),
-        (["pseudo", "--config", "c.yaml", "--round", "0"], "--round: must be an integer >= 1"),
-        (["pseudo", "--config", "c.yaml", "--round", "1", "--num-workers", "2"], "unrecognized arguments"),
-        (["folds", "--data-dir", "d", "--n-folds", "1"], "--n-folds: must be an integer >= 2"),
-        (["synthetic", "--out", "d", "--n-train", "x"], "--n-train: expected an integer, got 'x'"),
-        (
-            ["dataset", "--data-dir", "d", "--out", "o", "--per-class", "0"],
-            "--per-class: must be an integer >= 1",
-        ),
-        (["infer", "--config", "nowhere.yaml"], "nowhere.yaml: config file not found"),
-        (["sweep", "--config", "c.yaml"], "required: --executor"),
-        (["sweep", "--config", "c.yaml", "--executor", "pbs"], "invalid choice: 'pbs'"),
-        (
-            ["sweep", "--config", "c.yaml", "--executor", "slurm", "--timeout-min", "0"],
-            "--timeout-min: must be",
-        ),
-        (
-            ["sweep", "--config", "c.yaml", "--executor", "slurm", "--gpus-per-job", "-1"],
-            "--gpus-per-job: must",
-        ),
-        (
-            ["sweep", "--config", "c.yaml", "--executor", "slurm", "--array-parallelism", "x"],
-            "expected an integer",
-        ),
-        (
-            ["sweep", "--config", "c.yaml", "--executor", "slurm", "--slurm-option", "mem"],
-            "expected KEY=VALUE",
-        ),
-        (
-            ["sweep", "--config", "c.yaml", "--executor", "slurm", "--partition", ""],
-            "--partition: expected a name",
-        ),
-        (
-            ["sweep", "--config", "c.yaml", "--executor", "local", "--num-nodes", "2", "--partition", "gpu"],
-            "--partition, --num-nodes: only with --executor slurm",
-        ),
-        (
-            ["sweep", "--config", "c.yaml", "--executor", "local", "--pseudo", "p.csv"],
-            "p.csv: file not found",
-        ),
-        (["sweep", "--config", "nowhere.yaml", "--executor", "local"], "nowhere.yaml: config file not found"),
-        (["infer", "--config", "c.yaml", "--backend", "tensorrt"], "--backend: invalid choice: 'tensorrt'"),
-        (["oof", "--config", "c.yaml", "--precision", "fp8"], "--precision: invalid choice: 'fp8'"),
-        (
-            ["infer", "--config", "c.yaml", "--backend", "openvino", "--precision", "fp16"],
-            "--backend openvino runs fp32 and bf16 only, not --precision fp16; use --backend torch for fp16",
-        ),
-        (
-            ["oof", "--config", "c.yaml", "--backend", "onnxruntime", "--precision", "bf16"],
-            "--backend onnxruntime runs fp32 only, not --precision bf16",
-        ),
-        (
-            ["pseudo", "--config", "c.yaml", "--round", "1", "--exported", "e"],
-            "--exported: the torch backend runs the checkpoints",
-        ),
-        (["infer", "--config", "c.yaml", "--backend", "openvino", "--exported", "e"], "e: no such folder"),
-        (["export", "--config", "c.yaml"], "required: --out"),
-        (["export", "--config", "nowhere.yaml", "--out", "e"], "nowhere.yaml: config file not found"),
-        (["export", "--config", "c.yaml", "--out", ""], "--out: expected a path, got an empty string"),
-        (["bundle", "--config", "c.yaml"], "required: --out"),
-        (["bundle", "--config", "nowhere.yaml", "--out", "b"], "nowhere.yaml: config file not found"),
-        (["bundle", "--config", "c.yaml", "--out", "."], ".: is the working directory or holds it"),
-        (
-            ["bundle", "--config", "c.yaml", "--out", "b", "--wheels-from", "w", "--no-dependency-wheels"],
-            "not allowed with argument",
-        ),
-        (
-            ["bundle", "--config", "c.yaml", "--out", "b", "--wheels-from", "w"],
-            "w: no such folder (--wheels-from)",
-        ),
-        (
-            ["bundle", "--config", "c.yaml", "--out", "b", "--kaggle-dataset", "my data"],
-            "--kaggle-dataset: 'my data' is no Kaggle dataset name",
-        ),
-        (["export", "--config", "c.yaml", "--out", "."], ".: is the working directory or holds it"),
-        (["weights"], "the following arguments are required: ACTION"),
-        (["weights", "unpack"], "invalid choice: 'unpack'"),
-        (["weights", "convert", "w.pth", "--out", "o.pth"], "required: --encoder"),
-        (["weights", "convert", "w.pth", "--encoder", "resnet18"], "required: --out"),
-        (["weights", "convert", "w.pth", "--encoder", "resnet18", "--out", ""], "--out: expected a path"),
-        (
-            ["weights", "convert", "w.pth", "--encoder", "resnet18", "--out", "o.pth"],
-            "SOURCE: expected 'imagenet', null, package:DIST or an existing weights file, got 'w.pth'",
-        ),
-        (
-            ["weights", "convert", "package:no-such-weights", "--encoder", "resnet18", "--out", "o.pth"],
-            "SOURCE: package:no-such-weights is not installed; pip install no-such-weights",
-        ),
-        (
-            ["weights", "convert", "imagenet", "--encoder", "resnet18", "--out", "o.pth"],
-            "SOURCE: expected a weights",
-        ),
-        (
-            ["train", "--config", "c.yaml", "--fold", "0", "--init-from", "x.pt"],
-            "--init-from x.pt: expected an existing .ckpt",
-        ),
-    ],
-)
-def test_bad_arguments_are_one_error_line(argv, message, tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], captured.err
-    assert not list(tmp_path.iterdir())  # nothing written
-
 
 LAYERS = ("data", "evaluation", "training", "inference", "deploy", "cluster", "pseudo", "reports")
 PACKAGE = ROOT / "common_blocks"
@@ -213,15 +30,29 @@ def _layer(module: str) -> str | None:
     return parts[1] if len(parts) > 1 and parts[1] in LAYERS else None
 
 
+def _is_cli(module: str) -> bool:
+    return module == "common_blocks.cli" or module.startswith("common_blocks.cli.")
+
+
 @pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_imports_run_one_way_and_no_private_name_crosses_modules(path):
     """A sub-package imports only those before it in LAYERS; the top-level modules import none but
     the command line, which sits above everything; nothing imports another module's private names."""
-    own = _layer("common_blocks." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts))
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    own = _layer("common_blocks." + ".".join(parts))
+    in_cli = parts[0] == "cli"
     for module, names in _imports(path):
         assert not [name for name in names if name.startswith("_")], f"{module} private names {names}"
+        assert in_cli or not _is_cli(module), f"library module imports the command line ({module})"
         target = _layer(module)
-        if path.name == "cli.py" or target is None:
+        if in_cli or target is None:
             continue
         assert own is not None, f"top-level module imports {module}"
         assert LAYERS.index(target) <= LAYERS.index(own), f"{own} imports {module}"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "benchmarks").glob("*.py")), ids=lambda p: p.name)
+def test_benchmarks_use_the_library_not_the_command_line(path):
+    """Benchmarks parse their own arguments with ``common_blocks.arguments`` and write JSON with
+    ``common_blocks.strict_json``; the command line is not a library."""
+    assert not [module for module, _ in _imports(path) if _is_cli(module)]

@@ -21,6 +21,7 @@ from submitit.helpers import Checkpointable
 from common_blocks.errors import PipelineError
 from common_blocks.inference.ensemble_config import EnsembleConfig
 from common_blocks.inference.oof import run_oof
+from common_blocks.inference.options import PredictOptions
 from common_blocks.run_folder import RunPaths
 from common_blocks.training.checkpoints import check_weights_fit, read_resume_point
 from common_blocks.training.config import TrainConfig
@@ -160,17 +161,18 @@ class OofJob(Checkpointable):
     """The ensemble's OOF search (``severstal oof``) once its runs are trained; a requeued one starts over
     (its outputs are written together at the end, or not at all)."""
 
-    def __init__(
-        self, ensemble: EnsembleConfig, workdir: Path, batch_size: int = 4, workers: int | None = None
-    ):
+    def __init__(self, ensemble: EnsembleConfig, workdir: Path, options: PredictOptions = PredictOptions()):
         self.ensemble = ensemble
         self.workdir = Path(workdir)
-        self.batch_size = batch_size
-        self.workers = workers
+        self.options = options
 
     def __call__(self) -> dict[str, Any]:
+        from common_blocks.deploy.backends import backend_runtime, choose_backend
+
         os.chdir(self.workdir)
-        report = run_oof(self.ensemble, self.batch_size, self.workers)
+        backend = choose_backend(self.options.backend, self.options.precision, self.options.exported)
+        with backend_runtime(backend, self.ensemble, self.options.exported) as runtime:
+            report = run_oof(self.ensemble, self.options, runtime)
         text = report.format()
         print(text, flush=True)
         return {**report.to_dict(), "text": text}

@@ -17,6 +17,7 @@ from common_blocks.cluster.outcomes import finished_line, job_outcome, log_line
 from common_blocks.cluster.plan import PlannedRun, SweepPlan
 from common_blocks.cluster.resources import MAX_TIMEOUTS, SLURM_SIGNAL_DELAY_S, Resources, visible_gpus
 from common_blocks.errors import Interrupted, PipelineError
+from common_blocks.inference.options import PredictOptions
 
 LOCAL_POLL_S = 0.5
 
@@ -91,8 +92,7 @@ class _LocalRunner:
 def run_local(
     plan: SweepPlan,
     res: Resources,
-    batch_size: int = 4,
-    workers: int | None = None,
+    options: PredictOptions = PredictOptions(),
     report: Callable[[str], None] = print,
 ) -> dict[str, Any] | None:
     """Run the sweep's jobs on this machine: the runs ``array_parallelism`` at a time, then (when all
@@ -104,7 +104,7 @@ def run_local(
             report(f"  {run.label}: finished already, skipped")
     runner = _LocalRunner(plan, res, report)
     try:
-        return _run_local(plan, runner, batch_size, workers, report)
+        return _run_local(plan, runner, options, report)
     finally:
         with contextlib.suppress(OSError):  # the empty folder submitit's local controller makes of "%j"
             (plan.logs_dir / "%j").rmdir()
@@ -117,7 +117,7 @@ def _next_ready(pending: list[PlannedRun], runner: _LocalRunner) -> PlannedRun |
 
 
 def _run_local(
-    plan: SweepPlan, runner: _LocalRunner, batch_size: int, workers: int | None, report: Callable[[str], None]
+    plan: SweepPlan, runner: _LocalRunner, options: PredictOptions, report: Callable[[str], None]
 ) -> dict[str, Any] | None:
     pending = list(plan.to_train)
     failed: list[str] = []
@@ -149,7 +149,7 @@ def _run_local(
             )
         if plan.train_only:
             return None
-        job = runner.submit(0, "OOF search", plan.oof_job(batch_size, workers), runner.slots[0][:1])
+        job = runner.submit(0, "OOF search", plan.oof_job(options), runner.slots[0][:1])
         report(f"  OOF search: {log_line(job)}")
         while runner.running and not runner.finished():
             time.sleep(LOCAL_POLL_S)

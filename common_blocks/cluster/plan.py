@@ -27,6 +27,7 @@ from common_blocks.errors import ConfigError, PipelineError
 from common_blocks.files import check_output_dir
 from common_blocks.inference.ensemble_config import EnsembleConfig, load_ensemble_config
 from common_blocks.inference.oof import check_outputs, common_folds, training_data
+from common_blocks.inference.options import PredictOptions
 from common_blocks.run_folder import RunPaths
 from common_blocks.training.config import TrainConfig, load_config
 from common_blocks.training.datamodule import check_fold, labelled_folds, write_missing_folds
@@ -70,8 +71,8 @@ class SweepPlan:
         depth = max((run.stage for run in self.to_train), default=-1) + 1
         return [group for stage in range(depth) if (group := [r for r in self.to_train if r.stage == stage])]
 
-    def oof_job(self, batch_size: int = 4, workers: int | None = None) -> OofJob:
-        return OofJob(self.ensemble, self.workdir, batch_size, workers)
+    def oof_job(self, options: PredictOptions = PredictOptions()) -> OofJob:
+        return OofJob(self.ensemble, self.workdir, options)
 
     def describe(self) -> str:
         counts = {

@@ -14,6 +14,7 @@ from common_blocks.cluster.outcomes import finished_line, job_outcome, log_line
 from common_blocks.cluster.plan import SweepPlan
 from common_blocks.cluster.resources import MAX_TIMEOUTS, SLURM_SIGNAL_DELAY_S, Resources
 from common_blocks.errors import PipelineError
+from common_blocks.inference.options import PredictOptions
 
 
 def _slurm_executor(folder: Path, **parameters: Any):
@@ -57,8 +58,7 @@ def slurm_parameters(plan: SweepPlan, res: Resources) -> dict[str, Any]:
 def submit_slurm(
     plan: SweepPlan,
     res: Resources,
-    batch_size: int = 4,
-    workers: int | None = None,
+    options: PredictOptions = PredictOptions(),
     wait: bool = False,
     report: Callable[[str], None] = print,
 ) -> None:
@@ -95,11 +95,12 @@ def submit_slurm(
             ntasks_per_node=1,
             gpus_per_node=1 if res.gpus_per_job else None,
             # run_oof's loader: --workers, else 2 decoding workers with a GPU and none without one
-            cpus_per_task=(workers if workers is not None else 2 if res.gpus_per_job else 0) + 1,
+            cpus_per_task=(options.workers if options.workers is not None else 2 if res.gpus_per_job else 0)
+            + 1,
             dependency=f"afterok:{array_id}" if array_id else None,
             additional_parameters=res.slurm_options or None,
         )
-        oof = _submitted(lambda: executor.submit(plan.oof_job(batch_size, workers)), "the OOF job")
+        oof = _submitted(lambda: executor.submit(plan.oof_job(options)), "the OOF job")
         after = f", starts when array {array_id} has succeeded (afterok)" if array_id else ""
         report(f"  OOF search: {log_line(oof)}{after}")
     report(

@@ -25,6 +25,7 @@ from common_blocks.evaluation.oof_stats import OofStatsBuilder
 from common_blocks.evaluation.threshold_search import SearchResult, evaluate, search
 from common_blocks.files import check_output_file, staged_outputs
 from common_blocks.inference.ensemble_config import EnsembleConfig
+from common_blocks.inference.options import PredictOptions
 from common_blocks.inference.predictor import EnsemblePredictor, Runtime, build_predictor
 from common_blocks.inference.submission import ReadTolerantDataset, image_loader
 from common_blocks.training.config import TrainConfig
@@ -208,15 +209,12 @@ def check_outputs(cfg: EnsembleConfig) -> None:
 
 
 def run_oof(
-    cfg: EnsembleConfig,
-    batch_size: int = 4,
-    workers: int | None = None,
-    precision: str = "fp32",
-    runtime: Runtime | None = None,
+    cfg: EnsembleConfig, options: PredictOptions = PredictOptions(), runtime: Runtime | None = None
 ) -> OofReport:
     """Validate each fold's ensemble on its fold, search the post-processing, write the outputs.
 
-    ``precision`` and ``runtime`` are ``build_predictor``'s: the backend that runs the networks."""
+    ``options`` say how images are loaded and at which precision the networks run; ``runtime`` is
+    ``build_predictor``'s: the backend that runs them (None: torch)."""
     folds = common_folds(cfg)
     cfg.check_checkpoints()
     check_outputs(cfg)
@@ -224,7 +222,7 @@ def run_oof(
     gates: dict[str, TrainConfig] = {}
     builder: OofStatsBuilder | None = None
     for fold in folds:
-        predictor = build_predictor(cfg, [fold], precision=precision, runtime=runtime)
+        predictor = build_predictor(cfg, [fold], precision=options.precision, runtime=runtime)
         segmenters.update({f"{m.module.cfg.name}/fold{fold}": m.module.cfg for m in predictor.segmenters})
         gates.update({f"{m.module.cfg.name}/fold{fold}": m.module.cfg for m in predictor.gates})
         grid = search_grid(cfg, segmenters)  # the runs of every fold so far must agree
@@ -234,7 +232,15 @@ def run_oof(
             )
             data = training_data(cfg, {**segmenters, **gates})
             table = labelled_folds(data)
-        add_fold(builder, predictor, table, data.data.data_dir / "train_images", fold, batch_size, workers)
+        add_fold(
+            builder,
+            predictor,
+            table,
+            data.data.data_dir / "train_images",
+            fold,
+            options.batch_size,
+            options.workers,
+        )
     stats = builder.build()
     gate_grid = (cfg.gate.threshold,) if cfg.gate and cfg.gate.threshold is not None else cfg.search.gates
     result = search(stats, cfg.search.min_areas, gate_grid, cfg.search.gate_factors)
@@ -251,7 +257,7 @@ def run_oof(
         "score": f"{summary.score:.6f}",
         **{f"score_{c}": f"{summary.per_class[str(c)]:.6f}" for c in CLASS_IDS},
         "backend": "torch" if runtime is None else runtime.name,
-        "precision": precision,
+        "precision": options.precision,
     }
     board = _with_row(read_leaderboard(cfg.leaderboard_path), row)  # read again: it may have grown
     # All three are prepared before any replaces its file. Inference reads the thresholds and the

@@ -21,6 +21,7 @@ from common_blocks.data.formats import CLASS_IDS, RLE_COLUMNS, list_images, writ
 from common_blocks.errors import ConfigError
 from common_blocks.files import staged_outputs
 from common_blocks.inference.ensemble_config import EnsembleConfig
+from common_blocks.inference.options import PredictOptions
 from common_blocks.inference.predictor import EnsemblePredictor, Runtime, build_predictor
 from common_blocks.inference.submission import ReadTolerantDataset, image_loader
 from common_blocks.pseudo.selection import SelectionSummary
@@ -70,17 +71,16 @@ def pseudo_label_round(
     round_number: int,
     out_dir: str | os.PathLike,
     summary: SelectionSummary,
-    batch_size: int = 4,
-    workers: int | None = None,
+    options: PredictOptions = PredictOptions(),
     device: str | None = None,
-    precision: str = "fp32",
     runtime: Runtime | None = None,
 ) -> tuple[dict, pd.DataFrame]:
     """Run the round, write its label file and summary; returns the summary and every prediction.
 
     The rule needs the classifier's probabilities, so an ensemble without a gate is an error (before
-    any checkpoint loads); ``build_predictor`` lists missing checkpoints. ``device``, ``precision``
-    and ``runtime`` are ``build_predictor``'s: where and by which backend the networks run.
+    any checkpoint loads); ``build_predictor`` lists missing checkpoints. ``options`` say how images are
+    loaded and at which precision the networks run; ``device`` and ``runtime`` are ``build_predictor``'s:
+    where and by which backend they run.
     """
     if cfg.gate is None:
         raise ConfigError(
@@ -89,10 +89,14 @@ def pseudo_label_round(
     start = time.perf_counter()
     postprocess, source = cfg.resolved_postprocess()
     predictor = build_predictor(
-        cfg, postprocess=postprocess, device=device, precision=precision, runtime=runtime
+        cfg, postprocess=postprocess, device=device, precision=options.precision, runtime=runtime
     )
     loader = folder_loader(
-        Path(cfg.data_dir) / "test_images", predictor.grayscale, batch_size, workers, predictor.device
+        Path(cfg.data_dir) / "test_images",
+        predictor.grayscale,
+        options.batch_size,
+        options.workers,
+        predictor.device,
     )
     predictions, unreadable = predict_and_select(predictor, loader, summary)
     labels = round_path(out_dir, round_number)

@@ -221,6 +221,7 @@ def test_an_output_path_that_cannot_be_written_is_one_line_before_any_work(
     assert names(tmp_path) == listed
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize(
     ("command", "kind"),
     [("folds --out", "a folder"), ("synthetic --out", "under a file"), ("infer --out", "empty")],
@@ -530,6 +531,7 @@ def test_oof_puts_the_outputs_back_when_the_last_rename_fails(
 # --- 18: checkpoints of different modes; a thresholds file that cannot be read -------------------------
 
 
+@pytest.mark.slow
 def test_members_of_different_modes_are_an_error_naming_their_checkpoints(tmp_path, runs, data):
     write_untrained(runs, DEBUG, 0, "mode=binary", "name=debug_binary")
     config = ensemble_yaml(
@@ -549,6 +551,7 @@ def test_members_of_different_modes_are_an_error_naming_their_checkpoints(tmp_pa
     assert not (tmp_path / "sub.csv").exists()
 
 
+@pytest.mark.slow
 def test_folds_of_one_member_in_different_modes_are_an_error_naming_them(tmp_path, data):
     runs = tmp_path / "runs"
     write_untrained(runs, DEBUG, 0)
@@ -634,6 +637,7 @@ def test_report_worst_must_be_a_positive_count(tmp_path, runs, data, no_work, wo
     assert not (tmp_path / "report").exists()
 
 
+@pytest.mark.subprocess
 def test_report_worst_minus_one_exits_2_in_a_real_process(tmp_path, runs, data):
     config = ensemble_yaml(tmp_path, runs, data)
     outcome = run("report", "--config", config, "--out", tmp_path / "report", "--worst", -1)
@@ -727,7 +731,7 @@ def test_json_lines_have_null_for_nan(tmp_path, runs, data, monkeypatch, command
 
 
 def test_strict_json_replaces_every_non_finite_number(capsys):
-    from common_blocks.cli import print_json, strict_json
+    from common_blocks.strict_json import print_json, strict_json
 
     value = {"a": [NAN, {"b": -math.inf}], "c": np.float64(0.5), "d": True, "e": "NaN", "f": np.int32(2)}
     assert strict_json(value) == {"a": [None, {"b": None}], "c": 0.5, "d": True, "e": "NaN", "f": 2}

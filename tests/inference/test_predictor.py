@@ -177,6 +177,7 @@ def test_missing_checkpoints_are_listed_in_one_error(tmp_path, data):
             assert str(RunPaths.of(tmp_path / "empty_runs", name, fold).best) in message
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["binary", "multiclass"])
 def test_members_trained_in_different_modes_are_an_error(tmp_path, runs, data, mode):
     write_untrained(runs, DEBUG, 0, f"mode={mode}", f"name=debug_{mode}")
@@ -209,10 +210,11 @@ def test_a_segmenters_class_head_is_the_gate_without_a_classifier(tmp_path, head
     """The gate's probabilities are the class head's, in the OOF statistics too, where the search can
     gate with them; the members need no separate classifier."""
     from common_blocks.inference.oof import run_oof
+    from common_blocks.inference.options import PredictOptions
 
     head = f"{{config: {HEAD}, folds: [0, 1]}}"
     cfg = debug_ensemble(tmp_path, head_runs, data, f"members=[{head}]", f"gate={head}")
-    run_oof(cfg, workers=0)
+    run_oof(cfg, PredictOptions(workers=0))
     stats = OofStats.load(cfg.oof_path)
     assert stats.has_gate
     table = labelled_folds(load_config(DEBUG, [f"data.data_dir={data}"]))

@@ -1,0 +1,82 @@
+"""``severstal infer``: an ensemble's submission of the test images, or its prediction of one image."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from common_blocks.cli.checks import existing_file, not_an_input
+from common_blocks.cli.options import (
+    ENSEMBLE_YAML,
+    add_backend_options,
+    add_config_options,
+    add_loader_options,
+    chosen_backend,
+    chosen_runtime,
+    config_options,
+    output_path,
+    predict_options,
+)
+from common_blocks.errors import ConfigError
+from common_blocks.files import check_output_file
+
+
+def infer_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_options(parser, ENSEMBLE_YAML, "test_images/, sample_submission.csv", "tta=[none]")
+    parser.add_argument(
+        "--out", type=output_path, default=Path("submission.csv"), help="default submission.csv"
+    )
+    parser.add_argument("--format", choices=("current", "2019"), default="current", help="submission format")
+    add_loader_options(parser)
+    add_backend_options(parser)
+    parser.add_argument(
+        "--skip-bad-images", action="store_true", help="predict no defect for unreadable images, list them"
+    )
+    parser.add_argument("--image", type=Path, help="predict this one image instead and print its classes")
+    parser.add_argument("--overlay", type=output_path, help="with --image: write a PNG with the masks drawn")
+    parser.add_argument("--truth", type=Path, help="with --image: label CSV whose masks are drawn in red")
+
+
+def infer_command(args: argparse.Namespace) -> None:
+    if args.image is None and (args.overlay or args.truth):
+        raise ConfigError("--overlay and --truth need --image")
+    if args.image is not None:  # the inputs and the output are checked before any model loads
+        existing_file(args.image, "--image")
+        if args.truth is not None:
+            existing_file(args.truth, "--truth")
+        if args.overlay is not None:
+            check_output_file(args.overlay, "the overlay PNG (--overlay)")
+            not_an_input(args.overlay, "--overlay", args.image, *([args.truth] if args.truth else []))
+    else:
+        check_output_file(args.out, "the submission (--out)")
+    options = predict_options(args)
+    backend = chosen_backend(options)
+    cfg = config_options(args).ensemble()
+    if args.image is None:
+        not_an_input(args.out, "--out", cfg.data_dir / "sample_submission.csv")
+    from common_blocks.inference.predictor import build_predictor
+    from common_blocks.inference.submission import make_submission, submission_image_ids
+
+    image_ids = None if args.image else submission_image_ids(cfg.data_dir)  # bad data fails before loading
+    postprocess, source = cfg.resolved_postprocess()
+    print(source)
+    with chosen_runtime(options, backend, cfg) as runtime:
+        predictor = build_predictor(
+            cfg, postprocess=postprocess, precision=options.precision, runtime=runtime
+        )
+        if args.image is not None:
+            from common_blocks.reports.single_image import show_prediction
+
+            print(show_prediction(predictor, args.image, args.overlay, args.truth))
+            return
+        report = make_submission(
+            predictor,
+            cfg.data_dir / "test_images",
+            image_ids,
+            args.out,
+            args.format,
+            options.batch_size,
+            options.workers,
+            args.skip_bad_images,
+        )
+    print(report.format())
