@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= data/synthetic
 RUNS_DIR ?= runs/demo
 
-.PHONY: venv test demo fixup lint bench clean
+.PHONY: venv test test-fast demo fixup lint bench clean
 
 venv: $(STAMP)
 
@@ -24,6 +24,10 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 # later test here: common_blocks/deploy/runtimes.py:openvino_core says why, and a test keeps it fixed).
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# No model training, no exported backend, no child process: the quick check while editing.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not subprocess" tests
 
 demo: $(STAMP)
 	bash scripts/demo.sh $(PY) $(DEMO_DIR) $(RUNS_DIR)

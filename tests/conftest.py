@@ -85,3 +85,25 @@ def offline(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     for variable in ("HF_HOME", "TORCH_HOME", "XDG_CACHE_HOME"):
         monkeypatch.setenv(variable, str(tmp_path / "empty-cache"))
+
+
+MODEL_FIXTURES = {
+    "runs",  # debug checkpoints, which the tests taking them load and predict with
+    "oof_run",
+    "head_runs",
+    "untrained_ensemble",
+    "trained_segmenter",  # these train
+    "averaged_run",
+    "base_run",
+    "smoke",  # a whole benchmark run
+}
+"""Fixtures holding models: every test taking one is ``slow``."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``slow`` the tests that load, train or run a model through their fixtures, so that
+    ``make test-fast`` (``-m "not slow and not subprocess"``) leaves them out with the tests that do
+    so themselves (marked where they are written)."""
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

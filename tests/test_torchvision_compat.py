@@ -1,7 +1,10 @@
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.subprocess
 def test_torchvision_timm_smp_and_lightning_import_after_the_training_package():
     code = (
         "import common_blocks.training, torchvision, timm, segmentation_models_pytorch, lightning;"

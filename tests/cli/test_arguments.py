@@ -126,6 +126,10 @@ def test_data_commands_and_the_evaluation_package_load_no_torch(tmp_path):
         ),
         (["sweep", "--config", "nowhere.yaml", "--executor", "local"], "nowhere.yaml: config file not found"),
         (["infer", "--config", "c.yaml", "--backend", "tensorrt"], "--backend: invalid choice: 'tensorrt'"),
+        (
+            ["sweep", "--config", "c.yaml", "--executor", "local", "--backend", "tensorrt"],
+            "--backend: invalid choice: 'tensorrt'",
+        ),
         (["oof", "--config", "c.yaml", "--precision", "fp8"], "--precision: invalid choice: 'fp8'"),
         (
             ["infer", "--config", "c.yaml", "--backend", "openvino", "--precision", "fp16"],

@@ -90,6 +90,8 @@ def test_ensemble_and_member_yaml_that_are_not_utf8(data, tmp_path):
     expect_one_error(tmp_path, ["oof", "--config", ensemble], f"{member}, line 2: not UTF-8 text")
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_utf8_yaml_reads_in_any_locale(tmp_path, monkeypatch):
     """A subprocess in the plain C locale (ASCII): the config's UTF-8 comment is read as UTF-8, so
     the error is the config's real mistake, not the locale's codec."""
@@ -184,6 +186,7 @@ def test_jpeg_with_zero_padding_still_reads(data, tmp_path):
     assert np.array_equal(read_image(padded), read_image(source))
 
 
+@pytest.mark.subprocess
 def test_truncated_jpeg_in_a_subprocess(data, tmp_path):
     """The real exit status, and stderr holds the error line and nothing from libjpeg."""
     folder, image = one_image_data_set(tmp_path, "a.jpg")

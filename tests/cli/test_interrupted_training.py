@@ -35,6 +35,8 @@ from common_blocks.training.runner import (
 from tests.cli_contract import Outcome, as_in_a_terminal, assert_one_error_line, run, run_in_process, snapshot
 from tests.repository import ROOT
 
+pytestmark = pytest.mark.slow  # every test here trains, loads or runs a model
+
 FOLD = 0
 STEPS_PER_EPOCH = 6  # data.samples_per_epoch=24 at batch size 4
 
@@ -226,6 +228,7 @@ def test_resume_finishes_a_run_stopped_after_its_fit_before_its_summary(
     assert snapshot(paths.best, paths.last) == checkpoints
 
 
+@pytest.mark.subprocess
 def test_devices_zero_is_one_line_and_makes_no_run_folder(synthetic_data, debug_config, tmp_path):
     outcome = run(
         "train", *_train_args(debug_config, synthetic_data, tmp_path / "runs", "--devices", "0"), cwd=ROOT
@@ -234,6 +237,7 @@ def test_devices_zero_is_one_line_and_makes_no_run_folder(synthetic_data, debug_
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.subprocess
 def test_overwrite_that_fails_on_a_corrupt_image_in_a_worker_keeps_the_earlier_run(
     base_run, synthetic_data, debug_config, tmp_path
 ):
@@ -299,6 +303,7 @@ def test_an_overwrite_killed_before_its_first_checkpoint_is_put_back(
     assert not aside.exists()
 
 
+@pytest.mark.subprocess
 def test_interrupt_resume_kill_move_resume_keeps_one_whole_self_contained_run(
     base_run, synthetic_data, debug_config, tmp_path
 ):

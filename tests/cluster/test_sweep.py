@@ -22,8 +22,9 @@ from common_blocks.cluster.jobs import RunState, TrainJob
 from common_blocks.cluster.local import run_local
 from common_blocks.cluster.plan import PlannedRun, SweepPlan, plan_sweep
 from common_blocks.cluster.resources import Resources
-from common_blocks.errors import PipelineError
+from common_blocks.errors import ConfigError, PipelineError
 from common_blocks.inference.ensemble_config import load_ensemble_config
+from common_blocks.inference.options import PredictOptions
 from common_blocks.run_folder import TRAIN_LOSS, RunPaths
 from common_blocks.training.config import load_config
 from common_blocks.training.module import DefectModule
@@ -65,6 +66,7 @@ def _ensemble(
     return path
 
 
+@pytest.mark.slow
 def test_local_sweep_trains_every_run_then_tunes_the_ensemble(tmp_path, synthetic_data):
     ensemble = _ensemble(tmp_path, synthetic_data)
     args = ["sweep", "--config", ensemble, "--executor", "local", "--array-parallelism", "2", *_sets(*QUICK)]
@@ -113,6 +115,7 @@ def _step(path: Path) -> int:
         return -1
 
 
+@pytest.mark.slow
 def test_a_preempted_job_is_requeued_and_resumes_from_last_ckpt(tmp_path, synthetic_data):
     """The real submitit machinery: SIGUSR2 (what Slurm sends before a time limit or a preemption)
     mid-epoch; submitit calls TrainJob.checkpoint, requeues, and the new attempt continues from
@@ -157,6 +160,7 @@ def test_a_preempted_job_is_requeued_and_resumes_from_last_ckpt(tmp_path, synthe
     assert trained == list(range(steps)), trained  # a restart would log from step 0 again
 
 
+@pytest.mark.slow
 def test_a_failed_run_is_named_and_the_oof_search_is_not_run(tmp_path, synthetic_data):
     """A job that fails (here: its data folder is gone since the sweep was planned) ends the local
     sweep with one error naming the run; the line of its traceback that says why is printed."""
@@ -174,6 +178,8 @@ def test_a_failed_run_is_named_and_the_oof_search_is_not_run(tmp_path, synthetic
     assert not any("OOF search:" in line for line in lines)
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_ctrl_c_stops_a_local_sweep_with_one_line_and_keeps_last_ckpt(tmp_path, synthetic_data):
     """Ctrl-C (SIGINT to the terminal's process group: the sweep, submitit's controller and the job)
     mid-run: exit 130 with one ``interrupted:`` line naming the run, its last.ckpt kept, no summary."""
@@ -239,6 +245,7 @@ def fake_slurm(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_slurm_sweep_submits_one_array_and_the_oof_search_after_it(fake_slurm, synthetic_data):
     tmp_path = fake_slurm
     ensemble = _ensemble(tmp_path, synthetic_data)
@@ -274,12 +281,14 @@ def test_slurm_sweep_submits_one_array_and_the_oof_search_after_it(fake_slurm, s
     assert "#SBATCH --nodes=2\n" in (tmp_path / "sbatch_2.sh").read_text()  # one DDP run across two nodes
 
 
+@pytest.mark.slow
 def test_slurm_without_sbatch_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     outcome = run_in_process("sweep", "--config", tmp_path / "e.yaml", "--executor", "slurm")
     assert_one_error_line(outcome, "sbatch and srun not found on PATH", "apt-get install slurm-wlm")
 
 
+@pytest.mark.slow
 def test_missing_submitit_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "submitit", None)
     outcome = run_in_process("sweep", "--config", tmp_path / "e.yaml", "--executor", "local")
@@ -310,6 +319,17 @@ def test_bad_configs_are_one_error_line_before_any_job(tmp_path, synthetic_data)
     assert "data directory not found" in _refused(tmp_path, "--data-dir", tmp_path / "nowhere")
 
 
+def test_the_oof_job_predicts_as_the_sweeps_options_say(tmp_path, synthetic_data, monkeypatch):
+    """``--backend`` and ``--precision`` reach the OOF job: a precision this CPU cannot run is refused
+    when the job starts, before any checkpoint is looked for."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    plan = plan_sweep(_ensemble(tmp_path, synthetic_data), train_only=True)
+    job = plan.oof_job(PredictOptions(batch_size=2, workers=0, precision="fp16"))
+    assert job.options.batch_size == 2
+    with pytest.raises(ConfigError, match="fp16"):
+        job()
+
+
 def test_a_segmenter_with_a_class_head_may_be_the_sweeps_gate(tmp_path, synthetic_data):
     tree = {**yaml.safe_load(DEBUG.read_text()), "name": "debug_head", "class_head": {}}
     head = tmp_path / "debug_head.yaml"
@@ -332,6 +352,7 @@ def test_a_run_folder_that_cannot_be_continued_is_refused_before_any_job(tmp_pat
     assert paths.last.read_bytes() == b"not a checkpoint"
 
 
+@pytest.mark.slow
 def test_a_last_ckpt_of_another_model_is_refused_before_any_job(tmp_path, synthetic_data):
     """A classifier's last.ckpt in the segmenter's run folder: --resume would refuse it, so the sweep
     refuses it before queueing anything, in one short line that names the file."""
@@ -358,6 +379,7 @@ def _second_stage(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_slurm_sweep_submits_each_stage_after_the_one_before(fake_slurm, synthetic_data):
     tmp_path = fake_slurm
     ensemble = _ensemble(
@@ -374,6 +396,7 @@ def test_slurm_sweep_submits_each_stage_after_the_one_before(fake_slurm, synthet
     assert "debug_full/fold1: start: job 4201_1" in outcome.stdout and "(after array 4200)" in outcome.stdout
 
 
+@pytest.mark.slow
 def test_local_sweep_starts_a_stage_from_its_earlier_stage_of_the_same_fold(tmp_path, synthetic_data):
     stage = _second_stage(tmp_path)
     ensemble = _ensemble(tmp_path, synthetic_data, [{"config": str(stage), "folds": [0]}], folds=(0,))

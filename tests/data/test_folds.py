@@ -42,6 +42,7 @@ def test_too_few_images():
         assign_folds(_skewed_table(n=3), n_folds=10, seed=0)
 
 
+@pytest.mark.subprocess
 def test_cli_on_real_sample(real_sample, tmp_path):
     out = tmp_path / "folds.csv"
     command = [
@@ -66,6 +67,7 @@ def test_cli_on_real_sample(real_sample, tmp_path):
     assert out.read_bytes() == first
 
 
+@pytest.mark.subprocess
 def test_cli_missing_data_dir(tmp_path):
     result = subprocess.run(
         [SEVERSTAL, "folds", "--data-dir", str(tmp_path / "missing")],

@@ -132,6 +132,7 @@ def test_overwrite_replaces_the_earlier_data_set(tmp_path: Path) -> None:
     assert {path.name for path in (tmp_path / "test_images").iterdir()} == set(test_ids)
 
 
+@pytest.mark.subprocess
 def test_cli_refuses_to_overwrite_with_one_line_error(tmp_path: Path) -> None:
     generate(tmp_path, 1, 1, seed=0, workers=1)
     command = [SEVERSTAL, "synthetic", "--out", str(tmp_path), "--n-train", "1"]

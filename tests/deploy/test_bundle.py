@@ -35,6 +35,8 @@ from common_blocks.errors import DataError
 from tests.cli_contract import assert_one_error_line, assert_unchanged, run_in_process, snapshot
 from tests.repository import DEBUG, ROOT
 
+pytestmark = pytest.mark.slow  # every test here trains, loads or runs a model
+
 DATASET = "severstal-test"
 # The tuned gate thresholds drop every mask of these untrained runs: the bundled config gates at 0
 # (and predicts without flips, which halves the networks' time).
@@ -113,6 +115,7 @@ def notebook_lines(readme: Path, kaggle: Path) -> list[str]:
     return [line.replace("/kaggle/", f"{kaggle}/") for line in lines]
 
 
+@pytest.mark.subprocess
 def test_the_bundle_installs_offline_and_predicts_the_source_trees_submission(
     kaggle, ensemble_file, tmp_path
 ):

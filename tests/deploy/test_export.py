@@ -40,6 +40,8 @@ from tests.cli_contract import assert_one_error_line, assert_unchanged, run, run
 from tests.debug_runs import write_untrained
 from tests.repository import DEBUG, DEBUG_GATE, ENSEMBLE
 
+pytestmark = pytest.mark.slow  # every test here trains, loads or runs a model
+
 RUNTIMES = ("openvino", "onnxruntime")
 SAME_SUBMISSION = 0.999  # competition score of a backend's submission with torch's as the truth
 CV_MOVE = 0.002  # the most bf16 may move the local CV
@@ -205,6 +207,7 @@ def test_a_network_the_exporter_cannot_trace_is_one_error_line_naming_it(tmp_pat
     assert not (tmp_path / "onnx").exists()
 
 
+@pytest.mark.subprocess
 def test_export_bad_input_is_one_error_line_in_a_real_process(tmp_path, config):
     (tmp_path / "file").write_text("")
     outcome = run("export", "--config", config, "--out", tmp_path / "file")
@@ -465,6 +468,7 @@ print("survived")
 """
 
 
+@pytest.mark.subprocess
 @needs("openvino")
 def test_networks_compiled_and_dropped_in_any_order_leave_signals_deliverable(exported):
     """OpenVINO's CPU plugin swaps the thread's signal stack per Core; two Cores torn down first in,

@@ -110,6 +110,7 @@ def test_pseudo_csv_round_trip_keeps_defect_free_images_and_only_the_listed_ones
     )
 
 
+@pytest.mark.slow
 def test_csv_naming_a_missing_image_is_a_one_line_data_error(synthetic_data, debug_config, tmp_path, capsys):
     csv = tmp_path / "round1.csv"
     csv.write_text("ImageId,ClassId,EncodedPixels\nnot_a_test_image.jpg,1,1 5\n")
@@ -217,6 +218,7 @@ def test_empty_pseudo_csv_warns_and_trains_on_real_images(synthetic_data, debug_
     assert next(iter(loader))["image"].shape[0] == 4
 
 
+@pytest.mark.slow
 def test_training_run_draws_pseudo_images(synthetic_data, debug_config, pseudo_csv, tmp_path, monkeypatch):
     loads: list[tuple[str, bool, str]] = []
     original = SegmentationDataset.load

@@ -26,6 +26,8 @@ from common_blocks.training.module import DefectModule, NonFiniteLossError
 from common_blocks.training.runner import evaluate_checkpoint, train_fold
 from tests.repository import ROOT
 
+pytestmark = pytest.mark.slow  # every test here trains, loads or runs a model
+
 QUICK = ["trainer.max_epochs=1"]
 
 
@@ -204,6 +206,7 @@ def test_cli_errors_are_one_line(synthetic_data, debug_config, args, message):
     assert message in result.stderr
 
 
+@pytest.mark.subprocess
 def test_resume_after_kill_mid_epoch(synthetic_data, debug_config, tmp_path):
     args = [
         "--config",

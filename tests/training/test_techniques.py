@@ -24,6 +24,8 @@ from common_blocks.training.module import DefectModule
 from common_blocks.training.runner import train_fold
 from tests.cli_contract import assert_one_error_line, run_in_process
 
+pytestmark = pytest.mark.slow  # every test here trains, loads or runs a model
+
 TOP_K = 2
 
 

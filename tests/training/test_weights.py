@@ -175,6 +175,7 @@ def test_weights_list_and_convert_on_the_command_line(tmp_path):
     assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [out.name]
 
 
+@pytest.mark.slow
 @installed(LITE0)
 def test_a_run_trains_offline_from_a_package_and_its_checkpoint_needs_it_no_more(
     synthetic_data, debug_config, tmp_path, offline, monkeypatch
