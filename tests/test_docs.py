@@ -1,17 +1,23 @@
 """The documentation matches the repository: the paths and links it names exist, the config page
-names every config key (and no other), and nothing speaks of how the code came to be written."""
+is generated from the schemas and names every config key (and no other), and nothing speaks of how
+the code came to be written."""
 
 import re
+import typing
 from pathlib import Path
 
 import pydantic
+import pytest
 
+from common_blocks.inference import config_reference
+from common_blocks.inference.ensemble_config import EnsembleConfig
 from common_blocks.training.config import TrainConfig
 from tests.repository import ROOT
 
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
-# config keys the page documents as a whole: free-form arguments, a list of terms, an optional block
-WHOLE = {"model": ("type", "args"), "loss": (), "class_head": ()}
+CONFIG_PAGE = ROOT / "docs" / "config.md"
+# free-form mappings: the page may list keys inside them (the arguments the pipeline itself reads)
+FREE = ("model.args", "loss[i].args")
 
 
 def test_every_repository_path_the_docs_name_exists():
@@ -36,28 +42,45 @@ def test_every_relative_link_of_the_docs_resolves():
     assert not broken, broken
 
 
-def _config_keys(model: type[pydantic.BaseModel], prefix: str = "") -> set[str]:
-    """The dotted keys of ``model``'s fields, nested sections expanded."""
-    keys = set()
+def _section(annotation: object) -> tuple[type[pydantic.BaseModel] | None, str]:
+    """The model a field holds and how its keys follow the field's: ``Model`` or ``Model | None`` as
+    ``key.sub``, ``list[Model]`` or ``tuple[Model, ...]`` as ``key[i].sub``."""
+    if isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel):
+        return annotation, "."
+    models = [
+        a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, pydantic.BaseModel)
+    ]
+    if not models:
+        return None, ""
+    return models[0], "[i]." if typing.get_origin(annotation) in (list, tuple) else "."
+
+
+def _config_keys(model: type[pydantic.BaseModel], prefix: str = "") -> tuple[set[str], set[str]]:
+    """``(keys, sections)``: the key paths of ``model``'s values, nested sections expanded, and the
+    paths of the sections themselves (which the page may describe as a whole too)."""
+    keys, sections = set(), set()
     for name, field in model.model_fields.items():
         key = prefix + name
-        if key in WHOLE:
-            keys |= {key} if not WHOLE[key] else {f"{key}.{sub}" for sub in WHOLE[key]}
-            continue
-        section = field.annotation
-        if isinstance(section, type) and issubclass(section, pydantic.BaseModel):
-            keys |= _config_keys(section, key + ".")
-        else:
+        section, joint = _section(field.annotation)
+        if section is None:
             keys.add(key)
-    return keys
+            continue
+        sections.add(key)
+        inner_keys, inner_sections = _config_keys(section, key + joint)
+        keys |= inner_keys
+        sections |= inner_sections
+    return keys, sections
 
 
-def _documented_keys(page: str) -> set[str]:
-    """The keys in the first column of the config page's table; a bare name after a dotted one in the
-    same cell is in that one's section (``augment.hflip``, ``vflip``)."""
+def _documented_keys(page: str, heading: str) -> set[str]:
+    """The keys in the first column of the table under ``## heading``; a bare name after a dotted one
+    in the same cell is in that one's section (``augment.hflip``, ``vflip``)."""
     keys = set()
+    current = None
     for line in page.splitlines():
-        if not line.startswith("| `"):
+        if line.startswith("## "):
+            current = line[3:].strip()
+        if current != heading or not line.startswith("| `"):
             continue
         section = ""
         for name in re.findall(r"`([^`]+)`", line.split("|")[1]):
@@ -69,14 +92,38 @@ def _documented_keys(page: str) -> set[str]:
     return keys
 
 
-def test_the_config_page_names_every_config_key_and_no_other():
-    documented = _documented_keys((ROOT / "docs" / "config.md").read_text(encoding="utf-8"))
+@pytest.mark.parametrize(
+    ("heading", "schema"), [("Training config", TrainConfig), ("Ensemble config", EnsembleConfig)]
+)
+def test_the_config_page_names_every_config_key_and_no_other(heading, schema):
+    documented = _documented_keys(CONFIG_PAGE.read_text(encoding="utf-8"), heading)
     # model.args.* are the smp/timm arguments the page lists; loss[i].args.* a loss term's
-    documented = {"model.args" if key.startswith("model.args.") else key for key in documented}
-    documented = {key for key in documented if not key.startswith("loss[")}
-    schema = _config_keys(TrainConfig)
-    assert not schema - documented, f"undocumented config keys: {sorted(schema - documented)}"
-    assert not documented - schema, f"documented keys the config does not have: {sorted(documented - schema)}"
+    documented = {next((free for free in FREE if key.startswith(free + ".")), key) for key in documented}
+    keys, sections = _config_keys(schema)
+    assert not keys - documented, f"undocumented config keys: {sorted(keys - documented)}"
+    unknown = documented - keys - sections - set(FREE)
+    assert not unknown, f"documented keys the config does not have: {sorted(unknown)}"
+
+
+def test_the_config_page_is_generated_from_the_schemas():
+    """docs/config.md is the generator's output: a key's meaning is its ``Field(description=...)``."""
+    assert CONFIG_PAGE.read_text(encoding="utf-8") == config_reference.render(), (
+        "docs/config.md is out of date: run `python -m common_blocks.inference.config_reference`"
+    )
+
+
+def test_the_generator_writes_the_page_and_its_check_names_a_stale_one(tmp_path, monkeypatch, capsys):
+    page = tmp_path / "config.md"
+    monkeypatch.setattr(config_reference, "PAGE", page)
+    assert config_reference.main(["--check"]) == 1  # missing
+    assert config_reference.main([]) == 0
+    assert page.read_text(encoding="utf-8") == config_reference.render()
+    assert [p.name for p in tmp_path.iterdir()] == ["config.md"]  # no temporary file left
+    assert config_reference.main(["--check"]) == 0
+    page.write_text(page.read_text(encoding="utf-8") + "edited by hand\n", encoding="utf-8")
+    capsys.readouterr()
+    assert config_reference.main(["--check"]) == 1
+    assert capsys.readouterr().err == f"{page}: out of date; run {config_reference.COMMAND}\n"
 
 
 def test_no_file_speaks_of_issue_numbers_or_work_sessions():

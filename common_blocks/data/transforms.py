@@ -36,16 +36,36 @@ class AugmentConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    crop_height: int | None = Field(256, gt=0)
-    crop_width: int | None = Field(416, gt=0)
-    crop_widths: tuple[int, ...] | None = None
-    crop_prefer_defect: float = Field(0.5, ge=0, le=1)
-    hflip: float = Field(0.5, ge=0, le=1)
-    vflip: float = Field(0.5, ge=0, le=1)
-    brightness_contrast: float = Field(0.3, ge=0, le=1)
-    brightness_limit: float = Field(0.1, ge=0, le=1)
-    contrast_limit: float = Field(0.1, ge=0, le=1)
-    blackout: float = Field(0.0, ge=0, le=1)
+    crop_height: int | None = Field(
+        256, gt=0, description="height of the training crops; it and `crop_width` null = full images"
+    )
+    crop_width: int | None = Field(
+        416, gt=0, description="width of the training crops; it and `crop_height` null = full images"
+    )
+    crop_widths: tuple[int, ...] | None = Field(
+        None,
+        description="multi-scale crops (9th place): with `crop_height` set and `crop_width` null, each training "
+        "batch is cropped to one of these widths (multiples of 32), drawn uniformly; not with pseudo-labels",
+    )
+    crop_prefer_defect: float = Field(
+        0.5, ge=0, le=1, description="probability that a crop is centred on a defect pixel"
+    )
+    hflip: float = Field(0.5, ge=0, le=1, description="probability of a horizontal flip")
+    vflip: float = Field(0.5, ge=0, le=1, description="probability of a vertical flip")
+    brightness_contrast: float = Field(
+        0.3, ge=0, le=1, description="probability of albumentations' RandomBrightnessContrast"
+    )
+    brightness_limit: float = Field(
+        0.1, ge=0, le=1, description="RandomBrightnessContrast's brightness limit"
+    )
+    contrast_limit: float = Field(0.1, ge=0, le=1, description="RandomBrightnessContrast's contrast limit")
+    blackout: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="probability of painting one defect component (8-connected, of one class, drawn uniformly; "
+        "after the crop) black and removing its pixels from every class's mask (1st place)",
+    )
 
     @model_validator(mode="after")
     def _crop_both_or_neither(self) -> AugmentConfig:

@@ -25,12 +25,26 @@ class ClassPostprocess(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    threshold: float = Field(0.5, ge=0, le=1)
-    min_size: int = Field(0, ge=0)
-    min_area: int = Field(0, ge=0)
-    gate: float = Field(0.0, ge=0, le=1)
-    gate_factor: float | None = Field(None, ge=1)  # None: a gated class is dropped
-    fill_holes: bool = False
+    threshold: float = Field(
+        0.5, ge=0, le=1, description="a pixel is kept where the class's probability is above this"
+    )
+    min_size: int = Field(
+        0, ge=0, description="connected components (8-connected) smaller than this many pixels are removed"
+    )
+    min_area: int = Field(0, ge=0, description="the mask is dropped when fewer pixels than this survive")
+    gate: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="the class is gated when the gate's probability for it is below this (0 = never)",
+    )
+    gate_factor: float | None = Field(
+        None,
+        ge=1,
+        description="a gated class keeps its mask only with at least `min_area` x this many pixels (the soft "
+        "gate); null = a gated class is dropped (the hard gate)",
+    )
+    fill_holes: bool = Field(False, description="fill the mask's holes after the threshold")
 
     def rendered(self) -> dict[str, str]:
         """Each setting as people read it (``severstal oof``'s summary, the report's table): the one
@@ -61,7 +75,7 @@ class PostprocessConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     classes: tuple[ClassPostprocess, ClassPostprocess, ClassPostprocess, ClassPostprocess] = Field(
-        default_factory=_default_classes
+        default_factory=_default_classes, description="four entries, classes 1 to 4"
     )
 
 

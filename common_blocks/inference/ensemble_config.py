@@ -37,10 +37,17 @@ class RunRef(Section):
     """Trained runs of one family: ``config`` is ``configs/NAME.yaml`` (its ``name``, else its stem) or
     the run name itself."""
 
-    config: str
-    folds: list[int] = Field(min_length=1)
-    # which checkpoint of each run: best.ckpt, averaged.ckpt (trainer.average_top_k) or last.ckpt
-    checkpoint: Literal["best", "averaged", "last"] = "best"
+    config: str = Field(
+        description="`configs/NAME.yaml` (the run its `name` names, else its stem) or the run name itself"
+    )
+    folds: list[int] = Field(
+        min_length=1, description="distinct fold numbers >= 0: the runs `RUNS_DIR/NAME/foldK/` it loads"
+    )
+    checkpoint: Literal["best", "averaged", "last"] = Field(
+        "best",
+        description="which checkpoint of each run: `best` (`best.ckpt`), `averaged` (`averaged.ckpt`, "
+        "written with `trainer.average_top_k`) or `last` (`last.ckpt`)",
+    )
 
     @field_validator("config")
     @classmethod
@@ -72,19 +79,30 @@ class RunRef(Section):
 class MemberConfig(RunRef):
     """A segmentation family; its folds are averaged with equal weight, then weighted against the others."""
 
-    weight: float = Field(1.0, gt=0)
+    weight: float = Field(
+        1.0, gt=0, description="the family's weight against the other members (its folds weigh equally)"
+    )
 
 
 class GateConfig(RunRef):
     """The image-level classifier; ``threshold`` replaces every class's tuned gate threshold."""
 
-    threshold: float | None = Field(None, ge=0, le=1)
+    threshold: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="replaces every class's gate threshold (tuned or default); null = keep them",
+    )
 
 
 class PostprocessSection(PostprocessConfig):
     """Per-class defaults; the tuned file (default RUNS_DIR/NAME/thresholds.json) wins when it exists."""
 
-    thresholds_file: Path | None = None
+    thresholds_file: Path | None = Field(
+        None,
+        description="the tuned post-processing `validate.py oof` writes; it wins over `classes` when it "
+        "exists; null = `RUNS_DIR/NAME/thresholds.json`",
+    )
 
 
 _GRID_CHECKS = {
@@ -99,13 +117,20 @@ _GRID_CHECKS = {
 class SearchConfig(Section):
     """The threshold-search grid; thresholds, min_sizes and fill_holes default to the members' ``oof``."""
 
-    thresholds: tuple[float, ...] | None = None
-    min_sizes: tuple[int, ...] | None = None
-    fill_holes: bool | None = None
-    min_areas: tuple[int, ...] = DEFAULT_MIN_AREAS
-    gates: tuple[float, ...] = DEFAULT_GATES
-    # a gated class's min_area is multiplied by the factor (the soft gate); null drops it (the hard gate)
-    gate_factors: tuple[float | None, ...] = DEFAULT_GATE_FACTORS
+    thresholds: tuple[float, ...] | None = Field(
+        None, description="pixel thresholds searched; null = the members' `oof.thresholds`"
+    )
+    min_sizes: tuple[int, ...] | None = Field(
+        None, description="minimum component sizes searched; null = the members' `oof.min_sizes`"
+    )
+    fill_holes: bool | None = Field(None, description="fill mask holes; null = the members' `oof.fill_holes`")
+    min_areas: tuple[int, ...] = Field(DEFAULT_MIN_AREAS, description="minimum mask areas searched")
+    gates: tuple[float, ...] = Field(DEFAULT_GATES, description="gate thresholds searched")
+    gate_factors: tuple[float | None, ...] = Field(
+        DEFAULT_GATE_FACTORS,
+        description="soft-gate factors searched: a gated class's `min_area` is multiplied by the factor (the "
+        "soft gate); null drops the class (the hard gate), so `[null]` = hard gate only",
+    )
 
     @field_validator("thresholds", "min_sizes", "min_areas", "gates", "gate_factors")
     @classmethod
@@ -122,16 +147,49 @@ class EnsembleConfig(Section):
     """Members averaged (weighted), TTA, the gate, post-processing and its search; ``name`` defaults
     to the file's stem and names the folder of the tuned files."""
 
-    name: str
-    runs_dir: Path = Path("runs")
-    data_dir: Path = Path("data/severstal")
-    members: list[MemberConfig] = Field(min_length=1)
-    tta: list[TtaName] = Field(default_factory=lambda: ["none"], min_length=1)
-    average: Literal["probabilities", "logits"] = "probabilities"
-    gate: GateConfig | None = None
-    postprocess: PostprocessSection = PostprocessSection()
-    search: SearchConfig = SearchConfig()
-    leaderboard: Path | None = None  # default: leaderboard.csv beside the runs directory
+    name: str = Field(
+        description="names the folder of the tuned files (`RUNS_DIR/NAME/`)",
+        json_schema_extra={"shown_default": "file stem"},
+    )
+    runs_dir: Path = Field(Path("runs"), description="where the runs are (`RUNS_DIR/NAME/foldK/best.ckpt`)")
+    data_dir: Path = Field(Path("data/severstal"), description="the Kaggle-layout data")
+    members: list[MemberConfig] = Field(
+        min_length=1,
+        description="the segmentation runs averaged: a list of `{config, folds, weight, checkpoint}`, each "
+        "family's folds averaged with equal weight, then the families weighted",
+    )
+    tta: list[TtaName] = Field(
+        default_factory=lambda: ["none"],
+        min_length=1,
+        description="subset of `none`, `hflip`, `vflip`; flipped predictions are flipped back before "
+        "averaging; a member's flips are averaged at its network's resolution (`data.scale`) and resized to "
+        "256x1600 once",
+    )
+    average: Literal["probabilities", "logits"] = Field(
+        "probabilities",
+        description="`probabilities` (the activated maps are averaged) or `logits` (the logits are averaged, "
+        "then activated once)",
+    )
+    gate: GateConfig | None = Field(
+        None,
+        description="`{config, folds, threshold, checkpoint}`: classifier runs, or segmentation runs with a "
+        "`class_head` (a member may be its own gate: its head's pass is the encoder and the head, no "
+        "decoder); null = no gate",
+    )
+    postprocess: PostprocessSection = Field(
+        PostprocessSection(),
+        description="per-class defaults (`classes`) and `thresholds_file`; the tuned file wins when it exists",
+    )
+    search: SearchConfig = Field(
+        SearchConfig(),
+        description="grids for `validate.py oof`; `thresholds`, `min_sizes`, `fill_holes` default to the "
+        "members' `oof` grid",
+    )
+    leaderboard: Path | None = Field(
+        None,
+        description="the CSV `validate.py oof` appends a row to; null = `leaderboard.csv` beside the runs "
+        "directory",
+    )
 
     @field_validator("tta")
     @classmethod

@@ -32,64 +32,126 @@ ClassId = Annotated[int, Field(ge=1, le=N_CLASSES)]
 class DataConfig(Section):
     """Where the data is, how folds are made, and how batches are drawn."""
 
-    data_dir: Path = Path("data/severstal")
-    # A relative folds_file is under data_dir; it is written (stratified) when missing.
-    folds_file: Path = Path("folds.csv")
-    n_folds: int = Field(10, ge=2)
-    fold_seed: int = 42
-    grayscale: bool = False  # feed the model one grey channel instead of three
-    scale: float = Field(1.0, gt=0, le=1)  # the model sees images resized by this factor
-    batch_size: int = Field(8, ge=1)
-    valid_batch_size: int = Field(4, ge=1)
-    num_workers: int = Field(2, ge=0)
-    sampler: Literal["balanced", "random", "rare"] = "balanced"
-    # sampler rare: images holding any of these classes are drawn rare_factor times as often
-    rare_classes: tuple[ClassId, ...] = Field((1, 2), min_length=1)
-    rare_factor: float = Field(3.0, gt=0)
-    samples_per_epoch: int | None = Field(None, ge=1)  # default: the number of training images
-    max_images: int | None = Field(None, ge=2)  # use only the first N labelled images (debug runs)
+    data_dir: Path = Field(Path("data/severstal"), description="Kaggle layout folder")
+    folds_file: Path = Field(
+        Path("folds.csv"),
+        description="relative to `data_dir`; `train.py` writes it when missing (stratified, `n_folds`, `fold_seed`)",
+    )
+    n_folds: int = Field(10, ge=2, description="number of folds of a missing folds file")
+    fold_seed: int = Field(42, description="seed of a missing folds file's stratified split")
+    grayscale: bool = Field(
+        False, description="feed one grey channel (the model is built with `in_channels: 1`)"
+    )
+    scale: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="the model sees images resized by this factor; the training loss is taken at that size "
+        "(masks area-averaged down), validation and inference activate the logits there and resize the "
+        "probabilities to 256x1600 (with `average: logits`, inference resizes the averaged logits)",
+    )
+    batch_size: int = Field(8, ge=1, description="training batch size")
+    valid_batch_size: int = Field(4, ge=1, description="validation batch size")
+    num_workers: int = Field(2, ge=0, description="DataLoader workers")
+    sampler: Literal["balanced", "random", "rare"] = Field(
+        "balanced",
+        description="`balanced` (equal shares of no-defect and has-class-c groups), `random`, or `rare` "
+        "(draws with replacement, an image holding any of `data.rare_classes` `data.rare_factor` times as likely)",
+    )
+    rare_classes: tuple[ClassId, ...] = Field(
+        (1, 2), min_length=1, description="`sampler: rare`: the classes whose images are drawn more often"
+    )
+    rare_factor: float = Field(
+        3.0, gt=0, description="`sampler: rare`: how many times as likely an image holding one of them is"
+    )
+    samples_per_epoch: int | None = Field(
+        None,
+        ge=1,
+        description="images drawn per epoch (`balanced`, `rare`; `random` on one process); null = the number "
+        "of training images",
+    )
+    max_images: int | None = Field(
+        None, ge=2, description="use only the first N labelled images (quick runs); null = all"
+    )
 
 
 class TrainerConfig(Section):
-    max_epochs: int = Field(30, ge=1)
-    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
-    # auto: bf16-mixed where the CPU or GPU computes bf16 natively, else 32 (training/precision.py)
-    precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = "auto"
-    accumulate_grad_batches: int = Field(1, ge=1)
-    gradient_clip_val: float | None = Field(None, gt=0)
-    channels_last: bool = True
-    find_unused_parameters: bool = False  # DDP: needed when a model has parameters outside the loss path
-    # What picks best.ckpt, drives the plateau schedule and early stopping: val/score (fixed
-    # post-processing) or val/tuned_score (post-processing searched on the fold: optimistic)
-    monitor: Literal["score", "tuned_score"] = "score"
-    # Write averaged.ckpt: the mean weights of the K best validations by the monitored score
-    average_top_k: int | None = Field(None, ge=2)
-    # Batch-norm statistics of averaged.ckpt: the mean of the K checkpoints' statistics, or
-    # re-estimated on that many training batches with the averaged weights
-    average_batch_norm: Literal["mean", "reestimate"] = "mean"
-    reestimate_batches: int = Field(20, ge=1)
-    early_stopping_patience: int | None = Field(6, ge=1)
-    checkpoint_every_n_steps: int | None = Field(200, ge=1)  # refresh last.ckpt mid-epoch
-    limit_train_batches: int | float | None = None  # Lightning's limit, for quick runs
-    seed: int = 42
-    log_every_n_steps: int = Field(10, ge=1)
+    max_epochs: int = Field(30, ge=1, description="epochs to train")
+    accelerator: Literal["auto", "cpu", "gpu"] = Field(
+        "auto", description="`auto`, `cpu`, `gpu` (an error where no GPU is visible)"
+    )
+    precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = Field(
+        "auto",
+        description="`auto` (`bf16-mixed` on a CPU with `avx512_bf16` or `amx_bf16` and on a GPU that supports "
+        'bf16, `"32"` elsewhere; printed at the start, and the run\'s `config.yaml` and checkpoints record the '
+        'choice), `"32"`, `"bf16-mixed"`, `"16-mixed"` (GPU only)',
+    )
+    accumulate_grad_batches: int = Field(
+        1, ge=1, description="gradient accumulation: batches per optimiser step"
+    )
+    gradient_clip_val: float | None = Field(
+        None, gt=0, description="clip the gradients' norm to this value; null = no clipping"
+    )
+    channels_last: bool = Field(True, description="channels-last memory format (10-30% faster on CPU)")
+    find_unused_parameters: bool = Field(
+        False, description="DDP: needed when a model has parameters outside the loss path"
+    )
+    monitor: Literal["score", "tuned_score"] = Field(
+        "score",
+        description="`score` (`val/score`, the fixed post-processing) or `tuned_score` (`val/tuned_score`, the "
+        "post-processing searched on the fold: optimistic): picks `best.ckpt`, the top-K, drives the plateau "
+        "schedule and early stopping",
+    )
+    average_top_k: int | None = Field(
+        None,
+        ge=2,
+        description="K >= 2: write `averaged.ckpt`, the mean weights of the K best validations by the "
+        "monitored score; null = none",
+    )
+    average_batch_norm: Literal["mean", "reestimate"] = Field(
+        "mean",
+        description="batch-norm statistics of `averaged.ckpt`: the `mean` of the K checkpoints', or "
+        "`reestimate`d on `trainer.reestimate_batches` training batches with the averaged weights",
+    )
+    reestimate_batches: int = Field(
+        20, ge=1, description="training batches that `average_batch_norm: reestimate` runs"
+    )
+    early_stopping_patience: int | None = Field(
+        6, ge=1, description="validations without a better monitored score before training stops; null = off"
+    )
+    checkpoint_every_n_steps: int | None = Field(
+        200, ge=1, description="refresh `last.ckpt` mid-epoch every N steps; null = at validation only"
+    )
+    limit_train_batches: int | float | None = Field(
+        None, description="Lightning's limit (batches, or a fraction of them), for quick runs; null = all"
+    )
+    seed: int = Field(42, description="seed of the weights, the samplers and the augmentations")
+    log_every_n_steps: int = Field(10, ge=1, description="Lightning's logging interval, in steps")
 
 
 class ValidationConfig(Section):
     """Fixed, simple post-processing for the per-epoch validation score; ``tuned_score`` also logs
     the fold's score under the post-processing searched on it (the ``oof`` grid, the default minimum areas)."""
 
-    threshold: float = Field(0.5, gt=0, lt=1)
-    min_area: int = Field(0, ge=0)
-    tuned_score: bool = True
+    threshold: float = Field(
+        0.5, gt=0, lt=1, description="pixel threshold of the per-epoch score's fixed post-processing"
+    )
+    min_area: int = Field(
+        0, ge=0, description="minimum mask area of the per-epoch score's fixed post-processing"
+    )
+    tuned_score: bool = Field(True, description="also log `val/tuned_score` (segmentation)")
 
 
 class OofConfig(Section):
     """The grid the out-of-fold export makes exact for the threshold search."""
 
-    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
-    min_sizes: tuple[int, ...] = DEFAULT_MIN_SIZES
-    fill_holes: bool = False
+    thresholds: tuple[float, ...] = Field(
+        DEFAULT_THRESHOLDS, description="pixel thresholds the OOF export makes exact"
+    )
+    min_sizes: tuple[int, ...] = Field(
+        DEFAULT_MIN_SIZES, description="minimum component sizes of the OOF export"
+    )
+    fill_holes: bool = Field(False, description="fill mask holes before measuring")
 
 
 class ClassHeadConfig(Section):
@@ -97,9 +159,11 @@ class ClassHeadConfig(Section):
     jointly: its logits say which classes the image (or crop) holds, so the segmenter can be the
     ensemble's gate without a separate classifier (4th place's two-headed net)."""
 
-    loss_weight: float = Field(0.2, gt=0)  # its BCE's weight beside the segmentation loss
-    dropout: float = Field(0.2, ge=0, lt=1)
-    pooling: Literal["avg", "max"] = "avg"
+    loss_weight: float = Field(0.2, gt=0, description="its BCE's weight beside the segmentation loss")
+    dropout: float = Field(0.2, ge=0, lt=1, description="dropout before the head's linear layer")
+    pooling: Literal["avg", "max"] = Field(
+        "avg", description="`avg` or `max` pooling of the deepest features"
+    )
 
     def network_args(self) -> dict[str, object]:
         """The head as ``models.build_model`` takes it: one logit per class."""
@@ -107,31 +171,58 @@ class ClassHeadConfig(Section):
 
 
 class PseudoConfig(Section):
-    labels: Path | None = None  # pseudo-label CSV (train.csv format) over the test images; set by --pseudo
-    fraction: float = Field(0.3, ge=0, lt=1)  # share of every training batch drawn from pseudo-labels
+    labels: Path | None = Field(
+        None,
+        description="pseudo-label CSV (`train.csv` format) over the test images (set by `--pseudo`); null = none",
+    )
+    fraction: float = Field(
+        0.3, ge=0, lt=1, description="share of every training batch drawn from pseudo-labels"
+    )
 
 
 class TrainConfig(Section):
     """Everything that defines one model family; one fold of it is one run of train.py."""
 
-    name: str
-    task: Literal["segmentation", "classification"] = "segmentation"
-    mode: Literal["multilabel", "binary", "multiclass"] = "multilabel"
+    name: str = Field(
+        description="run name: outputs go to `OUT_DIR/name/foldK`",
+        json_schema_extra={"shown_default": "file stem"},
+    )
+    task: Literal["segmentation", "classification"] = Field(
+        "segmentation", description="`segmentation` or `classification` (the image-level gate)"
+    )
+    mode: Literal["multilabel", "binary", "multiclass"] = Field(
+        "multilabel",
+        description="segmentation: `multilabel` (4 sigmoid channels), `binary` (one class-agnostic mask; the "
+        "class comes from the gate), `multiclass` (softmax over background + 4; overlapping classes: the "
+        "higher id wins)",
+    )
     data: DataConfig = DataConfig()
     augment: AugmentConfig = AugmentConfig()
     model: ModelConfig
-    class_head: ClassHeadConfig | None = None  # segmentation only: also predict which classes are present
-    loss: list[LossTerm] = Field(default_factory=lambda: [LossTerm(type="bce"), LossTerm(type="dice")])
+    class_head: ClassHeadConfig | None = Field(
+        None,
+        description="segmentation only: an image-level head on the deepest encoder features (smp "
+        "`aux_params`, 4th place), trained jointly: the loss adds `loss_weight` x its BCE against the classes "
+        "the (cropped) mask holds (`train/loss_class`, `val/loss_class`); the run can then be the ensemble's "
+        "`gate`; null = none",
+    )
+    loss: list[LossTerm] = Field(
+        default_factory=lambda: [LossTerm(type="bce"), LossTerm(type="dice")],
+        description="list of terms, summed with their weights",
+    )
     optimizer: OptimizerConfig = OptimizerConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     trainer: TrainerConfig = TrainerConfig()
     validation: ValidationConfig = ValidationConfig()
     oof: OofConfig = OofConfig()
     pseudo: PseudoConfig = PseudoConfig()
-    # Staged training: start from these weights instead of the pretrained encoder, with a fresh
-    # optimiser and schedule: a .ckpt file, or the earlier stage's training config (configs/NAME.yaml),
-    # whose run of the same fold gives its best.ckpt (OUT_DIR/NAME/foldK/best.ckpt).
-    init_from: str | None = None
+    init_from: str | None = Field(
+        None,
+        description="staged training: start from a `.ckpt` (what `--init-from` sets) or from the same fold's "
+        "`best.ckpt` of an earlier stage named by its config (`configs/NAME.yaml`, its run "
+        "`OUT_DIR/NAME/foldK/best.ckpt`); same network (strict key match), fresh optimiser and schedule, no "
+        "pretrained download; null = the pretrained encoder",
+    )
 
     @property
     def parent_stage(self) -> Path | None:

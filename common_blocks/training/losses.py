@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from segmentation_models_pytorch.losses import (
     BINARY_MODE,
     MULTICLASS_MODE,
@@ -46,9 +46,29 @@ class LossTerm(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    type: str
-    weight: float = 1.0
-    args: dict[str, Any] = {}
+    type: str = Field(
+        description="`bce`, `soft_bce`, `focal` (all tasks), `dice`, `lovasz` (per-image Lovasz hinge; "
+        "segmentation)"
+    )
+    weight: float = Field(1.0, description="the term's weight in the sum")
+    args: dict[str, Any] = Field(
+        {},
+        description="keyword arguments of the term's loss class (smp's or torch's)",
+        json_schema_extra={
+            "documented_args": {
+                "pos_weight": {
+                    "default": None,
+                    "description": "`bce`: one weight per output for its defect pixels, e.g. `[2, 2, 1, 1.5]` "
+                    "(1st place); not in `multiclass` mode",
+                },
+                "smooth_factor": {"default": 0.0, "description": "`soft_bce`: label smoothing"},
+                "per_image": {
+                    "default": True,
+                    "description": "`lovasz`: the loss per image, averaged (false: over the whole batch)",
+                },
+            }
+        },
+    )
 
 
 def _check_mode(mode: str) -> None:

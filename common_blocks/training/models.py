@@ -18,7 +18,7 @@ from typing import Any
 
 import segmentation_models_pytorch as smp
 import timm
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from segmentation_models_pytorch.encoders import get_encoder_names
 from torch import nn
 
@@ -42,8 +42,36 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    type: str
-    args: dict[str, Any] = {}
+    type: str = Field(description="`FPN`, `Unet` (smp) or `Classifier` (timm)")
+    args: dict[str, Any] = Field(
+        {},
+        description="keyword arguments of the network, passed to smp/timm; names are checked against the class",
+        # the arguments the pipeline itself reads or relies on (docs/config.md lists them)
+        json_schema_extra={
+            "documented_args": {
+                "encoder_name": {
+                    "default": DEFAULT_ENCODER,
+                    "description": "any smp encoder, a `tu-` timm encoder, or a timm model for the Classifier",
+                },
+                "encoder_weights": {
+                    "default": IMAGENET,
+                    "description": "`imagenet` (downloads from the hub), null, `package:DIST` (an installed "
+                    "package that ships weights, offline), or a local `.pth`/`.pt`/`.bin`/`.safetensors` file in "
+                    'the encoder\'s own layout or another known one (see "Pretrained weights offline" in '
+                    "[commands.md](commands.md))",
+                },
+                "in_channels": {
+                    "default": 3,
+                    "description": "input channels; `data.grayscale: true` sets 1",
+                },
+                "decoder_attention_type": {
+                    "default": None,
+                    "description": "`scse` (Unet only; smp's FPN has none)",
+                },
+                "dropout": {"default": 0.0, "description": "Classifier only: dropout before its head"},
+            }
+        },
+    )
 
 
 def _weights_source(weights: Any, key: str) -> str | Path | None:

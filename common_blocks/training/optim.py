@@ -29,13 +29,19 @@ class OptimizerConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    type: OptimizerName = "adam"
-    encoder_lr: float = Field(1e-4, gt=0)
-    decoder_lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    # Train only the decoder (and the encoder's batch norm) for the first N epochs: a pretrained or
-    # earlier-stage encoder is not disturbed while the new decoder is random (8th place)
-    freeze_encoder_epochs: int = Field(0, ge=0)
+    type: OptimizerName = Field("adam", description="`adam`, `adamw`, `radam`")
+    encoder_lr: float = Field(
+        1e-4, gt=0, description="learning rate of the encoder (classifier: the backbone)"
+    )
+    decoder_lr: float = Field(1e-3, gt=0, description="learning rate of the decoder (classifier: the head)")
+    weight_decay: float = Field(0.0, ge=0, description="the optimiser's weight decay")
+    freeze_encoder_epochs: int = Field(
+        0,
+        ge=0,
+        description="the encoder's weights stay fixed (its batch norm learns) for the first N epochs, so a "
+        "pretrained or earlier-stage encoder is not disturbed while the new decoder is random (8th place); "
+        "with DDP set `trainer.find_unused_parameters: true`",
+    )
 
 
 class SchedulerConfig(BaseModel):
@@ -43,11 +49,22 @@ class SchedulerConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["plateau", "cosine", "none"] = "plateau"
-    warmup_epochs: int = Field(0, ge=0)
-    patience: int = Field(2, ge=0)
-    factor: float = Field(0.5, gt=0, lt=1)
-    min_lr: float = Field(1e-6, ge=0)
+    type: Literal["plateau", "cosine", "none"] = Field(
+        "plateau", description="`plateau` (on the score `trainer.monitor` names), `cosine`, `none`"
+    )
+    warmup_epochs: int = Field(
+        0,
+        ge=0,
+        description="cosine only: linear warm-up from 1/(N+1) of each rate over N epochs (torch's `LinearLR` "
+        "then `CosineAnnealingLR` in a `SequentialLR`)",
+    )
+    patience: int = Field(2, ge=0, description="plateau: epochs without improvement before the rates drop")
+    factor: float = Field(0.5, gt=0, lt=1, description="plateau: the factor the rates are multiplied by")
+    min_lr: float = Field(
+        1e-6,
+        ge=0,
+        description="the plateau floor and the cosine end (must be below both learning rates for cosine)",
+    )
 
     @model_validator(mode="after")
     def _warmup_needs_cosine(self) -> SchedulerConfig:
