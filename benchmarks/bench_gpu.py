@@ -36,7 +36,6 @@ others still run; the exit status is then 1. Bad arguments are one ``error:`` li
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
@@ -61,6 +60,7 @@ import lightning as L
 import pandas as pd
 
 from benchmarks.common import peak_rss_mib
+from benchmarks.train_timing import MIB, PREDICT_PRECISIONS, TRAIN_PRECISIONS, BatchTimer, Device, step_alone
 from common_blocks.arguments import NON_NEGATIVE, POSITIVE, integer_at_least
 from common_blocks.data.datasets import SegmentationDataset
 from common_blocks.data.formats import list_images
@@ -80,12 +80,8 @@ from common_blocks.training.runner import build_trainer, lightning_warnings_that
 ROOT = Path(__file__).resolve().parents[1]
 GPU_CONFIG = ROOT / "configs" / "fpn_se_resnext50.yaml"
 SMOKE_CONFIG = ROOT / "configs" / "debug.yaml"
-TRAIN_PRECISIONS = ("32", "bf16-mixed", "16-mixed")
-PREDICT_PRECISIONS = ("fp32", "bf16", "fp16")
-AUTOCAST_DTYPES = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 TTA = ("none", "hflip")  # configs/ensemble.yaml's
 FOLD = 0
-MIB = 2**20
 
 # Sizes: (GPU run, --smoke). The GPU figures are meant to be steady (about 1,000 timed images per
 # precision at batch 8); the smoke ones only to run every line of the script quickly.
@@ -158,52 +154,6 @@ def _path(text: str) -> Path:
 
 
 # --- devices and timing ------------------------------------------------------------------------------
-
-
-class Device:
-    """The device of the run: moving batches, synchronising timings, peak memory."""
-
-    def __init__(self, smoke: bool) -> None:
-        self.torch = torch.device("cpu" if smoke else "cuda")
-        self.cuda = self.torch.type == "cuda"
-        if self.cuda:
-            torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest convolutions once
-
-    def synchronize(self) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
-
-    def reset_peak(self) -> None:
-        if self.cuda:
-            torch.cuda.reset_peak_memory_stats()
-
-    def peak_mib(self) -> float | None:
-        """``torch.cuda.max_memory_allocated`` since the last ``reset_peak``; None on the CPU."""
-        return torch.cuda.max_memory_allocated() / MIB if self.cuda else None
-
-    def free(self) -> None:
-        gc.collect()
-        if self.cuda:
-            torch.cuda.empty_cache()
-
-    def batch(self, batch: dict[str, Any]) -> dict[str, Any]:
-        return {
-            key: value.to(self.torch, non_blocking=True) if isinstance(value, torch.Tensor) else value
-            for key, value in batch.items()
-        }
-
-    def train_precisions(self) -> dict[str, str | None]:
-        """Each training precision and why it is skipped here (None: it runs)."""
-        if self.cuda:
-            return dict.fromkeys(TRAIN_PRECISIONS)
-        bf16 = None if cpu_has_bf16() else "this CPU has no bf16 instructions (AVX512-BF16 / AMX)"
-        return {"32": None, "bf16-mixed": bf16, "16-mixed": "16-mixed is GPU-only"}
-
-    def predict_precisions(self) -> dict[str, str | None]:
-        if self.cuda:
-            return dict.fromkeys(PREDICT_PRECISIONS)
-        bf16 = None if cpu_has_bf16() else "this CPU has no bf16 instructions (AVX512-BF16 / AMX)"
-        return {"fp32": None, "bf16": bf16, "fp16": "fp16 autocast is GPU-only"}
 
 
 def environment(device: Device) -> dict[str, Any]:
@@ -341,70 +291,6 @@ def loader_alone(args: argparse.Namespace, data_dir: Path, device: Device) -> di
     }
 
 
-def step_alone(module: DefectModule, batches: list[dict], args: argparse.Namespace, device: Device) -> dict:
-    """Forward, loss, backward and optimiser step on batches already on the device, as Lightning's
-    precision plugin runs them: autocast to the precision's dtype around forward and loss, and for
-    16-mixed a gradient scaler."""
-    precision = module.cfg.trainer.precision
-    dtype = AUTOCAST_DTYPES[precision]
-    module.to(device.torch).train()
-    optimizer = module.configure_optimizers()
-    optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
-    scaler = torch.amp.GradScaler(device.torch.type) if precision == "16-mixed" else None
-
-    def step(batch: dict[str, Any]) -> torch.Tensor:
-        with torch.autocast(device.torch.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = module._loss(module.model_logits(batch["image"]), batch)
-        if scaler is None:
-            loss.backward()
-            optimizer.step()
-        else:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
-
-    device.reset_peak()
-    for index in range(args.warmup):
-        step(batches[index % len(batches)])
-    device.synchronize()
-    images, started = 0, time.perf_counter()
-    for index in range(args.steps):
-        batch = batches[index % len(batches)]
-        loss = step(batch)
-        images += batch["image"].shape[0]
-    device.synchronize()
-    seconds = time.perf_counter() - started
-    return {"img_s": images / seconds, "peak_gpu_mib": device.peak_mib(), "last_loss": float(loss)}
-
-
-class BatchTimer(L.Callback):
-    """Images/s of ``Trainer.fit`` between the end of the warm-up batches and the end of the last one,
-    the device synchronised at both ends (and nowhere else, so the loop runs as it always does)."""
-
-    def __init__(self, warmup: int, steps: int, device: Device) -> None:
-        self.warmup, self.steps, self.device = warmup, steps, device
-        self.started = self.finished = 0.0
-        self.images = 0
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if batch_idx == self.warmup - 1:
-            self.device.synchronize()
-            self.started = time.perf_counter()
-        elif batch_idx >= self.warmup:
-            self.images += batch["image"].shape[0]
-            if batch_idx == self.warmup + self.steps - 1:
-                self.device.synchronize()
-                self.finished = time.perf_counter()
-
-    @property
-    def rate(self) -> float:
-        if not self.finished:
-            raise RuntimeError(f"the fit ended before its {self.warmup + self.steps} batches")
-        return self.images / (self.finished - self.started)
-
-
 def whole_pipeline(cfg: TrainConfig, args: argparse.Namespace, work: Path, device: Device) -> dict:
     """``Trainer.fit`` as ``train_fold`` builds it (``build_trainer``, ``SteelDataModule``), without
     the validation pass."""
@@ -434,7 +320,7 @@ def train_stage(args: argparse.Namespace, data_dir: Path, work: Path, device: De
     del loader
     torch.manual_seed(cfg.trainer.seed)
     module = DefectModule(cfg.model_dump(mode="json"), FOLD)
-    alone = step_alone(module, batches, args, device)
+    alone = step_alone(module, batches, args.warmup, args.steps, device)
     del module, batches
     device.free()
     torch.manual_seed(cfg.trainer.seed)

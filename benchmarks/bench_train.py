@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 # isort: off
 import common_blocks.training  # noqa: F401  (first: declares the torchvision ops lightning needs)
-import lightning as L
 
 # isort: on
 from benchmarks.common import REAL_SAMPLE, peak_rss_mib, require_real_sample
+from benchmarks.train_timing import BatchTimer, Device, step_alone
 from common_blocks.run_folder import RunPaths
 from common_blocks.training.config import load_config
 from common_blocks.training.datamodule import SteelDataModule
@@ -32,51 +31,17 @@ from common_blocks.training.precision import resolve_precision
 from common_blocks.training.runner import build_trainer
 
 
-def step_alone(module: DefectModule, batches: list[dict], steps: int) -> float:
-    """Images/s of forward + backward + optimiser step on preloaded batches."""
-    optimizer = module.configure_optimizers()
-    optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
-    module.train()
-    images = 0
-    start = time.perf_counter()
-    for step in range(steps):
-        batch = batches[step % len(batches)]
-        loss = module._loss(module.model_logits(batch["image"]), batch)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        images += batch["image"].shape[0]
-    return images / (time.perf_counter() - start)
-
-
 def full_pipeline(cfg, datamodule: SteelDataModule, steps: int) -> float:
     """Images/s of Trainer.fit over the real loader, timed from the first to the last batch."""
     module = DefectModule(cfg.model_dump(mode="json"), 0)
-    timer = BatchTimer()
+    timer = BatchTimer(1, steps, Device(cpu=True))
     with tempfile.TemporaryDirectory() as folder:
         trainer, _ = build_trainer(cfg, RunPaths(Path(folder)), "cpu", 1, [timer])
         trainer.limit_train_batches = steps + 1
         trainer.limit_val_batches = 0
         trainer.fit_loop.max_epochs = 1
         trainer.fit(module, datamodule=datamodule)
-    return timer.images / (timer.finished - timer.first_done)
-
-
-class BatchTimer(L.Callback):
-    """Counts images between the end of the first batch (warm-up excluded) and the end of the last."""
-
-    def __init__(self) -> None:
-        self.first_done = 0.0
-        self.finished = 0.0
-        self.images = 0
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        now = time.perf_counter()
-        if batch_idx == 0:
-            self.first_done = now
-        else:
-            self.images += batch["image"].shape[0]
-            self.finished = now
+    return timer.rate
 
 
 def main() -> None:
@@ -116,8 +81,7 @@ def main() -> None:
         loader = datamodule.train_dataloader()
         batches = [batch for batch, _ in zip(loader, range(min(args.steps, 8)))]
         module = DefectModule(cfg.model_dump(mode="json"), 0)
-        step_alone(module, batches, 1)  # warm-up
-        alone = step_alone(module, batches, args.steps)
+        alone = step_alone(module, batches, 1, args.steps, Device(cpu=True))["img_s"]
         del batches, loader
         pipeline = full_pipeline(cfg, datamodule, args.steps)
     print(

@@ -159,7 +159,7 @@ class DefectModule(L.LightningModule):
         present = targets_for_mode(batch["mask"].float(), CLASSIFICATION_MODE)
         return F.binary_cross_entropy_with_logits(class_logits.float(), present)
 
-    def _loss(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+    def mask_loss(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
         """The loss of model-resolution ``logits``: the (uint8) mask is area-averaged down to their size.
 
         Losses at the model's resolution: upsampling 4 logit channels to 256x1600 and back
@@ -176,7 +176,7 @@ class DefectModule(L.LightningModule):
         self, logits: torch.Tensor, class_logits: torch.Tensor | None, batch: dict[str, Any], stage: str
     ) -> torch.Tensor:
         """The loss, plus the class head's BCE times its weight (logged as ``STAGE/loss_class``)."""
-        loss = self._loss(logits, batch)
+        loss = self.mask_loss(logits, batch)
         class_loss = self._class_loss(class_logits, batch)
         if class_loss is None:
             return loss

@@ -86,7 +86,7 @@ def test_smoke_run_measures_every_stage(smoke):
 
 
 def test_a_failed_stage_is_recorded_and_the_others_still_run():
-    stages = bench_gpu.Stages(bench_gpu.Device(smoke=True))
+    stages = bench_gpu.Stages(bench_gpu.Device(cpu=True))
 
     def broken():
         raise RuntimeError("CUDA out of memory.\nTried to allocate 2 GiB")

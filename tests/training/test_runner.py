@@ -117,7 +117,7 @@ def test_training_loss_is_taken_at_the_model_resolution(debug_config, mode):
     assert logits.shape[-2:] == (64, 128)
     calls = []
     module.loss.forward = lambda output, target: calls.append((output, target)) or output.sum()
-    module._loss(logits, {"mask": mask})
+    module.mask_loss(logits, {"mask": mask})
     output, target = calls[0]
     assert output is logits
     if mode == "multilabel":

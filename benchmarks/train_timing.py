@@ -1,0 +1,134 @@
+"""Timing a training step, shared by ``bench_train`` (CPU) and ``bench_gpu``: the device a run
+measures on, the model step alone on preloaded batches, and a Lightning callback timing
+``Trainer.fit``. Both time the same step the training runs, so their ratio is the pipeline's cost."""
+
+from __future__ import annotations
+
+import gc
+import time
+from typing import Any
+
+import torch
+
+# isort: off
+import common_blocks.training  # noqa: F401  (first: declares the torchvision ops lightning needs)
+import lightning as L
+
+# isort: on
+from common_blocks.training.module import DefectModule
+from common_blocks.training.precision import cpu_has_bf16
+
+TRAIN_PRECISIONS = ("32", "bf16-mixed", "16-mixed")
+PREDICT_PRECISIONS = ("fp32", "bf16", "fp16")
+AUTOCAST_DTYPES = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+MIB = 2**20
+
+
+class Device:
+    """The device of the run: moving batches, synchronising timings, peak memory."""
+
+    def __init__(self, cpu: bool) -> None:
+        self.torch = torch.device("cpu" if cpu else "cuda")
+        self.cuda = self.torch.type == "cuda"
+        if self.cuda:
+            torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest convolutions once
+
+    def synchronize(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def reset_peak(self) -> None:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+
+    def peak_mib(self) -> float | None:
+        """``torch.cuda.max_memory_allocated`` since the last ``reset_peak``; None on the CPU."""
+        return torch.cuda.max_memory_allocated() / MIB if self.cuda else None
+
+    def free(self) -> None:
+        gc.collect()
+        if self.cuda:
+            torch.cuda.empty_cache()
+
+    def batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {
+            key: value.to(self.torch, non_blocking=True) if isinstance(value, torch.Tensor) else value
+            for key, value in batch.items()
+        }
+
+    def train_precisions(self) -> dict[str, str | None]:
+        """Each training precision and why it is skipped here (None: it runs)."""
+        if self.cuda:
+            return dict.fromkeys(TRAIN_PRECISIONS)
+        bf16 = None if cpu_has_bf16() else "this CPU has no bf16 instructions (AVX512-BF16 / AMX)"
+        return {"32": None, "bf16-mixed": bf16, "16-mixed": "16-mixed is GPU-only"}
+
+    def predict_precisions(self) -> dict[str, str | None]:
+        if self.cuda:
+            return dict.fromkeys(PREDICT_PRECISIONS)
+        bf16 = None if cpu_has_bf16() else "this CPU has no bf16 instructions (AVX512-BF16 / AMX)"
+        return {"fp32": None, "bf16": bf16, "fp16": "fp16 autocast is GPU-only"}
+
+
+def step_alone(module: DefectModule, batches: list[dict], warmup: int, steps: int, device: Device) -> dict:
+    """Forward, loss, backward and optimiser step on batches already on the device, as Lightning's
+    precision plugin runs them: autocast to the precision's dtype around forward and loss, and for
+    16-mixed a gradient scaler. ``warmup`` untimed steps first."""
+    precision = module.cfg.trainer.precision
+    dtype = AUTOCAST_DTYPES[precision]
+    module.to(device.torch).train()
+    optimizer = module.configure_optimizers()
+    optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
+    scaler = torch.amp.GradScaler(device.torch.type) if precision == "16-mixed" else None
+
+    def step(batch: dict[str, Any]) -> torch.Tensor:
+        with torch.autocast(device.torch.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = module.mask_loss(module.model_logits(batch["image"]), batch)
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    device.reset_peak()
+    for index in range(warmup):
+        step(batches[index % len(batches)])
+    device.synchronize()
+    images, started = 0, time.perf_counter()
+    for index in range(steps):
+        batch = batches[index % len(batches)]
+        loss = step(batch)
+        images += batch["image"].shape[0]
+    device.synchronize()
+    seconds = time.perf_counter() - started
+    return {"img_s": images / seconds, "peak_gpu_mib": device.peak_mib(), "last_loss": float(loss)}
+
+
+class BatchTimer(L.Callback):
+    """Images/s of ``Trainer.fit`` between the end of the warm-up batches and the end of the last one,
+    the device synchronised at both ends (and nowhere else, so the loop runs as it always does)."""
+
+    def __init__(self, warmup: int, steps: int, device: Device) -> None:
+        self.warmup, self.steps, self.device = warmup, steps, device
+        self.started = self.finished = 0.0
+        self.images = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx == self.warmup - 1:
+            self.device.synchronize()
+            self.started = time.perf_counter()
+        elif batch_idx >= self.warmup:
+            self.images += batch["image"].shape[0]
+            if batch_idx == self.warmup + self.steps - 1:
+                self.device.synchronize()
+                self.finished = time.perf_counter()
+
+    @property
+    def rate(self) -> float:
+        if not self.finished:
+            raise RuntimeError(f"the fit ended before its {self.warmup + self.steps} batches")
+        return self.images / (self.finished - self.started)
