@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from common_blocks.evaluation.oof_stats import OofStatsBuilder
 from common_blocks.evaluation.threshold_search import SearchResult, evaluate, search
 from common_blocks.files import check_output_file, staged_outputs
 from common_blocks.inference.ensemble_config import EnsembleConfig
+from common_blocks.inference.leaderboard import read_leaderboard, with_row
 from common_blocks.inference.options import PredictOptions
 from common_blocks.inference.predictor import EnsemblePredictor, Runtime, build_predictor
 from common_blocks.inference.submission import ReadTolerantDataset, image_loader
@@ -142,55 +142,6 @@ def run_digest(cfg: EnsembleConfig, runs: dict[str, TrainConfig]) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:10]
 
 
-LEADERBOARD_COLUMNS = (
-    "time",
-    "config_hash",
-    "name",
-    "members",
-    "gate",
-    "tta",
-    "n_images",
-    "score",
-    *(f"score_{c}" for c in CLASS_IDS),
-    "backend",
-    "precision",
-)
-# A leaderboard written by an earlier version has the first columns only: its rows keep them and
-# the columns added since are appended, empty for those rows. New columns go at the end.
-_FIRST_COLUMNS = 12
-
-
-def read_leaderboard(path: str | os.PathLike) -> pd.DataFrame:
-    """The leaderboard's rows (none when the file does not exist yet), as strings, in
-    ``LEADERBOARD_COLUMNS`` (an earlier version's file, whose columns are the first of them, gets the
-    later ones empty); a file that is not readable, not CSV or has other columns is an error naming
-    it, never merged into."""
-    path = Path(path)
-    if not path.exists():
-        return pd.DataFrame(columns=list(LEADERBOARD_COLUMNS), dtype=str)
-    if not path.is_file():
-        raise DataError(f"{path}: the leaderboard is not a file")
-    try:
-        board = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise DataError(f"{path}: not a readable leaderboard CSV ({reason})") from None
-    columns = tuple(board.columns)
-    if len(columns) < _FIRST_COLUMNS or columns != LEADERBOARD_COLUMNS[: len(columns)]:
-        raise DataError(
-            f"{path}: not a leaderboard of this pipeline (columns {', '.join(map(str, board.columns))}; "
-            f"expected {', '.join(LEADERBOARD_COLUMNS)}); move it away or set `leaderboard:` to another file"
-        )
-    return board.reindex(columns=list(LEADERBOARD_COLUMNS), fill_value="")
-
-
-def _with_row(board: pd.DataFrame, row: dict[str, object]) -> pd.DataFrame:
-    if tuple(row) != LEADERBOARD_COLUMNS:
-        raise ValueError(f"leaderboard row with keys {list(row)}, expected {LEADERBOARD_COLUMNS}")
-    new = pd.DataFrame([{key: str(value) for key, value in row.items()}])
-    return new if board.empty else pd.concat([board, new], ignore_index=True)
-
-
 def check_outputs(cfg: EnsembleConfig) -> None:
     """Before any prediction: the three outputs are distinct files that can be written, and the
     leaderboard, if there is one, can be appended to."""
@@ -259,7 +210,7 @@ def run_oof(
         "backend": "torch" if runtime is None else runtime.name,
         "precision": options.precision,
     }
-    board = _with_row(read_leaderboard(cfg.leaderboard_path), row)  # read again: it may have grown
+    board = with_row(read_leaderboard(cfg.leaderboard_path), row)  # read again: it may have grown
     # All three are prepared before any replaces its file. Inference reads the thresholds and the
     # report reads them with the statistics, so the statistics go first, the thresholds (what a run
     # of inference picks up) next and the leaderboard row, which records the run as done, last; a
