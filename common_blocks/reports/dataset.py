@@ -17,16 +17,13 @@ from common_blocks.errors import DataError
 from common_blocks.files import staged_folder
 from common_blocks.reports.figures import (
     class_distribution,
-    colour_legend,
-    figure_html,
     image_groups,
     label_masks,
     overlay,
     save_figure,
     save_png,
-    section_html,
-    write_page,
 )
+from common_blocks.reports.html import colour_legend, figure_html, section_html, write_page
 
 
 def sample_images(table: pd.DataFrame, per_class: int, seed: int = 0) -> dict[str, list[str]]:

@@ -29,18 +29,15 @@ from common_blocks.evaluation.threshold_search import SearchResult, pair_outcome
 from common_blocks.files import staged_folder
 from common_blocks.reports.figures import (
     class_distribution,
-    colour_legend,
     confusion_by_class_count,
-    figure_html,
     label_masks,
     overlay,
     save_figure,
     save_png,
     score_vs_threshold,
-    section_html,
     training_curves,
-    write_page,
 )
+from common_blocks.reports.html import colour_legend, figure_html, section_html, write_page
 from common_blocks.run_folder import RunPaths
 
 
