@@ -21,7 +21,7 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	touch $(STAMP)
 
 # One pytest process for the whole suite, the exported backends included (OpenVINO once crashed a
-# later test here: common_blocks/deploy/runtimes.py:openvino_core says why, and a test keeps it fixed).
+# later test here: common_blocks/deploy/onnx_runtimes.py:openvino_core says why, and a test keeps it fixed).
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 

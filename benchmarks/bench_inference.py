@@ -63,9 +63,9 @@ from common_blocks.data import datasets, rle
 from common_blocks.data.datasets import SegmentationDataset
 from common_blocks.data.formats import list_images
 from common_blocks.data.synthetic import generate
-from common_blocks.deploy.backends import ExportedRuntime, cpu_has_bf16
+from common_blocks.deploy.backend_choice import ExportedRuntime, cpu_has_bf16
 from common_blocks.deploy.export import export_ensemble, open_export
-from common_blocks.deploy.runtimes import RUNTIME_PRECISIONS, installed_runtimes
+from common_blocks.deploy.onnx_runtimes import RUNTIME_PRECISIONS, installed_runtimes
 from common_blocks.evaluation.postprocess import ClassPostprocess, PostprocessConfig
 from common_blocks.inference import predictor as predictor_module
 from common_blocks.inference import submission

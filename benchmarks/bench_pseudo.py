@@ -33,7 +33,7 @@ from common_blocks.data.formats import RLE_COLUMNS, read_labels
 from common_blocks.data.synthetic import generate
 from common_blocks.evaluation.metric import score_tables, summarize
 from common_blocks.inference.ensemble_config import EnsembleConfig
-from common_blocks.inference.oof import run_oof
+from common_blocks.inference.oof_search import run_oof
 from common_blocks.inference.options import PredictOptions
 from common_blocks.pseudo.rounds import (
     GATE_COLUMNS,

@@ -26,10 +26,10 @@ COMMAND_MODULES = {
         "common_blocks.evaluation.oof_stats",
         "common_blocks.evaluation.threshold_search",
     ],
-    "dataset": ["common_blocks.reports.dataset"],
+    "dataset": ["common_blocks.reports.dataset_overview"],
     "train": ["common_blocks.training.runner"],
     "infer": ["common_blocks.inference.predictor", "common_blocks.inference.submission"],
-    "oof": ["common_blocks.inference.oof"],
+    "oof": ["common_blocks.inference.oof_search"],
     "report": ["common_blocks.reports.oof_report"],
 }
 HEAVY = ("torch", "lightning", "segmentation_models_pytorch", "timm", "matplotlib")

@@ -36,8 +36,9 @@ import torch
 
 from common_blocks.data.formats import N_CLASSES
 from common_blocks.evaluation.metric import summarize
-from common_blocks.evaluation.oof_stats import DEFAULT_GATES, OofStats, OofStatsBuilder
+from common_blocks.evaluation.oof_stats import OofStats, OofStatsBuilder
 from common_blocks.evaluation.postprocess import ClassPostprocess, PostprocessConfig
+from common_blocks.evaluation.search_grid import DEFAULT_GATES
 from common_blocks.evaluation.threshold_search import evaluate, search
 from common_blocks.run_folder import VAL_SCORE, VAL_TUNED_SCORE, RunPaths
 from common_blocks.training.averaging import average_state_dicts, reestimate_batch_norm

@@ -20,14 +20,10 @@ import cv2
 import numpy as np
 
 from benchmarks.common import best_time, peak_rss_mib
+from common_blocks.evaluation.image_stats import image_stats
 from common_blocks.evaluation.metric import summarize
-from common_blocks.evaluation.oof_stats import (
-    DEFAULT_MIN_SIZES,
-    DEFAULT_THRESHOLDS,
-    N_CLASSES,
-    OofStats,
-    image_stats,
-)
+from common_blocks.evaluation.oof_stats import N_CLASSES, OofStats
+from common_blocks.evaluation.search_grid import DEFAULT_MIN_SIZES, DEFAULT_THRESHOLDS
 from common_blocks.evaluation.threshold_search import evaluate, search
 
 IMAGE_SHAPE = (256, 1600)

@@ -5,22 +5,20 @@ and renames them into place together, putting the old files back if a rename fai
 command's outputs change all together or not at all. ``check_output_file`` and ``check_output_dir``
 tell, before any expensive work, whether an output can be written where the user asked. Every
 failure to write an output (a folder where a file is wanted, a read-only folder, a full disk) is an
-``OutputError``: one line naming the output.
+``OutputError``: one line naming the output. Outputs that are whole folders build on these in
+``output_folders``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import glob
-import json
 import os
-import re
 import secrets
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from common_blocks.errors import PipelineError
@@ -37,17 +35,18 @@ class OutputError(PipelineError):
     """An output cannot be written where it was asked for; the message names it."""
 
 
-def _describe(error: OSError) -> str:
+def describe_error(error: OSError) -> str:
+    """The system's reason for ``error``, as an OutputError's message gives it."""
     return error.strerror or str(error)
 
 
-# Staging folders of ``staged_folder`` and the folders their files are for: errors name the latter.
-_FOLDERS: dict[Path, Path] = {}
+# Staging folders of ``output_folders`` and the folders their files are for: errors name the latter.
+STAGING_FOLDERS: dict[Path, Path] = {}
 
 
 def _shown(path: Path) -> Path:
     """Where ``path`` ends up: its place in the final folder when it is staged in a staging folder."""
-    for staging, final in _FOLDERS.items():
+    for staging, final in STAGING_FOLDERS.items():
         if path.is_relative_to(staging):
             return final / path.relative_to(staging)
     return path
@@ -114,7 +113,7 @@ def check_output_dir(path: str | os.PathLike, what: str = "the output folder") -
     return target
 
 
-def _make_parents(target: Path, what: str) -> list[Path]:
+def make_parents(target: Path, what: str) -> list[Path]:
     """Create the missing folders above ``target``; returns them, deepest first, to remove on failure."""
     missing = []
     for folder in target.parents:
@@ -124,17 +123,21 @@ def _make_parents(target: Path, what: str) -> list[Path]:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise OutputError(f"{target}: cannot create the folder for {what} ({_describe(error)})") from None
+        raise OutputError(
+            f"{target}: cannot create the folder for {what} ({describe_error(error)})"
+        ) from None
     return missing
 
 
-def _remove_empty(folders: list[Path]) -> None:
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove those of ``folders`` (``make_parents``' list, deepest first) that are empty."""
     for folder in folders:
         with contextlib.suppress(OSError):
             folder.rmdir()
 
 
-def _current_umask() -> int:
+def current_umask() -> int:
+    """The process's umask, read without changing it."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -159,11 +162,11 @@ class StagedOutputs:
         target = check_output_file(path, what)
         if target in self.targets:
             raise ValueError(f"{target} staged twice")
-        self._created += _make_parents(target, what)
+        self._created += make_parents(target, what)
         try:
             handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         except OSError as error:
-            raise OutputError(f"{_shown(target)}: cannot write {what} ({_describe(error)})") from None
+            raise OutputError(f"{_shown(target)}: cannot write {what} ({describe_error(error)})") from None
         os.close(handle)
         temporary = Path(name)
         self._staged.append((target, temporary))
@@ -173,19 +176,19 @@ class StagedOutputs:
         except OSError as error:
             if not (is_write_failure(error) or _names(error, temporary)):
                 raise
-            raise OutputError(f"{_shown(target)}: cannot write {what} ({_describe(error)})") from None
+            raise OutputError(f"{_shown(target)}: cannot write {what} ({describe_error(error)})") from None
 
     def adopt(self, path: str | os.PathLike, temporary: Path) -> None:
         """Stage a file already written (on the file system of ``path``) as ``path``'s new content."""
         target = check_output_file(path)
-        self._created += _make_parents(target, "the output")
+        self._created += make_parents(target, "the output")
         self._staged.append((target, temporary))
 
     def commit(self) -> None:
         """Rename every temporary over its target, in order. If a rename fails, the targets already
         replaced get their previous content back (or are removed if they are new) and the error
         names the output that could not be written."""
-        mode = 0o666 & ~_current_umask()  # mkstemp makes the temporaries owner-only
+        mode = 0o666 & ~current_umask()  # mkstemp makes the temporaries owner-only
         several = len(self._staged) > 1
         replaced: list[tuple[Path, Path | None]] = []  # (target, backup of its old content)
         backup: Path | None = None
@@ -202,7 +205,7 @@ class StagedOutputs:
             restored = _restore(replaced)
             failed = _shown(self._staged[len(replaced)][0])
             kept = f"; {', '.join(str(_shown(p)) for p in restored)} left as before" if restored else ""
-            raise OutputError(f"{failed}: cannot write it ({_describe(error)}){kept}") from None
+            raise OutputError(f"{failed}: cannot write it ({describe_error(error)}){kept}") from None
         for _, old in replaced:
             if old is not None:
                 old.unlink(missing_ok=True)
@@ -214,7 +217,7 @@ class StagedOutputs:
             _STAGED.discard(temporary)
             with contextlib.suppress(FileNotFoundError, IsADirectoryError):
                 temporary.unlink()
-        _remove_empty(self._created)
+        remove_empty_folders(self._created)
         self._staged, self._created = [], []
 
 
@@ -280,67 +283,6 @@ def atomic_output(path: str | os.PathLike, what: str = "the output") -> Iterator
         yield temporary
 
 
-def _staging_folder(target: Path, what: str, make: Callable[[], Path]) -> tuple[Path, list[Path]]:
-    """The folder ``make`` creates beside ``target`` (its missing parents made first), registered so
-    that errors name ``target``; and the parents made, to remove on failure."""
-    created = _make_parents(target, what)
-    try:
-        staging = make()
-    except OSError as error:
-        _remove_empty(created)
-        raise OutputError(f"{target}: cannot write {what} ({_describe(error)})") from None
-    _FOLDERS[staging] = target
-    return staging, created
-
-
-@contextlib.contextmanager
-def staged_folder(
-    path: str | os.PathLike, what: str = "the output folder", last: tuple[str, ...] = ("index.html",)
-) -> Iterator[Path]:
-    """Yield an empty folder beside ``path`` to write a set of files into; only when the block
-    succeeds do they move into ``path`` (``path`` is created if missing), the names in ``last`` after
-    the others, with ``StagedOutputs.commit``'s put-back if a move fails. A failure inside the block
-    leaves ``path`` as it was; errors about a staged file name its final place in ``path``.
-    """
-    target = check_output_dir(path, what)
-    staging, created = _staging_folder(
-        target,
-        what,
-        lambda: Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)),
-    )
-    try:
-        yield staging
-        if not target.exists():
-            os.chmod(staging, 0o777 & ~_current_umask())  # mkdtemp makes it owner-only
-            try:
-                os.rename(staging, target)
-            except OSError as error:
-                raise OutputError(f"{target}: cannot write {what} ({_describe(error)})") from None
-            created = []
-            return
-        for folder in sorted(p for p in staging.rglob("*") if p.is_dir()):
-            try:
-                (target / folder.relative_to(staging)).mkdir(parents=True, exist_ok=True)
-            except OSError as error:
-                raise OutputError(
-                    f"{target / folder.relative_to(staging)}: cannot create it ({_describe(error)})"
-                ) from None
-        files = sorted(p for p in staging.rglob("*") if p.is_file())
-        files.sort(key=lambda p: p.relative_to(staging).as_posix() in last)
-        outputs = StagedOutputs()
-        try:
-            for file in files:
-                outputs.adopt(target / file.relative_to(staging), file)
-            outputs.commit()
-        finally:
-            outputs.discard()
-        created = []
-    finally:
-        del _FOLDERS[staging]
-        shutil.rmtree(staging, ignore_errors=True)
-        _remove_empty(created)
-
-
 def check_apart(
     out: Path, what: str, *, holds: Iterable[tuple[str, Path]], within: Iterable[tuple[str, Path]] = ()
 ) -> None:
@@ -360,104 +302,3 @@ def check_apart(
         else:
             continue
         raise OutputError(f"{out}: {relation} {name} {path}; give {what} a folder of its own")
-
-
-def is_marked(folder: Path, marker: str, format_: str) -> bool:
-    """Whether ``folder/marker`` is a JSON object whose ``format`` is ``format_``: how a folder that
-    this pipeline wrote is told from any other."""
-    try:
-        return json.loads((folder / marker).read_text(encoding="utf-8")).get("format") == format_
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
-        return False
-
-
-def check_replaceable(
-    path: str | os.PathLike, what: str, *, overwrite: bool, kind: str, marker: tuple[str, str]
-) -> Path:
-    """``path`` as the folder ``replaced_folder`` will write: new or empty, or, with ``overwrite``, a
-    ``kind`` this pipeline wrote (``is_marked`` by ``marker``: file name and format). Any other folder
-    is an OutputError and is never touched: the user's files, data or configs are not ours to delete.
-    What a killed earlier run left beside it is cleared first (``remove_stale_temporaries``), so
-    that an earlier folder it had set aside is back in place before it is judged."""
-    target = check_output_dir(path, what)
-    if target.parent.is_dir():
-        remove_stale_temporaries(target)
-    if Path.cwd().resolve().is_relative_to(target.resolve()):
-        raise OutputError(f"{target}: is the working directory or holds it; give {what} a folder of its own")
-    if target.is_dir() and any(target.iterdir()):
-        if not overwrite:
-            raise OutputError(f"{target}: is not empty; pass --overwrite to replace the {kind} there")
-        if not is_marked(target, *marker):
-            raise OutputError(
-                f"{target}: is not {kind} this pipeline wrote, so --overwrite leaves it alone; choose "
-                "another folder, or empty this one yourself"
-            )
-    return target
-
-
-# ``replaced_folder``'s own temporaries beside the target: ``.NAME.PID-HEX.tmp`` (being built) and
-# ``.NAME.PID-HEX.old`` (the earlier folder, set aside while the new one is renamed in).
-def _own_temporary(target: Path, entry: Path) -> tuple[int, str] | None:
-    match = re.fullmatch(rf"\.{re.escape(target.name)}\.(\d+)-[0-9a-f]{{8}}\.(tmp|old)", entry.name)
-    return (int(match[1]), match[2]) if match and entry.is_dir() and not entry.is_symlink() else None
-
-
-def _is_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_stale_temporaries(target: Path) -> list[Path]:
-    """Remove what a killed ``replaced_folder`` of ``target`` left (its process no longer runs): a
-    half-built folder is deleted; an earlier folder set aside while ``target`` is missing is put back
-    (the kill came between the two renames). Returns what was removed or restored."""
-    handled = []
-    for entry in sorted(target.parent.glob(f".{glob.escape(target.name)}.*")):
-        owner = _own_temporary(target, entry)
-        if owner is None or _is_running(owner[0]):
-            continue
-        if owner[1] == "old" and not target.exists():
-            os.rename(entry, target)
-        else:
-            shutil.rmtree(entry, ignore_errors=True)
-        handled.append(entry)
-    return handled
-
-
-@contextlib.contextmanager
-def replaced_folder(target: Path, what: str) -> Iterator[Path]:
-    """Yield an empty folder beside ``target`` (checked with ``check_replaceable`` first); when the
-    block succeeds it takes ``target``'s place as a whole: the earlier folder is set aside, the new
-    one renamed in, and only then is the earlier one deleted. A failure leaves ``target`` as it was,
-    and a later run removes what a killed one left (``remove_stale_temporaries``)."""
-    stem = f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}"
-    previous = target.with_name(f"{stem}.old")
-
-    def make() -> Path:
-        target.with_name(f"{stem}.tmp").mkdir()
-        return target.with_name(f"{stem}.tmp")
-
-    staging, created = _staging_folder(target, what, make)
-    try:
-        yield staging
-        os.chmod(staging, 0o777 & ~_current_umask())
-        try:
-            if target.exists():
-                os.rename(target, previous)
-            os.rename(staging, target)
-        except OSError as error:
-            if previous.exists() and not target.exists():
-                os.rename(previous, target)
-            raise OutputError(f"{target}: cannot write {what} ({_describe(error)})") from None
-        created = []
-    finally:
-        del _FOLDERS[staging]
-        shutil.rmtree(staging, ignore_errors=True)
-        if target.exists():
-            shutil.rmtree(previous, ignore_errors=True)
-        _remove_empty(created)

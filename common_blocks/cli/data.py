@@ -71,6 +71,6 @@ def dataset_command(args: argparse.Namespace) -> None:
     check_apart(
         args.out, "the overview (--out)", holds=[], within=[("the data folder (--data-dir)", args.data_dir)]
     )
-    from common_blocks.reports.dataset import dataset_overview
+    from common_blocks.reports.dataset_overview import dataset_overview
 
     print(f"wrote {dataset_overview(args.data_dir, args.out, args.per_class, args.seed)}")

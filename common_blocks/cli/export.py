@@ -22,7 +22,7 @@ def export_command(args: argparse.Namespace) -> None:
 
     check_export_folder(args.out, args.overwrite)
     cfg = config_options(args).ensemble()
-    from common_blocks.deploy.runtimes import installed_runtimes
+    from common_blocks.deploy.onnx_runtimes import installed_runtimes
 
     runtimes = installed_runtimes()  # the export is checked under every one installed
     manifest = export_ensemble(cfg, args.out, runtimes, config_path=args.config, overwrite=args.overwrite)

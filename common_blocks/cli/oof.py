@@ -34,7 +34,7 @@ def oof_command(args: argparse.Namespace) -> None:
     options = predict_options(args)
     backend = chosen_backend(options)
     cfg = config_options(args).ensemble()
-    from common_blocks.inference.oof import run_oof
+    from common_blocks.inference.oof_search import run_oof
 
     with chosen_runtime(options, backend, cfg) as runtime:
         report = run_oof(cfg, options, runtime)

@@ -158,7 +158,7 @@ def predict_options(args: argparse.Namespace) -> PredictOptions:
 
 def chosen_backend(options: PredictOptions) -> str:
     """The backend ``--backend``, ``--precision`` and ``--exported`` choose, checked before anything loads."""
-    from common_blocks.deploy.backends import choose_backend
+    from common_blocks.deploy.backend_choice import choose_backend
 
     return choose_backend(options.backend, options.precision, options.exported)
 
@@ -167,9 +167,9 @@ def chosen_runtime(
     options: PredictOptions, backend: str, cfg: EnsembleConfig
 ) -> contextlib.AbstractContextManager:
     """The context holding the chosen backend's ``Runtime`` (None for torch), for ``build_predictor``."""
-    from common_blocks.deploy import backends
+    from common_blocks.deploy import backend_choice
 
-    return backends.backend_runtime(backend, cfg, options.exported)
+    return backend_choice.backend_runtime(backend, cfg, options.exported)
 
 
 def add_json_option(parser: argparse.ArgumentParser) -> None:

@@ -20,7 +20,7 @@ from submitit.helpers import Checkpointable
 
 from common_blocks.errors import PipelineError
 from common_blocks.inference.ensemble_config import EnsembleConfig
-from common_blocks.inference.oof import run_oof
+from common_blocks.inference.oof_search import run_oof
 from common_blocks.inference.options import PredictOptions
 from common_blocks.run_folder import RunPaths
 from common_blocks.training.checkpoints import check_weights_fit, read_resume_point
@@ -167,7 +167,7 @@ class OofJob(Checkpointable):
         self.options = options
 
     def __call__(self) -> dict[str, Any]:
-        from common_blocks.deploy.backends import backend_runtime, choose_backend
+        from common_blocks.deploy.backend_choice import backend_runtime, choose_backend
 
         os.chdir(self.workdir)
         backend = choose_backend(self.options.backend, self.options.precision, self.options.exported)

@@ -26,12 +26,12 @@ from common_blocks.config_io import YAML_SUFFIXES, config_name
 from common_blocks.errors import ConfigError, PipelineError
 from common_blocks.files import check_output_dir
 from common_blocks.inference.ensemble_config import EnsembleConfig, load_ensemble_config
-from common_blocks.inference.oof import check_outputs, common_folds, training_data
+from common_blocks.inference.oof_search import check_outputs, common_folds, training_data
 from common_blocks.inference.options import PredictOptions
 from common_blocks.run_folder import RunPaths
 from common_blocks.training.config import TrainConfig, load_config
 from common_blocks.training.datamodule import check_fold, labelled_folds, write_missing_folds
-from common_blocks.training.runner import SetAside
+from common_blocks.training.run_folder_transaction import SetAside
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,8 @@ from tqdm import tqdm
 from common_blocks.data.formats import N_CLASSES, RLE_COLUMNS, empty_table, write_labels, write_submission
 from common_blocks.data.rle import IMAGE_SHAPE, encode
 from common_blocks.errors import DataError
-from common_blocks.files import OutputError, check_output_dir, check_output_file, is_marked, staged_folder
+from common_blocks.files import OutputError, check_output_dir, check_output_file
+from common_blocks.output_folders import is_marked, staged_folder
 
 HEIGHT, WIDTH = IMAGE_SHAPE
 SPLITS = ("train", "test")

@@ -36,11 +36,12 @@ from torch import nn
 from common_blocks.data.datasets import GREY_MEAN, GREY_STD, IMAGENET_MEAN, IMAGENET_STD, SegmentationDataset
 from common_blocks.data.formats import list_images
 from common_blocks.data.rle import IMAGE_SHAPE
-from common_blocks.deploy.runtimes import compile_network, install_hint
+from common_blocks.deploy.onnx_runtimes import compile_network, install_hint
 from common_blocks.errors import ConfigError, DataError, PipelineError
-from common_blocks.files import check_apart, check_replaceable, replaced_folder
+from common_blocks.files import check_apart
 from common_blocks.inference.ensemble_config import EnsembleConfig
 from common_blocks.inference.predictor import WeightedModel, build_predictor
+from common_blocks.output_folders import check_replaceable, replaced_folder
 from common_blocks.training.losses import probabilities
 from common_blocks.training.module import DefectModule
 
@@ -171,7 +172,7 @@ def _export_one(
 
 
 def check_export_folder(out: Path, overwrite: bool) -> Path:
-    """``out`` as the export folder, checked before anything loads (``files.check_replaceable``)."""
+    """``out`` as the export folder, checked before anything loads (``output_folders.check_replaceable``)."""
     return check_replaceable(
         out, "the export folder (--out)", overwrite=overwrite, kind="an export", marker=(MANIFEST, FORMAT)
     )

@@ -30,16 +30,15 @@ from common_blocks.config_io import describe_issue, validate_strict
 from common_blocks.data.formats import CLASS_IDS
 from common_blocks.errors import ConfigError, DataError
 from common_blocks.evaluation.metric import PairSums, dice_from_areas, pair_sums
-from common_blocks.evaluation.oof_stats import (
+from common_blocks.evaluation.oof_stats import N_CLASSES, OofStats
+from common_blocks.evaluation.postprocess import ClassPostprocess, PostprocessConfig
+from common_blocks.evaluation.search_grid import (
     DEFAULT_GATES,
     DEFAULT_MIN_AREAS,
-    N_CLASSES,
-    OofStats,
     as_grid,
     min_size_grid,
     threshold_grid,
 )
-from common_blocks.evaluation.postprocess import ClassPostprocess, PostprocessConfig
 from common_blocks.files import atomic_output
 
 RESULT_FORMAT_VERSION = 2  # 2 added the gate factors; files of version 1 read as the hard gate

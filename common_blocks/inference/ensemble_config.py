@@ -19,8 +19,13 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from common_blocks.config_io import YAML_SUFFIXES, Section, config_name, load_config_file
 from common_blocks.errors import ConfigError, DataError
-from common_blocks.evaluation.oof_stats import DEFAULT_GATES, DEFAULT_MIN_AREAS, min_size_grid, threshold_grid
 from common_blocks.evaluation.postprocess import ClassPostprocess, PostprocessConfig
+from common_blocks.evaluation.search_grid import (
+    DEFAULT_GATES,
+    DEFAULT_MIN_AREAS,
+    min_size_grid,
+    threshold_grid,
+)
 from common_blocks.evaluation.threshold_search import (
     DEFAULT_GATE_FACTORS,
     SearchResult,

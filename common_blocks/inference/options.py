@@ -11,7 +11,7 @@ from pathlib import Path
 @dataclass(frozen=True)
 class PredictOptions:
     """``--batch-size`` and ``--workers`` (the image loader), ``--backend``, ``--precision`` and
-    ``--exported`` (what runs the networks: ``deploy.backends.choose_backend`` checks them and
+    ``--exported`` (what runs the networks: ``deploy.backend_choice.choose_backend`` checks them and
     ``backend_runtime`` makes the predictor's ``Runtime`` of them)."""
 
     batch_size: int = 4

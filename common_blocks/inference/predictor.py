@@ -22,11 +22,11 @@ from torch import nn
 from common_blocks.backend_names import PRECISIONS
 from common_blocks.data import rle
 from common_blocks.data.formats import N_CLASSES
-from common_blocks.errors import ConfigError, DataError
+from common_blocks.errors import ConfigError
 from common_blocks.evaluation.postprocess import PostprocessConfig, postprocess_mask
-from common_blocks.inference.ensemble_config import EnsembleConfig, RunRef
-from common_blocks.training.checkpoints import load_checkpoint
-from common_blocks.training.losses import BINARY_MODE, CLASSIFICATION_MODE, MULTILABEL_MODE, probabilities
+from common_blocks.inference.ensemble_checkpoints import check_compatible, checkpoints_of, load_runs
+from common_blocks.inference.ensemble_config import EnsembleConfig
+from common_blocks.training.losses import CLASSIFICATION_MODE, MULTILABEL_MODE, probabilities
 from common_blocks.training.module import DefectModule
 
 TTA_FLIPS: dict[str, tuple[int, ...]] = {"none": (), "hflip": (-1,), "vflip": (-2,)}
@@ -325,90 +325,6 @@ def activate_(logits: torch.Tensor, mode: str) -> torch.Tensor:
     return logits.sigmoid_() if mode == MULTILABEL_MODE else probabilities(logits, mode)
 
 
-def _checkpoints(cfg: EnsembleConfig, ref: RunRef, folds: list[int] | None) -> list[Path]:
-    return [ref.checkpoint_path(cfg.runs_dir, fold) for fold in ref.folds if folds is None or fold in folds]
-
-
-def load_slot(
-    path: Path, ref: RunRef, fold: int, device: str | torch.device = "cpu", channels_last: bool | None = None
-) -> DefectModule:
-    """The checkpoint in ``ref``'s slot for ``fold``, refused when it records another fold or run: a
-    checkpoint scored out of fold on images it trained on would inflate the local CV silently."""
-    module = load_checkpoint(path, device, channels_last=channels_last)
-    if module.fold is not None and module.fold != fold:
-        raise DataError(
-            f"{path}: was trained as fold {module.fold} (its validation fold), not fold {fold} of its "
-            f"slot; out-of-fold scores would use images it trained on. Put it in fold{module.fold}/"
-        )
-    if module.cfg.name != ref.name:
-        raise DataError(f"{path}: is a checkpoint of {module.cfg.name}, not of {ref.name} (its slot)")
-    return module
-
-
-def _load_runs(
-    cfg: EnsembleConfig, ref: RunRef, folds: list[int] | None, device: torch.device
-) -> list[DefectModule]:
-    return [
-        load_slot(ref.checkpoint_path(cfg.runs_dir, fold), ref, fold, device, channels_last=True)
-        for fold in ref.folds
-        if folds is None or fold in folds
-    ]
-
-
-def _by_kind(loaded: dict[Path, DefectModule], kind) -> str:
-    """``kind: file, file; kind: file`` of the loaded checkpoints, grouped by ``kind(module)``."""
-    groups: dict[str, list[str]] = {}
-    for path, module in loaded.items():
-        groups.setdefault(str(kind(module)), []).append(str(path))
-    return "; ".join(f"{name}: {', '.join(paths)}" for name, paths in groups.items())
-
-
-def _check_compatible(
-    cfg: EnsembleConfig,
-    members: list[list[DefectModule]],
-    gates: list[DefectModule],
-    folds: list[int] | None = None,
-) -> None:
-    """Members of one segmentation mode, a classifier gate, and one kind of input for all; an error
-    names the checkpoint files of each kind."""
-    member_files = {
-        path: module
-        for ref, loaded in zip(cfg.members, members, strict=True)
-        for path, module in zip(_checkpoints(cfg, ref, folds), loaded, strict=True)
-    }
-    gate_files = dict(zip(_checkpoints(cfg, cfg.gate, folds) if cfg.gate else [], gates, strict=True))
-    modes: dict[str, list[str]] = {}
-    for ref, loaded in zip(cfg.members, members, strict=True):
-        for mode in dict.fromkeys(module.task_mode for module in loaded):
-            modes.setdefault(ref.name, []).append(mode)
-    if any(CLASSIFICATION_MODE in found for found in modes.values()):
-        classifiers = [name for name, found in modes.items() if CLASSIFICATION_MODE in found]
-        files = [str(p) for p, m in member_files.items() if m.task_mode == CLASSIFICATION_MODE]
-        raise ConfigError(
-            f"members: {', '.join(classifiers)} is a classifier; list it as the gate ({', '.join(files)})"
-        )
-    if len({mode for found in modes.values() for mode in found}) > 1:
-        listed = ", ".join(f"{name}={'/'.join(found)}" for name, found in modes.items())
-        raise ConfigError(
-            f"members: trained in different modes ({listed}); ensemble members of one mode only "
-            f"({_by_kind(member_files, lambda module: module.task_mode)})"
-        )
-    segmenting_gates = [path for path, gate in gate_files.items() if not gate.can_gate]
-    if segmenting_gates:
-        raise ConfigError(
-            f"gate: {cfg.gate.name} is a {gate_files[segmenting_gates[0]].task_mode} segmenter without a "
-            f"class head (class_head), not a classifier ({', '.join(map(str, segmenting_gates))})"
-        )
-    if BINARY_MODE in {mode for found in modes.values() for mode in found} and not cfg.gate:
-        raise ConfigError("members: binary-mode members find defects but not their class; add a gate")
-    loaded_files = {**member_files, **gate_files}
-    if len({module.cfg.data.grayscale for module in loaded_files.values()}) > 1:
-        listed = _by_kind(loaded_files, lambda module: "grey" if module.cfg.data.grayscale else "RGB")
-        raise ConfigError(
-            f"members and gate mix grey and RGB input (data.grayscale); use one kind ({listed})"
-        )
-
-
 def build_predictor(
     cfg: EnsembleConfig,
     folds: list[int] | None = None,
@@ -431,9 +347,9 @@ def build_predictor(
         raise ConfigError(f"the {runtime.name} backend runs on the CPU, not on {device}")
     check_precision(precision, device)
     cfg.check_checkpoints(folds)
-    members = [_load_runs(cfg, ref, folds, device) for ref in cfg.members]
-    gates = _load_runs(cfg, cfg.gate, folds, device) if cfg.gate else []
-    _check_compatible(cfg, members, gates, folds)
+    members = [load_runs(cfg, ref, folds, device) for ref in cfg.members]
+    gates = load_runs(cfg, cfg.gate, folds, device) if cfg.gate else []
+    check_compatible(cfg, members, gates, folds)
 
     def weighted(module: DefectModule, path: Path, weight: float, gate: bool = False) -> WeightedModel:
         # a class head's gate pass is the encoder and the head: it runs in torch (exports are of model_logits)
@@ -445,11 +361,11 @@ def build_predictor(
     segmenters = [
         weighted(module, path, ref.weight / len(loaded))
         for ref, loaded in zip(cfg.members, members, strict=True)
-        for path, module in zip(_checkpoints(cfg, ref, folds), loaded, strict=True)
+        for path, module in zip(checkpoints_of(cfg, ref, folds), loaded, strict=True)
     ]
     if not segmenters:
         raise ConfigError(f"no member of ensemble {cfg.name} has a checkpoint of fold(s) {folds}")
-    gate_files = _checkpoints(cfg, cfg.gate, folds) if cfg.gate else []
+    gate_files = checkpoints_of(cfg, cfg.gate, folds) if cfg.gate else []
     return EnsemblePredictor(
         segmenters,
         [weighted(module, path, 1.0, gate=True) for path, module in zip(gate_files, gates, strict=True)],

@@ -16,7 +16,7 @@ from common_blocks.evaluation.metric import summarize
 from common_blocks.evaluation.oof_stats import OofStats
 from common_blocks.evaluation.threshold_search import SearchResult, evaluate
 from common_blocks.inference.ensemble_config import EnsembleConfig
-from common_blocks.inference.oof import training_data
+from common_blocks.inference.oof_search import training_data
 from common_blocks.inference.predictor import build_predictor
 from common_blocks.inference.submission import ReadTolerantDataset
 from common_blocks.reports.page import WorstImage, build_report, worst_images

@@ -26,7 +26,7 @@ from common_blocks.evaluation.metric import ScoreSummary
 from common_blocks.evaluation.oof_stats import OofStats
 from common_blocks.evaluation.postprocess import PostprocessConfig
 from common_blocks.evaluation.threshold_search import SearchResult, pair_outcomes
-from common_blocks.files import staged_folder
+from common_blocks.output_folders import staged_folder
 from common_blocks.reports.figures import (
     class_distribution,
     confusion_by_class_count,

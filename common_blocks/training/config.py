@@ -20,7 +20,7 @@ from pydantic import Field, model_validator
 from common_blocks.config_io import YAML_SUFFIXES, Section, config_name, load_config_file
 from common_blocks.data.formats import N_CLASSES
 from common_blocks.data.transforms import AugmentConfig
-from common_blocks.evaluation.oof_stats import DEFAULT_MIN_SIZES, DEFAULT_THRESHOLDS
+from common_blocks.evaluation.search_grid import DEFAULT_MIN_SIZES, DEFAULT_THRESHOLDS
 from common_blocks.run_folder import RunPaths
 from common_blocks.training.losses import LossTerm
 from common_blocks.training.models import ModelConfig

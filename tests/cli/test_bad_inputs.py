@@ -21,8 +21,8 @@ from common_blocks.data.folds import read_folds, write_folds
 from common_blocks.data.formats import read_labels
 from common_blocks.data.synthetic import generate
 from common_blocks.errors import ConfigError, DataError
-from common_blocks.evaluation.oof_stats import threshold_grid
 from common_blocks.evaluation.postprocess import PostprocessConfig
+from common_blocks.evaluation.search_grid import threshold_grid
 from common_blocks.evaluation.threshold_search import SearchResult
 from common_blocks.training.config import load_config
 from tests.cli_contract import assert_one_error_line, assert_unchanged, run, run_in_process, snapshot

@@ -78,9 +78,9 @@ def names(folder: Path) -> list[str]:
 
 EXPENSIVE = (
     ("common_blocks.inference.predictor", "build_predictor"),
-    ("common_blocks.inference.oof", "build_predictor"),
+    ("common_blocks.inference.oof_search", "build_predictor"),
     ("common_blocks.reports.oof_report", "ensemble_report"),
-    ("common_blocks.reports.dataset", "dataset_overview"),
+    ("common_blocks.reports.dataset_overview", "dataset_overview"),
     ("common_blocks.training.runner", "train_fold"),
     ("common_blocks.pseudo.rounds", "pseudo_label_round"),
     ("common_blocks.data.synthetic", "generate"),
@@ -711,7 +711,7 @@ JSON_COMMANDS = {
         lambda c: ["checkpoint", "--checkpoint", c.tmp / "best.ckpt", "--json"],
     ),
     "oof": (
-        "common_blocks.inference.oof",
+        "common_blocks.inference.oof_search",
         "run_oof",
         lambda *a, **k: NanReport(),
         lambda c: ["oof", "--config", c.yaml, "--json"],

@@ -21,16 +21,8 @@ import pytest
 import torch
 import yaml
 
-from common_blocks.deploy.bundle import (
-    DEPENDENCY_WHEELS,
-    ENSEMBLE,
-    KAGGLE_DATA,
-    MARKER,
-    PROJECT,
-    TRAINING_STATE,
-    find_wheels,
-    installed_versions,
-)
+from common_blocks.deploy.bundle import DEPENDENCY_WHEELS, ENSEMBLE, KAGGLE_DATA, MARKER, TRAINING_STATE
+from common_blocks.deploy.bundle_wheels import PROJECT, find_wheels, installed_versions
 from common_blocks.errors import DataError
 from tests.cli_contract import assert_one_error_line, assert_unchanged, run_in_process, snapshot
 from tests.repository import DEBUG, ROOT

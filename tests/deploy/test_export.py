@@ -27,8 +27,8 @@ from common_blocks import cli
 from common_blocks.backend_names import BACKENDS, PRECISIONS
 from common_blocks.data import rle
 from common_blocks.data.formats import list_images
-from common_blocks.deploy import backends, export, runtimes
-from common_blocks.deploy.backends import choose_backend, cpu_has_bf16
+from common_blocks.deploy import backend_choice, export, onnx_runtimes
+from common_blocks.deploy.backend_choice import choose_backend, cpu_has_bf16
 from common_blocks.deploy.export import MANIFEST, TOLERANCE, open_export, sha256_of
 from common_blocks.errors import ConfigError
 from common_blocks.evaluation.postprocess import ClassPostprocess, PostprocessConfig, postprocess_image
@@ -106,7 +106,7 @@ def torch_submission(tmp_path_factory, config) -> Path:
 
 def test_every_backend_and_precision_has_its_implementation():
     """backend_names is the one list: the runtimes compile each ONNX backend, autocast knows each precision."""
-    assert set(BACKENDS) == {"auto", "torch", *runtimes._COMPILERS} and set(AUTOCAST_DTYPES) == set(
+    assert set(BACKENDS) == {"auto", "torch", *onnx_runtimes._COMPILERS} and set(AUTOCAST_DTYPES) == set(
         PRECISIONS
     )
     options = {action.dest: action.choices for action in cli.build_parser(commands=["infer"])._actions}
@@ -265,7 +265,9 @@ def test_predictions_skip_planes_below_threshold_and_equal_the_full_maps_bit_for
     """``predict`` resizes and post-processes only the planes whose bound reaches the threshold; its
     masks are those of post-processing every full-resolution map, on every backend."""
     cfg = load_ensemble_config(config)
-    runtime = None if backend == "torch" else backends.ExportedRuntime(backend, lambda: open_export(exported))
+    runtime = (
+        None if backend == "torch" else backend_choice.ExportedRuntime(backend, lambda: open_export(exported))
+    )
     dataset = ReadTolerantDataset(
         pd.DataFrame({"ImageId": list_images(data / "test_images")[:6]}),
         data / "test_images",
@@ -305,7 +307,7 @@ def test_auto_picks_the_fastest_installed_and_says_which(monkeypatch, capsys):
     )
     monkeypatch.setitem(sys.modules, "openvino", None)
     assert choose_backend("auto", "fp32") == "onnxruntime"
-    monkeypatch.setattr(backends, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(backend_choice, "cpu_has_bf16", lambda: True)
     assert choose_backend("auto", "bf16") == "torch"  # onnxruntime runs fp32 only
     assert "no ONNX runtime for bf16 is installed" in capsys.readouterr().err
 
@@ -407,7 +409,7 @@ def test_bf16_needs_a_cpu_with_bf16_instructions(tmp_path, monkeypatch):
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx512f amx_bf16 amx_tile\n")
     assert cpu_has_bf16(cpuinfo) and not cpu_has_bf16(tmp_path / "absent")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(backends, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(backend_choice, "cpu_has_bf16", lambda: False)
     with pytest.raises(ConfigError, match="--precision bf16: this CPU has no bf16 instructions"):
         choose_backend("torch", "bf16")
     assert choose_backend("torch", "fp32") == "torch"
@@ -457,7 +459,7 @@ SIGNAL_AFTER_TEARDOWN = """
 import signal, subprocess, sys
 import common_blocks.training
 from pathlib import Path
-from common_blocks.deploy.runtimes import compile_network
+from common_blocks.deploy.onnx_runtimes import compile_network
 signal.signal(signal.SIGCHLD, lambda *args: None)  # a Python handler, as torch's DataLoader sets one
 for _ in range(3):
     first, second = (compile_network("openvino", Path(sys.argv[1]), "fp32") for _ in range(2))
@@ -485,4 +487,4 @@ def test_networks_compiled_and_dropped_in_any_order_leave_signals_deliverable(ex
         result.returncode,
         result.stderr[-2000:],
     )
-    assert runtimes.openvino_core() is runtimes.openvino_core()
+    assert onnx_runtimes.openvino_core() is onnx_runtimes.openvino_core()

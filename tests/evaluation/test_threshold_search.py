@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from common_blocks.errors import ConfigError, DataError
+from common_blocks.evaluation.image_stats import image_stats
 from common_blocks.evaluation.metric import mask_dice, summarize
-from common_blocks.evaluation.oof_stats import OofStats, OofStatsBuilder, image_stats
+from common_blocks.evaluation.oof_stats import OofStats, OofStatsBuilder
 from common_blocks.evaluation.postprocess import (
     ClassPostprocess,
     PostprocessConfig,

@@ -209,7 +209,7 @@ def head_runs(runs):
 def test_a_segmenters_class_head_is_the_gate_without_a_classifier(tmp_path, head_runs, data):
     """The gate's probabilities are the class head's, in the OOF statistics too, where the search can
     gate with them; the members need no separate classifier."""
-    from common_blocks.inference.oof import run_oof
+    from common_blocks.inference.oof_search import run_oof
     from common_blocks.inference.options import PredictOptions
 
     head = f"{{config: {HEAD}, folds: [0, 1]}}"

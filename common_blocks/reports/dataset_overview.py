@@ -14,7 +14,7 @@ from tqdm import tqdm
 from common_blocks.data.formats import CLASS_IDS, class_presence, read_labels
 from common_blocks.data.images import read_image
 from common_blocks.errors import DataError
-from common_blocks.files import staged_folder
+from common_blocks.output_folders import staged_folder
 from common_blocks.reports.figures import (
     class_distribution,
     image_groups,
@@ -47,7 +47,7 @@ def dataset_overview(
     """Write sample images of every class with their true masks, the class distribution and an index.html
     listing them into ``out_dir``; returns the page. ``data_dir`` holds train.csv and train_images/.
 
-    The files appear in ``out_dir`` together or not at all (``files.staged_folder``)."""
+    The files appear in ``out_dir`` together or not at all (``output_folders.staged_folder``)."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if not data_dir.is_dir():
         raise DataError(f"{data_dir}: data folder not found")

@@ -89,7 +89,7 @@ def test_tuned_thresholds_give_inference_the_score_the_search_promised(oof_run, 
 
 
 def test_oof_needs_the_same_folds_everywhere(tmp_path, runs, data):
-    from common_blocks.inference.oof import run_oof
+    from common_blocks.inference.oof_search import run_oof
 
     cfg = debug_ensemble(tmp_path, runs, data, f"gate={{config: {DEBUG_GATE}, folds: [0]}}")
     with pytest.raises(ConfigError, match=r"same folds .* debug \[0, 1\], debug_classifier \[0\]"):

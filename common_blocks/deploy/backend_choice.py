@@ -22,7 +22,7 @@ import torch
 
 from common_blocks.backend_names import BACKENDS
 from common_blocks.deploy.export import Export, export_ensemble, open_export
-from common_blocks.deploy.runtimes import (
+from common_blocks.deploy.onnx_runtimes import (
     RUNTIME_PRECISIONS,
     check_runtime_precision,
     compile_network,
