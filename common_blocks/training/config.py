@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from common_blocks.config_io import YAML_SUFFIXES, Section, config_name, load_config_file
 from common_blocks.data.formats import N_CLASSES
@@ -89,6 +89,12 @@ class TrainerConfig(Section):
     accumulate_grad_batches: int = Field(
         1, ge=1, description="gradient accumulation: batches per optimiser step"
     )
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_as_text(cls, value: object) -> object:
+        """``precision: 32`` unquoted (YAML and ``--set`` read a number) means ``"32"``, as in Lightning."""
+        return "32" if value == 32 and not isinstance(value, bool) else value
     gradient_clip_val: float | None = Field(
         None, gt=0, description="clip the gradients' norm to this value; null = no clipping"
     )

@@ -24,6 +24,11 @@ def test_overrides_are_read_as_yaml(debug_config):
     assert cfg.model.args["encoder_depth"] == 4
 
 
+@pytest.mark.parametrize("value", ["32", '"32"'])
+def test_precision_32_is_read_quoted_or_not(debug_config, value):
+    assert load_config(debug_config, [f"trainer.precision={value}"]).trainer.precision == "32"
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -34,6 +39,7 @@ def test_overrides_are_read_as_yaml(debug_config):
         (["data.scale=2"], "data.scale: Input should be less than or equal to 1"),
         (["trainer.max_epochs.x=1"], "trainer.max_epochs is not a section"),
         (["max_epochs"], "expected key.path=value"),
+        (["trainer.precision=16"], "trainer.precision: Input should be 'auto', '32', 'bf16-mixed' or '16-mixed'"),
         (["data.grayscale=true", "model.args.in_channels=3"], "model.args.in_channels must be 1"),
         (["class_head={loss_weight: 0}"], "class_head.loss_weight: Input should be greater than 0"),
         (["class_head={pooling: mean}"], "class_head.pooling: Input should be 'avg' or 'max'"),
