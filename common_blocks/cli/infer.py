@@ -8,14 +8,12 @@ from pathlib import Path
 from common_blocks.cli.checks import existing_file, not_an_input
 from common_blocks.cli.options import (
     ENSEMBLE_YAML,
-    add_backend_options,
     add_config_options,
-    add_loader_options,
-    chosen_backend,
+    add_predict_options,
+    chosen_predict_options,
     chosen_runtime,
     config_options,
     output_path,
-    predict_options,
 )
 from common_blocks.errors import ConfigError
 from common_blocks.files import check_output_file
@@ -27,8 +25,7 @@ def infer_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", type=output_path, default=Path("submission.csv"), help="default submission.csv"
     )
     parser.add_argument("--format", choices=("current", "2019"), default="current", help="submission format")
-    add_loader_options(parser)
-    add_backend_options(parser)
+    add_predict_options(parser)
     parser.add_argument(
         "--skip-bad-images", action="store_true", help="predict no defect for unreadable images, list them"
     )
@@ -49,8 +46,7 @@ def infer_command(args: argparse.Namespace) -> None:
             not_an_input(args.overlay, "--overlay", args.image, *([args.truth] if args.truth else []))
     else:
         check_output_file(args.out, "the submission (--out)")
-    options = predict_options(args)
-    backend = chosen_backend(options)
+    options = chosen_predict_options(args)
     cfg = config_options(args).ensemble()
     if args.image is None:
         not_an_input(args.out, "--out", cfg.data_dir / "sample_submission.csv")
@@ -60,7 +56,7 @@ def infer_command(args: argparse.Namespace) -> None:
     image_ids = None if args.image else submission_image_ids(cfg.data_dir)  # bad data fails before loading
     postprocess, source = cfg.resolved_postprocess()
     print(source)
-    with chosen_runtime(options, backend, cfg) as runtime:
+    with chosen_runtime(options, cfg) as runtime:
         predictor = build_predictor(
             cfg, postprocess=postprocess, precision=options.precision, runtime=runtime
         )

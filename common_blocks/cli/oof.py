@@ -9,15 +9,13 @@ from common_blocks.arguments import POSITIVE
 from common_blocks.cli.checks import apart_from_ensemble
 from common_blocks.cli.options import (
     ENSEMBLE_YAML,
-    add_backend_options,
     add_config_options,
     add_json_option,
-    add_loader_options,
-    chosen_backend,
+    add_predict_options,
+    chosen_predict_options,
     chosen_runtime,
     config_options,
     output_path,
-    predict_options,
 )
 from common_blocks.files import check_output_dir
 from common_blocks.strict_json import print_json
@@ -25,18 +23,16 @@ from common_blocks.strict_json import print_json
 
 def oof_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_options(parser, ENSEMBLE_YAML, "train.csv, train_images/, the folds file", "tta=[none]")
-    add_loader_options(parser)
-    add_backend_options(parser)
+    add_predict_options(parser)
     add_json_option(parser)
 
 
 def oof_command(args: argparse.Namespace) -> None:
-    options = predict_options(args)
-    backend = chosen_backend(options)
+    options = chosen_predict_options(args)
     cfg = config_options(args).ensemble()
     from common_blocks.inference.oof_search import run_oof
 
-    with chosen_runtime(options, backend, cfg) as runtime:
+    with chosen_runtime(options, cfg) as runtime:
         report = run_oof(cfg, options, runtime)
     if args.json:
         print_json(report.to_dict())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -111,8 +112,9 @@ def config_options(args: argparse.Namespace) -> ConfigOptions:
 # --- predicting: --batch-size, --workers, --backend, --precision, --exported ------------------------
 
 
-def add_loader_options(parser: argparse.ArgumentParser) -> None:
-    """``--batch-size`` and ``--workers`` of the commands that predict a folder of images."""
+def add_predict_options(parser: argparse.ArgumentParser) -> None:
+    """``--batch-size``, ``--workers``, ``--backend``, ``--precision`` and ``--exported`` of the
+    commands that predict a folder of images (``PredictOptions``)."""
     parser.add_argument("--batch-size", type=POSITIVE, default=4, help="images per batch (default 4)")
     parser.add_argument(
         "--workers",
@@ -120,10 +122,6 @@ def add_loader_options(parser: argparse.ArgumentParser) -> None:
         help="image-decoding processes (default: 0 on the CPU, where a worker takes a core from the "
         "model; 2 with a GPU)",
     )
-
-
-def add_backend_options(parser: argparse.ArgumentParser) -> None:
-    """``--backend``, ``--precision`` and ``--exported`` of the commands that predict."""
     parser.add_argument(
         "--backend",
         choices=BACKENDS,
@@ -148,28 +146,27 @@ def add_backend_options(parser: argparse.ArgumentParser) -> None:
 
 
 def predict_options(args: argparse.Namespace) -> PredictOptions:
-    """The loader options and, where the command has them, the backend options (else their defaults:
-    torch, fp32)."""
-    backend = {
-        name: getattr(args, name) for name in ("backend", "precision", "exported") if hasattr(args, name)
-    }
-    return PredictOptions(args.batch_size, args.workers, **backend)
+    """The predicting options as given (``--backend auto`` unresolved: the sweep's jobs resolve it
+    where they run)."""
+    return PredictOptions(args.batch_size, args.workers, args.backend, args.precision, args.exported)
 
 
-def chosen_backend(options: PredictOptions) -> str:
-    """The backend ``--backend``, ``--precision`` and ``--exported`` choose, checked before anything loads."""
+def chosen_predict_options(args: argparse.Namespace) -> PredictOptions:
+    """The predicting options with ``--backend`` resolved, once the backend is known to run
+    ``--precision`` here (``choose_backend``): checked before anything loads."""
     from common_blocks.deploy.backend_choice import choose_backend
 
-    return choose_backend(options.backend, options.precision, options.exported)
+    options = predict_options(args)
+    return dataclasses.replace(
+        options, backend=choose_backend(options.backend, options.precision, options.exported)
+    )
 
 
-def chosen_runtime(
-    options: PredictOptions, backend: str, cfg: EnsembleConfig
-) -> contextlib.AbstractContextManager:
+def chosen_runtime(options: PredictOptions, cfg: EnsembleConfig) -> contextlib.AbstractContextManager:
     """The context holding the chosen backend's ``Runtime`` (None for torch), for ``build_predictor``."""
-    from common_blocks.deploy import backend_choice
+    from common_blocks.deploy.backend_choice import backend_runtime
 
-    return backend_choice.backend_runtime(backend, cfg, options.exported)
+    return backend_runtime(options.backend, cfg, options.exported)
 
 
 def add_json_option(parser: argparse.ArgumentParser) -> None:

@@ -10,14 +10,12 @@ from common_blocks.arguments import POSITIVE
 from common_blocks.cli.checks import apart_from_ensemble
 from common_blocks.cli.options import (
     ENSEMBLE_YAML,
-    add_backend_options,
     add_config_options,
-    add_loader_options,
-    chosen_backend,
+    add_predict_options,
+    chosen_predict_options,
     chosen_runtime,
     config_options,
     output_path,
-    predict_options,
     probability,
 )
 from common_blocks.files import check_output_dir, check_output_file
@@ -48,8 +46,7 @@ def pseudo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--p-low", type=probability, default=0.05, help="gate probability below which it is absent (0.05)"
     )
-    add_loader_options(parser)
-    add_backend_options(parser)
+    add_predict_options(parser)
 
 
 def pseudo_command(args: argparse.Namespace) -> None:
@@ -57,8 +54,7 @@ def pseudo_command(args: argparse.Namespace) -> None:
 
     summary = SelectionSummary(args.p_high, args.p_low)  # checks the thresholds before anything loads
     check_output_dir(args.out_dir, "the pseudo-label folder (--out-dir)")
-    options = predict_options(args)
-    backend = chosen_backend(options)
+    options = chosen_predict_options(args)
     cfg = config_options(args).ensemble()
     exported = [options.exported] if options.exported is not None else []
     apart_from_ensemble(args.out_dir, "the pseudo-labels (--out-dir)", cfg, args.config, *exported)
@@ -69,7 +65,7 @@ def pseudo_command(args: argparse.Namespace) -> None:
     cfg.resolved_postprocess()  # a thresholds file that cannot be read fails before any model loads
     from common_blocks.pseudo.rounds import pseudo_label_round
 
-    with chosen_runtime(options, backend, cfg) as runtime:
+    with chosen_runtime(options, cfg) as runtime:
         report, _ = pseudo_label_round(
             cfg, args.round_number, args.out_dir, summary, options, runtime=runtime
         )

@@ -10,10 +10,9 @@ from common_blocks.arguments import NON_NEGATIVE, POSITIVE
 from common_blocks.cli.checks import existing_file
 from common_blocks.cli.options import (
     ENSEMBLE_YAML,
-    add_backend_options,
-    add_loader_options,
+    add_predict_options,
     add_set_option,
-    chosen_backend,
+    chosen_predict_options,
     key_value,
     non_empty,
     output_path,
@@ -93,8 +92,7 @@ def sweep_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="slurm: wait for the jobs and fail as they do (local always waits)",
     )
-    add_loader_options(parser)  # of the OOF search
-    add_backend_options(parser)
+    add_predict_options(parser)  # of the OOF search
 
 
 def sweep_command(args: argparse.Namespace) -> None:
@@ -121,7 +119,7 @@ def sweep_command(args: argparse.Namespace) -> None:
     check_executor(args.executor)  # what to install, before any config or model loads
     options = predict_options(args)  # of the OOF job
     if args.executor == "local":
-        chosen_backend(options)  # checked before any run trains; a Slurm node checks its own
+        chosen_predict_options(args)  # checked before any run trains; a Slurm node checks its own
     from common_blocks.cluster.local import run_local
     from common_blocks.cluster.plan import plan_sweep
     from common_blocks.cluster.resources import resolve_resources
