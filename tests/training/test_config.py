@@ -39,7 +39,10 @@ def test_precision_32_is_read_quoted_or_not(debug_config, value):
         (["data.scale=2"], "data.scale: Input should be less than or equal to 1"),
         (["trainer.max_epochs.x=1"], "trainer.max_epochs is not a section"),
         (["max_epochs"], "expected key.path=value"),
-        (["trainer.precision=16"], "trainer.precision: Input should be 'auto', '32', 'bf16-mixed' or '16-mixed'"),
+        (
+            ["trainer.precision=16"],
+            "trainer.precision: Input should be 'auto', '32', 'bf16-mixed' or '16-mixed'",
+        ),
         (["data.grayscale=true", "model.args.in_channels=3"], "model.args.in_channels must be 1"),
         (["class_head={loss_weight: 0}"], "class_head.loss_weight: Input should be greater than 0"),
         (["class_head={pooling: mean}"], "class_head.pooling: Input should be 'avg' or 'max'"),
