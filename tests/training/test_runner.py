@@ -24,6 +24,7 @@ from common_blocks.training.config import load_config
 from common_blocks.training.losses import WeightedLoss
 from common_blocks.training.module import DefectModule, NonFiniteLossError
 from common_blocks.training.runner import evaluate_checkpoint, train_fold
+from tests.cli_contract import assert_one_error_line, run_in_process
 from tests.repository import ROOT
 
 pytestmark = pytest.mark.slow  # every test here trains, loads or runs a model
@@ -196,14 +197,13 @@ def _run_train(*args, **kwargs):
         (["--fold", "0", "--set", "trainer.max_epochs=zero"], "trainer.max_epochs"),
     ],
 )
-def test_cli_errors_are_one_line(synthetic_data, debug_config, args, message):
-    result = _run_train(
-        "--config", debug_config, "--data-dir", synthetic_data, "--out-dir", "/tmp/unused-runs", *args
+def test_cli_errors_are_one_line(synthetic_data, debug_config, tmp_path, args, message):
+    """In the process (``train.py`` in a child process is ``test_resume_after_kill_mid_epoch``'s)."""
+    outcome = run_in_process(
+        "train", "--config", debug_config, "--data-dir", synthetic_data, "--out-dir", tmp_path / "runs", *args
     )
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
-    assert message in result.stderr
+    assert_one_error_line(outcome, message)
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.subprocess
