@@ -70,7 +70,6 @@ def choose_backend(backend: str, precision: str, exported: Path | None = None) -
     if exported is not None and not exported.is_dir():
         raise DataError(f"{exported}: no such folder (--exported takes a folder severstal export wrote)")
     if backend != "torch":
-        check_runtime_precision(backend, precision)
         import_runtime(backend)
     if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
         raise ConfigError(
