@@ -94,7 +94,7 @@ class TrainerConfig(Section):
     @classmethod
     def _precision_as_text(cls, value: object) -> object:
         """``precision: 32`` unquoted (YAML and ``--set`` read a number) means ``"32"``, as in Lightning."""
-        return "32" if value == 32 and not isinstance(value, bool) else value
+        return "32" if value == 32 else value
 
     gradient_clip_val: float | None = Field(
         None, gt=0, description="clip the gradients' norm to this value; null = no clipping"
