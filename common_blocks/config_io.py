@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from common_blocks.errors import ConfigError
+from common_blocks.files import read_input
 
 _SHOWN_INPUT = 80  # longest repr of a bad value an error line quotes
 
@@ -65,12 +66,7 @@ def _decode(path: Path, data: bytes) -> str:
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """The mapping at the top of a YAML file."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read ({error.strerror or error})") from None
+    data = read_input(path, ConfigError, "config file not found")
     try:
         tree = parse_yaml(_decode(path, data))
     except yaml.YAMLError as error:

@@ -1,4 +1,5 @@
-"""File writing that never leaves a half-written output behind, and checks of output paths.
+"""File writing that never leaves a half-written output behind, checks of output paths, and the
+one way input files are read (a missing or unreadable file is one line naming it).
 
 ``atomic_output`` writes one file through a temporary beside it; ``staged_outputs`` writes several
 and renames them into place together, putting the old files back if a rename fails, so that a
@@ -38,6 +39,17 @@ class OutputError(PipelineError):
 def describe_error(error: OSError) -> str:
     """The system's reason for ``error``, as an OutputError's message gives it."""
     return error.strerror or str(error)
+
+
+def read_input(path: str | os.PathLike, error: type[PipelineError], missing: str = "file not found") -> bytes:
+    """The bytes of an input file; a missing or unreadable one raises ``error`` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: {missing}")
+    try:
+        return path.read_bytes()
+    except OSError as problem:
+        raise error(f"{path}: cannot read ({describe_error(problem)})") from None
 
 
 # Staging folders of ``output_folders`` and the folders their files are for: errors name the latter.

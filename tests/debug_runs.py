@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import yaml
 
 from common_blocks.inference.ensemble_config import EnsembleConfig, load_ensemble_config
 from common_blocks.run_folder import RunPaths
@@ -45,3 +46,23 @@ def debug_ensemble(out: Path, runs: Path, data: Path, *overrides: str) -> Ensemb
             *overrides,
         ],
     )
+
+
+def debug_ensemble_file(folder: Path, runs: Path, data: Path, **keys: object) -> Path:
+    """The debug ensemble over ``runs`` (TTA none) as ``folder/ensemble.yaml``, its tuned files and
+    leaderboard in ``folder`` too; ``keys`` replace its top-level keys."""
+    tree = yaml.safe_load(ENSEMBLE.read_text())
+    tree.update(
+        runs_dir=str(runs),
+        data_dir=str(data),
+        members=[{"config": str(DEBUG), "folds": [0, 1]}],
+        gate={"config": str(DEBUG_GATE), "folds": [0, 1]},
+        tta=["none"],
+        postprocess={"thresholds_file": str(folder / "thresholds.json")},
+        leaderboard=str(folder / "leaderboard.csv"),
+    )
+    tree.update(keys)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "ensemble.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path

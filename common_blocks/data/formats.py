@@ -23,7 +23,7 @@ import pandas as pd
 
 from common_blocks.data import rle
 from common_blocks.errors import DataError
-from common_blocks.files import atomic_output
+from common_blocks.files import atomic_output, read_input
 
 CLASS_IDS = (1, 2, 3, 4)
 N_CLASSES = len(CLASS_IDS)
@@ -46,12 +46,7 @@ def read_csv_file(path: str | os.PathLike, nrows: int | None = None) -> pd.DataF
     (an unterminated quote, a row with too many fields) is a DataError naming the file, as one line.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise DataError(f"{path}: cannot read ({error.strerror or error})") from None
+    data = read_input(path, DataError)
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise DataError(f"{path}: UTF-16 text, not a UTF-8 CSV; save the file as UTF-8")
     nul = data.find(b"\x00")

@@ -39,7 +39,7 @@ from common_blocks.evaluation.search_grid import (
     min_size_grid,
     threshold_grid,
 )
-from common_blocks.files import atomic_output
+from common_blocks.files import atomic_output, read_input
 
 RESULT_FORMAT_VERSION = 2  # 2 added the gate factors; files of version 1 read as the hard gate
 HARD_GATE = math.inf  # the gate factor of the hard gate; None in configs and files
@@ -160,12 +160,9 @@ class SearchResult:
         """Read a file written by ``save``; a missing, foreign or malformed file raises DataError
         naming it (and the bad key), on one line."""
         path = Path(path)
-        if not path.is_file():
-            raise DataError(f"{path}: search result not found")
+        text = read_input(path, DataError, "search result not found")
         try:
-            data = json.loads(path.read_bytes().decode("utf-8"))
-        except OSError as error:
-            raise DataError(f"{path}: cannot read ({error.strerror or error})") from None
+            data = json.loads(text.decode("utf-8"))
         except UnicodeDecodeError as error:
             raise DataError(
                 f"{path}: not JSON (not UTF-8 text: byte 0x{error.object[error.start]:02x})"

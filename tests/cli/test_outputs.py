@@ -20,34 +20,14 @@ import matplotlib.figure
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from common_blocks.evaluation.metric import ScoreSummary
 from common_blocks.run_folder import RunPaths
 from tests.cli_contract import assert_one_error_line, assert_unchanged, run, run_in_process, snapshot
-from tests.debug_runs import write_untrained
-from tests.repository import DEBUG, DEBUG_GATE, ENSEMBLE
+from tests.debug_runs import debug_ensemble_file, write_untrained
+from tests.repository import DEBUG, DEBUG_GATE
 
 FULL_DISK = OSError(errno.ENOSPC, "No space left on device")
-
-
-def ensemble_yaml(folder: Path, runs: Path, data: Path, **keys) -> Path:
-    """The debug ensemble as a config file in ``folder``, its tuned files and leaderboard there too."""
-    tree = yaml.safe_load(ENSEMBLE.read_text())
-    tree.update(
-        runs_dir=str(runs),
-        data_dir=str(data),
-        members=[{"config": str(DEBUG), "folds": [0, 1]}],
-        gate={"config": str(DEBUG_GATE), "folds": [0, 1]},
-        tta=["none"],
-        postprocess={"thresholds_file": str(folder / "thresholds.json")},
-        leaderboard=str(folder / "leaderboard.csv"),
-    )
-    tree.update(keys)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "ensemble.yaml"
-    path.write_text(yaml.safe_dump(tree))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +35,7 @@ def tuned(tmp_path_factory, runs, data):
     """A folder holding what one successful ``severstal oof`` wrote: thresholds.json, oof.npz,
     leaderboard.csv."""
     folder = tmp_path_factory.mktemp("tuned")
-    outcome = run_in_process("oof", "--config", ensemble_yaml(folder, runs, data), "--workers", 0)
+    outcome = run_in_process("oof", "--config", debug_ensemble_file(folder, runs, data), "--workers", 0)
     assert outcome.code == 0, outcome.stderr
     return folder
 
@@ -68,7 +48,7 @@ def with_oof_outputs(folder: Path, tuned: Path, runs: Path, data: Path, **keys) 
     folder.mkdir(parents=True, exist_ok=True)
     for name in OOF_OUTPUTS:
         shutil.copy(tuned / name, folder / name)
-    return ensemble_yaml(folder, runs, data, **keys)
+    return debug_ensemble_file(folder, runs, data, **keys)
 
 
 def names(folder: Path) -> list[str]:
@@ -128,7 +108,7 @@ def lock(monkeypatch):
 class Context:
     def __init__(self, tmp: Path, runs: Path, data: Path) -> None:
         self.tmp, self.data = tmp, data
-        self.yaml = ensemble_yaml(tmp / "config", runs, data)
+        self.yaml = debug_ensemble_file(tmp / "config", runs, data)
         self.image = sorted((data / "test_images").iterdir())[0]
 
 
@@ -510,7 +490,7 @@ def test_oof_puts_the_outputs_back_when_the_last_rename_fails(
     """The leaderboard is renamed last; when that fails, the statistics and thresholds renamed before
     it get their old content back (or go again if they are new)."""
     if earlier == "no earlier outputs":
-        config = ensemble_yaml(tmp_path, runs, data)
+        config = debug_ensemble_file(tmp_path, runs, data)
     else:
         config = with_oof_outputs(tmp_path, tuned, runs, data)
     before, listed = snapshot(tmp_path), names(tmp_path)
@@ -534,7 +514,7 @@ def test_oof_puts_the_outputs_back_when_the_last_rename_fails(
 @pytest.mark.slow
 def test_members_of_different_modes_are_an_error_naming_their_checkpoints(tmp_path, runs, data):
     write_untrained(runs, DEBUG, 0, "mode=binary", "name=debug_binary")
-    config = ensemble_yaml(
+    config = debug_ensemble_file(
         tmp_path,
         runs,
         data,
@@ -556,7 +536,7 @@ def test_folds_of_one_member_in_different_modes_are_an_error_naming_them(tmp_pat
     runs = tmp_path / "runs"
     write_untrained(runs, DEBUG, 0)
     write_untrained(runs, DEBUG, 1, "mode=binary")
-    config = ensemble_yaml(tmp_path, runs, data, gate=None)
+    config = debug_ensemble_file(tmp_path, runs, data, gate=None)
     outcome = run_in_process("infer", "--config", config, "--workers", 0, "--out", tmp_path / "sub.csv")
     assert_one_error_line(
         outcome,
@@ -570,7 +550,7 @@ def test_an_explicit_thresholds_file_that_is_a_folder_is_an_error(tmp_path, runs
     (tmp_path / "thresholds.json").mkdir()
     for command in ("infer", "pseudo"):
         args = ["--round", 1, "--out-dir", tmp_path / "pseudo"] if command == "pseudo" else []
-        outcome = run_in_process(command, "--config", ensemble_yaml(tmp_path, runs, data), *args)
+        outcome = run_in_process(command, "--config", debug_ensemble_file(tmp_path, runs, data), *args)
         assert_one_error_line(outcome, str(tmp_path / "thresholds.json"), "not a file")
     assert names(tmp_path) == ["ensemble.yaml", "thresholds.json"]
 
@@ -594,7 +574,7 @@ def test_an_unreadable_thresholds_file_is_an_error(tmp_path, runs, data, tuned, 
 def test_an_absent_thresholds_file_is_still_the_default_post_processing(tmp_path, runs, data):
     from common_blocks.inference.ensemble_config import load_ensemble_config
 
-    _, source = load_ensemble_config(ensemble_yaml(tmp_path, runs, data)).resolved_postprocess()
+    _, source = load_ensemble_config(debug_ensemble_file(tmp_path, runs, data)).resolved_postprocess()
     assert "default post-processing" in source and "not found" in source
 
 
@@ -631,7 +611,7 @@ def test_an_overlay_into_a_missing_folder_is_written(tmp_path, runs, data):
 
 @pytest.mark.parametrize("worst", ["-1", "0", "two"])
 def test_report_worst_must_be_a_positive_count(tmp_path, runs, data, no_work, worst):
-    config = ensemble_yaml(tmp_path, runs, data)
+    config = debug_ensemble_file(tmp_path, runs, data)
     outcome = run_in_process("report", "--config", config, "--out", tmp_path / "report", "--worst", worst)
     assert_one_error_line(outcome, "--worst", worst)
     assert not (tmp_path / "report").exists()
@@ -639,7 +619,7 @@ def test_report_worst_must_be_a_positive_count(tmp_path, runs, data, no_work, wo
 
 @pytest.mark.subprocess
 def test_report_worst_minus_one_exits_2_in_a_real_process(tmp_path, runs, data):
-    config = ensemble_yaml(tmp_path, runs, data)
+    config = debug_ensemble_file(tmp_path, runs, data)
     outcome = run("report", "--config", config, "--out", tmp_path / "report", "--worst", -1)
     assert_one_error_line(outcome, "--worst", "-1")
     assert not (tmp_path / "report").exists()

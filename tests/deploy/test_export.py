@@ -37,14 +37,15 @@ from common_blocks.inference.ensemble_config import load_ensemble_config
 from common_blocks.inference.predictor import AUTOCAST_DTYPES, build_predictor
 from common_blocks.inference.submission import ReadTolerantDataset
 from tests.cli_contract import assert_one_error_line, assert_unchanged, run, run_in_process, snapshot
-from tests.debug_runs import write_untrained
-from tests.repository import DEBUG, DEBUG_GATE, ENSEMBLE
+from tests.debug_runs import debug_ensemble_file, write_untrained
+from tests.repository import DEBUG
 
 pytestmark = pytest.mark.slow  # every test here trains, loads or runs a model
 
 RUNTIMES = ("openvino", "onnxruntime")
 SAME_SUBMISSION = 0.999  # competition score of a backend's submission with torch's as the truth
 CV_MOVE = 0.002  # the most bf16 may move the local CV
+TTA = ["none", "hflip"]  # the exported ensemble's TTA: the flipped copy is predicted too
 
 
 def needs(*modules: str):
@@ -59,28 +60,9 @@ def needs_bf16():
     return pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no avx512_bf16 / amx_bf16")
 
 
-def ensemble_yaml(folder: Path, runs: Path, data: Path, **keys) -> Path:
-    """The debug ensemble (TTA none + hflip) as a config file in ``folder``, its tuned files there too."""
-    tree = yaml.safe_load(ENSEMBLE.read_text())
-    tree.update(
-        runs_dir=str(runs),
-        data_dir=str(data),
-        members=[{"config": str(DEBUG), "folds": [0, 1]}],
-        gate={"config": str(DEBUG_GATE), "folds": [0, 1]},
-        tta=["none", "hflip"],
-        postprocess={"thresholds_file": str(folder / "thresholds.json")},
-        leaderboard=str(folder / "leaderboard.csv"),
-    )
-    tree.update(keys)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "ensemble.yaml"
-    path.write_text(yaml.safe_dump(tree))
-    return path
-
-
 @pytest.fixture(scope="module")
 def config(tmp_path_factory, runs, data) -> Path:
-    return ensemble_yaml(tmp_path_factory.mktemp("ensemble"), runs, data)
+    return debug_ensemble_file(tmp_path_factory.mktemp("ensemble"), runs, data, tta=TTA)
 
 
 @pytest.fixture(scope="module")
@@ -428,8 +410,8 @@ def test_a_damaged_or_foreign_export_is_one_error_line(exported, config, runs, t
     assert_one_error_line(outcome, f"{copy / MANIFEST}: not found")
     other_runs = Path(shutil.copytree(runs, tmp_path / "other_runs"))
     write_untrained(other_runs, DEBUG, 0, "trainer.seed=7")  # another checkpoint of debug fold 0
-    other = ensemble_yaml(
-        tmp_path / "other", other_runs, Path(yaml.safe_load(config.read_text())["data_dir"])
+    other = debug_ensemble_file(
+        tmp_path / "other", other_runs, Path(yaml.safe_load(config.read_text())["data_dir"]), tta=TTA
     )
     outcome = infer(other, out, "--backend", "openvino", "--exported", exported)
     assert_one_error_line(
