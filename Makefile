@@ -20,16 +20,18 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(PY) -m pip install --quiet -c constraints.txt --no-build-isolation -e '.[onnxruntime,openvino]'
 	touch $(STAMP)
 
-# The whole suite, the exported backends included, on one pytest-xdist worker per core (tests/conftest.py
-# gives each worker its share of torch's threads). Each worker is one process for all the tests it
-# runs: torch is imported once per worker, and OpenVINO once crashed a later test of the same process
-# (common_blocks/deploy/onnx_runtimes.py:openvino_core says why; a test keeps it fixed).
+# The whole suite, the exported backends included, on one pytest-xdist worker per core, four at most
+# (a worker's memory peaks at about 2.2 GB); tests/conftest.py gives each worker its share of torch's
+# threads. Each worker is one process for all the tests it runs: torch is imported once per worker,
+# and OpenVINO once crashed a later test of the same process (common_blocks/deploy/onnx_runtimes.py:
+# openvino_core says why; a test keeps it fixed).
+WORKERS := -n auto --maxprocesses 4
 test: $(STAMP)
-	$(PY) -m pytest -q -n auto tests
+	$(PY) -m pytest -q $(WORKERS) tests
 
 # No model training, no exported backend, no child process: the quick check while editing.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -n auto -m "not slow and not subprocess" tests
+	$(PY) -m pytest -q $(WORKERS) -m "not slow and not subprocess" tests
 
 demo: $(STAMP)
 	bash scripts/demo.sh $(PY) $(DEMO_DIR) $(RUNS_DIR)
