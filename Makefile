@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= data/synthetic
 RUNS_DIR ?= runs/demo
+REPORT_DIR ?= reports/demo
 
 .PHONY: venv test test-fast demo fixup lint bench clean
 
@@ -34,7 +35,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q $(WORKERS) -m "not slow and not subprocess" tests
 
 demo: $(STAMP)
-	bash scripts/demo.sh $(PY) $(DEMO_DIR) $(RUNS_DIR)
+	bash scripts/demo.sh $(PY) $(DEMO_DIR) $(RUNS_DIR) $(REPORT_DIR)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

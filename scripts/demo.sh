@@ -3,17 +3,27 @@
 # generate -> folds -> train debug segmenter on 2 folds (its 3 best epochs averaged) + debug gate ->
 # OOF thresholds (soft and hard gates searched) and
 # leaderboard row -> submission.csv -> its score against the synthetic truth -> HTML report.
+#
+# Usage: bash scripts/demo.sh [PYTHON] [DATA_DIR] [RUNS_DIR] [REPORT_DIR], from the repository root.
+# The report goes to a folder of its own: the report command refuses one inside the runs it reads.
+# DEMO_N_TRAIN, DEMO_N_TEST, DEMO_SEGMENTER_EPOCHS and DEMO_GATE_EPOCHS change the sizes (tests/test_demo.py
+# runs the whole script small through them).
 set -euo pipefail
 python=${1:-.venv/bin/python}
 data=${2:-data/synthetic}
 runs=${3:-runs/demo}
+report=${4:-reports/demo}
+n_train=${DEMO_N_TRAIN:-160}
+n_test=${DEMO_N_TEST:-60}
+segmenter_epochs=${DEMO_SEGMENTER_EPOCHS:-12}
+gate_epochs=${DEMO_GATE_EPOCHS:-6}
 severstal="$(dirname "$python")/severstal"  # the console script `make` installs beside the venv's python
 start=$(date +%s)
 
 step() { printf '\n== %s\n' "$*"; }
 
 step "synthetic data in $data"
-"$severstal" synthetic --out "$data" --n-train 160 --n-test 60 --seed 0 --overwrite
+"$severstal" synthetic --out "$data" --n-train "$n_train" --n-test "$n_test" --seed 0 --overwrite
 "$severstal" folds --data-dir "$data" --n-folds 4 --seed 0
 
 step "data check: the all-empty submission scored against the synthetic test labels"
@@ -30,11 +40,11 @@ PY
 for fold in 0 1; do
   step "train debug segmenter, fold $fold"
   "$python" train.py --config configs/debug.yaml --fold "$fold" --data-dir "$data" --out-dir "$runs" \
-    --overwrite --set trainer.max_epochs=12 --set augment.crop_height=null --set augment.crop_width=null \
+    --overwrite --set trainer.max_epochs="$segmenter_epochs" --set augment.crop_height=null --set augment.crop_width=null \
     --set trainer.average_top_k=3
   step "train debug classifier gate, fold $fold"
   "$python" train.py --config configs/debug_classifier.yaml --fold "$fold" --data-dir "$data" \
-    --out-dir "$runs" --overwrite --set trainer.max_epochs=6
+    --out-dir "$runs" --overwrite --set trainer.max_epochs="$gate_epochs"
 done
 
 step "out-of-fold ensemble: tuned post-processing, local CV, leaderboard row"
@@ -51,10 +61,10 @@ step "the submission scored against the synthetic test labels"
 
 step "report"
 "$python" validate.py report --config configs/ensemble_debug.yaml --data-dir "$data" --set runs_dir="$runs" \
-  --out "$runs/report"
+  --out "$report"
 
 step "summary"
 echo "local CV (out-of-fold, tuned):"; head -n 1 "$runs/local_cv.txt"
 echo "submission score on the synthetic test set:"; head -n 1 "$runs/submission_score.txt"
-echo "report: $runs/report/index.html"
+echo "report: $report/index.html"
 echo "demo finished in $(( $(date +%s) - start )) s"

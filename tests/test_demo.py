@@ -1,0 +1,44 @@
+"""``make demo``'s script end to end at a small size: every step succeeds and writes what it announces.
+The whole main job is here (data, folds, training, OOF tuning, submission, its score, the report), so
+a command that starts refusing what the demo asks of it fails this test, not a user's first run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from common_blocks.run_folder import RunPaths
+from tests.repository import ROOT
+
+# 4 images per fold, one epoch each: the test is about the steps fitting together, not about scores
+SMALL = {"DEMO_N_TRAIN": "16", "DEMO_N_TEST": "4", "DEMO_SEGMENTER_EPOCHS": "1", "DEMO_GATE_EPOCHS": "1"}
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_the_demo_runs_end_to_end_and_writes_what_it_announces(tmp_path):
+    data, runs, report = tmp_path / "data", tmp_path / "runs", tmp_path / "report"
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "demo.sh"), sys.executable, str(data), str(runs), str(report)],
+        cwd=ROOT,
+        env={**os.environ, **SMALL},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
+    for config in ("debug", "debug_classifier"):
+        for fold in (0, 1):
+            assert RunPaths.of(runs, config, fold).summary.is_file()
+    assert (runs / "ensemble_debug" / "thresholds.json").is_file() and (
+        tmp_path / "leaderboard.csv"
+    ).is_file()
+    assert (runs / "local_cv.txt").read_text().startswith("local CV score ")
+    assert (runs / "submission_score.txt").read_text().startswith("score ")
+    assert "over 4 images" in (runs / "submission_score.txt").read_text()  # every test image submitted
+    assert (report / "index.html").is_file()
+    assert result.stdout.rstrip().splitlines()[-2] == f"report: {report}/index.html"
