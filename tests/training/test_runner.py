@@ -1,12 +1,10 @@
-"""Training one fold end to end on tiny synthetic data: outputs, OOF export, resume, NaN, DDP, CLI errors."""
+"""Training one fold end to end on tiny synthetic data: outputs, OOF export, NaN, DDP, CLI errors.
+Interrupted, killed and resumed runs: tests/cli/test_interrupted_training.py."""
 
 import json
-import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -198,60 +196,12 @@ def _run_train(*args, **kwargs):
     ],
 )
 def test_cli_errors_are_one_line(synthetic_data, debug_config, tmp_path, args, message):
-    """In the process (``train.py`` in a child process is ``test_resume_after_kill_mid_epoch``'s)."""
+    """In the process (``train.py`` in a child process: tests/cli/test_interrupted_training.py)."""
     outcome = run_in_process(
         "train", "--config", debug_config, "--data-dir", synthetic_data, "--out-dir", tmp_path / "runs", *args
     )
     assert_one_error_line(outcome, message)
     assert not (tmp_path / "runs").exists()
-
-
-@pytest.mark.subprocess
-def test_resume_after_kill_mid_epoch(synthetic_data, debug_config, tmp_path):
-    args = [
-        "--config",
-        debug_config,
-        "--fold",
-        "2",
-        "--data-dir",
-        synthetic_data,
-        "--out-dir",
-        tmp_path,
-        "--set",
-        "trainer.max_epochs=2",
-        "--set",
-        "trainer.checkpoint_every_n_steps=1",
-        "--set",
-        "data.samples_per_epoch=40",
-    ]
-    paths = RunPaths.of(tmp_path, "debug", 2)
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *map(str, args)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.time() + 120
-    step = 0
-    while time.time() < deadline and process.poll() is None:
-        if paths.last.is_file():
-            try:
-                step = torch.load(paths.last, weights_only=False, map_location="cpu")["global_step"]
-            except Exception:  # noqa: BLE001 - being replaced right now; read again
-                step = 0
-            if 2 <= step < 10:  # 10 steps per epoch: this is mid-epoch 0
-                break
-        time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    assert 2 <= step < 10, "the run did not reach a mid-epoch checkpoint in time"
-    assert not paths.summary.exists()
-    result = _run_train(*args, "--resume")
-    assert result.returncode == 0, result.stderr[-3000:]
-    final = torch.load(paths.last, weights_only=False, map_location="cpu")
-    assert final["global_step"] == 20 and final["epoch"] >= 1
-    assert paths.summary.is_file()
 
 
 def test_ddp_two_processes_cover_every_image_once_and_match_single_process(
