@@ -4,6 +4,7 @@ models are."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -32,35 +33,31 @@ def write_debug_runs(runs: Path) -> Path:
     return runs
 
 
+def _debug_keys(out: Path, runs: Path, data: Path) -> dict[str, object]:
+    """What the tests set in the debug ensemble: these runs and data, folds 0 and 1 of the debug
+    segmenter and gate, the tuned thresholds and the leaderboard in ``out``."""
+    return {
+        "runs_dir": str(runs),
+        "data_dir": str(data),
+        "members": [{"config": str(DEBUG), "folds": [0, 1]}],
+        "gate": {"config": str(DEBUG_GATE), "folds": [0, 1]},
+        "postprocess": {"thresholds_file": str(out / "thresholds.json")},
+        "leaderboard": str(out / "leaderboard.csv"),
+    }
+
+
 def debug_ensemble(out: Path, runs: Path, data: Path, *overrides: str) -> EnsembleConfig:
     """The debug ensemble on these runs and data, its outputs under ``out``."""
-    return load_ensemble_config(
-        ENSEMBLE,
-        [
-            f"runs_dir={runs}",
-            f"data_dir={data}",
-            f"members=[{{config: {DEBUG}, folds: [0, 1]}}]",
-            f"gate={{config: {DEBUG_GATE}, folds: [0, 1]}}",
-            f"postprocess.thresholds_file={out / 'thresholds.json'}",
-            f"leaderboard={out / 'leaderboard.csv'}",
-            *overrides,
-        ],
-    )
+    # JSON is YAML: each key is an override as --set reads it
+    keys = [f"{key}={json.dumps(value)}" for key, value in _debug_keys(out, runs, data).items()]
+    return load_ensemble_config(ENSEMBLE, [*keys, *overrides])
 
 
 def debug_ensemble_file(folder: Path, runs: Path, data: Path, **keys: object) -> Path:
     """The debug ensemble over ``runs`` (TTA none) as ``folder/ensemble.yaml``, its tuned files and
     leaderboard in ``folder`` too; ``keys`` replace its top-level keys."""
     tree = yaml.safe_load(ENSEMBLE.read_text())
-    tree.update(
-        runs_dir=str(runs),
-        data_dir=str(data),
-        members=[{"config": str(DEBUG), "folds": [0, 1]}],
-        gate={"config": str(DEBUG_GATE), "folds": [0, 1]},
-        tta=["none"],
-        postprocess={"thresholds_file": str(folder / "thresholds.json")},
-        leaderboard=str(folder / "leaderboard.csv"),
-    )
+    tree.update(_debug_keys(folder, runs, data), tta=["none"])
     tree.update(keys)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "ensemble.yaml"
