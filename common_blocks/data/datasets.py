@@ -76,6 +76,24 @@ def mask_to_tensor(mask: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(mask.transpose(2, 0, 1)))
 
 
+def _whole_factor(scale: float) -> int:
+    """``1 / scale`` when it is a power of two above 1 (the block means are then exact), else 1."""
+    factor = round(1 / scale)
+    exact = factor > 1 and factor & (factor - 1) == 0 and abs(factor * scale - 1) < 1e-9
+    return factor if exact else 1
+
+
+def area_downsampled(mask: np.ndarray, factor: int) -> np.ndarray | None:
+    """An HxWxC 0/1 uint8 mask averaged over ``factor`` x ``factor`` blocks, float32, the values
+    ``F.interpolate(mode="area")`` gives (a sum of 0/1 values over a power-of-two count is exact);
+    None when ``factor`` is 1 or does not divide both sides."""
+    height, width, channels = mask.shape
+    if factor == 1 or height % factor or width % factor:
+        return None
+    blocks = mask.reshape(height // factor, factor, width // factor, factor, channels)
+    return blocks.mean(axis=(1, 3), dtype=np.float32)
+
+
 class SegmentationDataset(Dataset):
     """Items ``image`` (float32 CxHxW, normalised), ``mask`` (uint8 4xHxW of 0/1, when
     ``with_masks``), ``image_id`` and ``index``.
@@ -85,6 +103,13 @@ class SegmentationDataset(Dataset):
     Multi-scale crops: ``transform`` maps each crop width to its pipeline, and items are asked for
     as ``(index, width)`` (``samplers.WidthBatchSampler`` draws one width per batch).
     ``with_masks=False`` serves unlabelled images (inference); the table then only needs ``ImageId``.
+
+    Two speed-ups for training, each exact: ``mask_scale`` < 1 (``data.scale``) gives the masks
+    area-averaged to the network's resolution as float32 fractions, the target the loss would
+    otherwise compute in the training process from the full uint8 mask (when ``1 / mask_scale`` is a
+    power of two that divides the augmented size; otherwise the full mask as usual);
+    ``cache_images`` keeps each decoded image in memory (per process, read-only) after its first
+    read, so later epochs skip the JPEG decoding.
     """
 
     def __init__(
@@ -94,6 +119,8 @@ class SegmentationDataset(Dataset):
         transform: A.Compose | Mapping[int, A.Compose] | None = None,
         grayscale: bool = False,
         with_masks: bool = True,
+        mask_scale: float = 1.0,
+        cache_images: bool = False,
     ) -> None:
         needed = ["ImageId", *RLE_COLUMNS] if with_masks else ["ImageId"]
         missing = [column for column in needed if column not in table.columns]
@@ -108,6 +135,8 @@ class SegmentationDataset(Dataset):
         self.rles: list[tuple[str, ...]] = (
             list(table[list(RLE_COLUMNS)].itertuples(index=False, name=None)) if with_masks else []
         )
+        self.mask_factor = _whole_factor(mask_scale)
+        self._images: dict[int, np.ndarray] | None = {} if cache_images else None
         self._worker_seed: int | None = None
 
     def __len__(self) -> int:
@@ -125,7 +154,7 @@ class SegmentationDataset(Dataset):
     def load(self, index: int, width: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """The augmented uint8 image and HxWx4 mask (None without masks), before normalisation;
         ``width`` picks the pipeline of that crop width (multi-scale crops)."""
-        image = read_image(self.images_dir / self.image_ids[index], grayscale=self.grayscale)
+        image = self.read_image(index)
         mask = self.decode_masks(index, image.shape[:2]) if self.with_masks else None
         transform = self.transform if width is None else self.transform[width]
         if transform is None:
@@ -134,6 +163,18 @@ class SegmentationDataset(Dataset):
             return transform(image=image)["image"], None
         augmented = transform(image=image, mask=mask)
         return augmented["image"], augmented["mask"]
+
+    def read_image(self, index: int) -> np.ndarray:
+        """The decoded uint8 image; with ``cache_images`` from memory after its first read (read-only,
+        so a transform that wrote into it would fail instead of changing later epochs)."""
+        if self._images is None:
+            return read_image(self.images_dir / self.image_ids[index], grayscale=self.grayscale)
+        image = self._images.get(index)
+        if image is None:
+            image = read_image(self.images_dir / self.image_ids[index], grayscale=self.grayscale)
+            image.setflags(write=False)
+            self._images[index] = image
+        return image
 
     def decode_masks(self, index: int, shape: tuple[int, int]) -> np.ndarray:
         """HxWx4 uint8 mask of 0/1; classes without a defect are not decoded.
@@ -145,25 +186,32 @@ class SegmentationDataset(Dataset):
 
     def mask_targets(self, mask: np.ndarray) -> dict[str, torch.Tensor]:
         """Training targets made from the augmented mask; subclasses choose what the model learns."""
+        small = area_downsampled(mask, self.mask_factor)
+        if small is not None:
+            return {"mask": torch.from_numpy(np.ascontiguousarray(small.transpose(2, 0, 1)))}
         return {"mask": mask_to_tensor(mask)}
 
     def _prepare_worker(self) -> None:
-        """Reseed the augmentations once per DataLoader worker (and per epoch) and quiet OpenCV threads.
+        """Reseed the augmentations once per DataLoader worker (and per epoch) and quiet OpenCV threads
+        there; without workers, once from ``torch.initial_seed()``.
 
         albumentations 2.x keeps its random state inside the Compose object, and forked or pickled
         workers all start from a copy of the same state: without this every worker, in every epoch,
         would replay the same sequence of crops and flips. The worker's seed differs per worker and
-        per epoch and follows ``torch.manual_seed`` in the main process, so runs stay reproducible.
+        per epoch and follows ``torch.manual_seed`` in the main process, so runs stay reproducible;
+        loading in the main process (``num_workers: 0``) follows the same seed.
         """
         worker = get_worker_info()
-        if worker is None or worker.seed == self._worker_seed:
+        seed = torch.initial_seed() if worker is None else worker.seed
+        if seed == self._worker_seed:
             return
-        self._worker_seed = worker.seed
-        cv2.setNumThreads(0)  # workers are the parallelism; OpenCV threads on top only contend
+        self._worker_seed = seed
+        if worker is not None:
+            cv2.setNumThreads(0)  # workers are the parallelism; OpenCV threads on top only contend
         transforms = self.transform.values() if isinstance(self.transform, Mapping) else [self.transform]
         for offset, transform in enumerate(transforms):
             if transform is not None:
-                seed_transform(transform, worker.seed + offset)
+                seed_transform(transform, seed + offset)
 
 
 class ClassificationDataset(SegmentationDataset):

@@ -7,9 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from common_blocks.data import images, rle
+from common_blocks.data import datasets, images, rle
 from common_blocks.data.datasets import (
     GREY_MEAN,
     GREY_STD,
@@ -122,6 +123,51 @@ def test_classification_target_follows_the_crop(synthetic) -> None:
     # the two defects are 1400 px apart: a 200 px crop holds at most one of them
     assert seen <= {(0.0, 0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 0.0), (0.0, 0.0, 1.0, 0.0)}
     assert len(seen) > 1
+
+
+@pytest.mark.parametrize("width", [WIDTH, 416])
+def test_masks_at_the_network_resolution_are_the_losss_area_average(synthetic, width: int) -> None:
+    """``mask_scale`` 0.25: the training mask comes as the float fractions that the loss would
+    otherwise compute from the full mask with ``F.interpolate(mode="area")``, bit for bit."""
+    table, images_dir = synthetic
+    crop = {"crop_height": None, "crop_width": None} if width == WIDTH else {"crop_width": width}
+    augment = AugmentConfig(**crop, crop_prefer_defect=1.0)
+    full = SegmentationDataset(table, images_dir, transform=build_train_transform(augment, seed=3))
+    small = SegmentationDataset(
+        table, images_dir, transform=build_train_transform(augment, seed=3), mask_scale=0.25
+    )
+    expected = F.interpolate(full[0]["mask"][None].float(), scale_factor=0.25, mode="area")[0]
+    actual = small[0]["mask"]
+    assert actual.dtype == torch.float32 and actual.shape == (4, HEIGHT // 4, width // 4)
+    assert torch.equal(actual, expected)
+    assert 0 < actual[0].sum() < actual[0].numel() and set(actual.unique().tolist()) > {0.0, 1.0}
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.3, 1 / 3])
+def test_masks_stay_full_where_blocks_are_not_exact(synthetic, scale: float) -> None:
+    table, images_dir = synthetic
+    mask = SegmentationDataset(table, images_dir, mask_scale=scale)[0]["mask"]
+    assert mask.dtype == torch.uint8 and mask.shape == (4, HEIGHT, WIDTH)
+
+
+def test_cached_images_are_decoded_once_and_give_the_same_items(
+    synthetic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    table, images_dir = synthetic
+    reads = []
+    decode = datasets.read_image
+    monkeypatch.setattr(
+        datasets, "read_image", lambda path, **kwargs: reads.append(path) or decode(path, **kwargs)
+    )
+    cached = SegmentationDataset(table, images_dir, grayscale=True, cache_images=True)
+    plain = SegmentationDataset(table, images_dir, grayscale=True)
+    for _ in range(3):
+        for index in range(len(table)):
+            first, second = cached[index], plain[index]
+            assert torch.equal(first["image"], second["image"]) and torch.equal(first["mask"], second["mask"])
+    assert len(reads) == 2 + 3 * 2  # the cached dataset read each image once, the plain one every time
+    with pytest.raises(ValueError, match="read-only"):
+        cached.read_image(0)[0, 0] = 1  # a transform writing into it fails instead of changing later epochs
 
 
 def test_unreadable_image_names_the_file(tmp_path: Path) -> None:
