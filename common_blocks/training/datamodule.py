@@ -192,7 +192,15 @@ class SteelDataModule(L.LightningDataModule):
             }
         else:
             transform = build_train_transform(augment)
-        return self.dataset_class(table, images_dir, transform=transform, grayscale=self.cfg.data.grayscale)
+        data = self.cfg.data
+        return self.dataset_class(
+            table,
+            images_dir,
+            transform=transform,
+            grayscale=data.grayscale,
+            mask_scale=data.scale,  # the loss's targets at the network's resolution, made in the loader
+            cache_images=data.cache_images,
+        )
 
     def train_dataloader(self) -> DataLoader:
         dataset = self._train_dataset(self.train_table, self.images_dir)
@@ -220,6 +228,7 @@ class SteelDataModule(L.LightningDataModule):
             self.images_dir,
             transform=None,  # validation sees full, unaugmented images, as inference does
             grayscale=self.cfg.data.grayscale,
+            cache_images=self.cfg.data.cache_images,
         )
         rank, world = _rank_and_world()
         return self._loader(

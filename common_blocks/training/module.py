@@ -59,6 +59,15 @@ class DefectModule(L.LightningModule):
         self.val_stats = self._new_stats_builder()
         if self.cfg.trainer.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self._compiled = False
+
+    def configure_model(self) -> None:
+        """``trainer.compile``: the network compiled in place (its parameter names, and so the
+        checkpoints, stay as they are); Lightning calls this before fitting or validating, so
+        prediction, which builds the module without a Trainer, never compiles."""
+        if self.cfg.trainer.compile and not self._compiled:
+            self.model.compile()
+            self._compiled = True
 
     def _new_stats_builder(self) -> OofStatsBuilder:
         oof = self.cfg.oof
@@ -153,14 +162,16 @@ class DefectModule(L.LightningModule):
         return self.model.classification_head(self.model.encoder(network_input)[-1])
 
     def _class_loss(self, class_logits: torch.Tensor | None, batch: dict[str, Any]) -> torch.Tensor | None:
-        """The class head's BCE against which classes the (cropped, augmented) mask holds."""
+        """The class head's BCE against which classes the (cropped, augmented) mask holds (any pixel
+        of it: the training mask may come area-averaged to the network's resolution)."""
         if class_logits is None:
             return None
-        present = targets_for_mode(batch["mask"].float(), CLASSIFICATION_MODE)
+        present = targets_for_mode((batch["mask"] > 0).float(), CLASSIFICATION_MODE)
         return F.binary_cross_entropy_with_logits(class_logits.float(), present)
 
     def mask_loss(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
-        """The loss of model-resolution ``logits``: the (uint8) mask is area-averaged down to their size.
+        """The loss of model-resolution ``logits``: the (uint8) mask is area-averaged down to their size,
+        unless the loader already did (training batches: ``SegmentationDataset``'s ``mask_scale``).
 
         Losses at the model's resolution: upsampling 4 logit channels to 256x1600 and back
         through the loss would cost more than the network itself at ``data.scale`` 0.25.

@@ -19,6 +19,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.profilers import Profiler
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
@@ -98,10 +99,12 @@ def build_trainer(
     resume_step: int | None = None,
     after_save: Callable[[dict[str, Any], Path], None] | None = None,
     num_nodes: int = 1,
+    profiler: Profiler | None = None,
 ) -> tuple[L.Trainer, ModelCheckpoint]:
     """The Trainer of a run; ``resume_step`` is the first logger step of a resumed run (its CSV log
     keeps the earlier rows), ``after_save(checkpoint, path)`` is called after each checkpoint;
-    ``num_nodes`` > 1 is one DDP run across nodes (Lightning reads the ranks from SLURM)."""
+    ``num_nodes`` > 1 is one DDP run across nodes (Lightning reads the ranks from SLURM);
+    ``profiler`` times Lightning's actions (``benchmarks.profile_fold``)."""
     # best.ckpt by the monitored score; last.ckpt after every validation and, mid-epoch, every
     # checkpoint_every_n_steps training steps, so a killed run loses little.
     monitor = MONITORED[cfg.trainer.monitor]
@@ -166,6 +169,7 @@ def build_trainer(
         use_distributed_sampler=False,  # the balanced sampler shards itself per rank
         num_sanity_val_steps=0,
         enable_model_summary=False,
+        profiler=profiler,
         # Training crops and full validation images have fixed sizes: cuDNN picks the fastest
         # convolution algorithms once per shape. None leaves the setting alone off the GPU.
         benchmark=True if accelerator == "gpu" else None,
