@@ -93,8 +93,9 @@ class TrainerConfig(Section):
     @field_validator("precision", mode="before")
     @classmethod
     def _precision_as_text(cls, value: object) -> object:
-        """``precision: 32`` unquoted (YAML and ``--set`` read a number) means ``"32"``, as in Lightning."""
-        return "32" if value == 32 else value
+        """``precision: 32`` unquoted (YAML and ``--set`` read a number) means ``"32"``, as in Lightning;
+        only the integer: ``32.0`` is a float where an integer is meant, refused as everywhere else."""
+        return "32" if type(value) is int and value == 32 else value
 
     gradient_clip_val: float | None = Field(
         None, gt=0, description="clip the gradients' norm to this value; null = no clipping"

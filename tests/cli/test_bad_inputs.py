@@ -216,6 +216,10 @@ def test_truncated_jpeg_in_a_subprocess(data, tmp_path):
             "trainer.precision=bf16",
             "trainer.precision: Input should be 'auto', '32', 'bf16-mixed' or '16-mixed'",
         ),
+        (
+            "trainer.precision=32.0",
+            "trainer.precision: Input should be 'auto', '32', 'bf16-mixed' or '16-mixed' (got 32.0)",
+        ),
         ("data.sampler=rarest", "data.sampler: Input should be 'balanced', 'random' or 'rare'"),
         ("data.rare_classes=[0]", "data.rare_classes.0: Input should be greater than or equal to 1"),
         ("data.rare_classes=[]", "data.rare_classes: Tuple should have at least 1 item"),
@@ -264,12 +268,17 @@ def test_strict_configs_still_take_paths_lists_ints_for_floats_and_exponents(tmp
             "optimizer.decoder_lr=3E-3",
             "trainer.limit_train_batches=2",
             "pseudo.labels=pseudo/round1.csv",
+            "trainer.precision=32",  # Lightning's integer 32, as "32"
         ],
     )
     assert cfg.data.data_dir == tmp_path and cfg.oof.thresholds == (0.4, 0.5) and cfg.oof.min_sizes == (0, 10)
     assert cfg.scheduler.min_lr == 0.0 and isinstance(cfg.scheduler.min_lr, float)
     assert cfg.optimizer.encoder_lr == 1e-4 and cfg.optimizer.decoder_lr == 3e-3
     assert cfg.trainer.limit_train_batches == 2 and cfg.pseudo.labels == Path("pseudo/round1.csv")
+    assert (
+        cfg.trainer.precision == "32"
+        and load_config(DEBUG, ["trainer.precision='32'"]).trainer.precision == "32"
+    )
     assert apply_overrides({}, ["x=1e5", "y=1_000", "z=e5"]) == {"x": 1e5, "y": 1000, "z": "e5"}
 
 
