@@ -27,6 +27,7 @@ from common_blocks.training.models import ModelConfig
 from common_blocks.training.optim import OptimizerConfig, SchedulerConfig
 
 ClassId = Annotated[int, Field(ge=1, le=N_CLASSES)]
+MAX_RARE_FACTOR = 1000
 
 
 class DataConfig(Section):
@@ -62,7 +63,11 @@ class DataConfig(Section):
         (1, 2), min_length=1, description="`sampler: rare`: the classes whose images are drawn more often"
     )
     rare_factor: float = Field(
-        3.0, gt=0, description="`sampler: rare`: how many times as likely an image holding one of them is"
+        3.0,
+        gt=0,
+        le=MAX_RARE_FACTOR,
+        description="`sampler: rare`: how many times as likely an image holding one of them is "
+        f"(at most {MAX_RARE_FACTOR}: beyond that the other images are as good as never drawn)",
     )
     samples_per_epoch: int | None = Field(
         None,

@@ -224,6 +224,7 @@ def test_truncated_jpeg_in_a_subprocess(data, tmp_path):
         ("data.rare_classes=[0]", "data.rare_classes.0: Input should be greater than or equal to 1"),
         ("data.rare_classes=[]", "data.rare_classes: Tuple should have at least 1 item"),
         ("data.rare_factor=0", "data.rare_factor: Input should be greater than 0"),
+        ("data.rare_factor=1001", "data.rare_factor: Input should be less than or equal to 1000 (got 1001)"),
         ("init_from=weights.bin", "init_from: expected a .ckpt file or configs/NAME.yaml, got 'weights.bin'"),
         ("optimizer.freeze_encoder_epochs=-1", "optimizer.freeze_encoder_epochs: Input should be greater"),
         ("trainer.average_top_k=1", "trainer.average_top_k: Input should be greater than or equal to 2"),
