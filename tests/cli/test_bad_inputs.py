@@ -119,7 +119,10 @@ UNREADABLE_CSVS = {
     "binary": (bytes(range(256)) * 4, "line 1: a NUL byte"),
     "utf16": ("ImageId_ClassId,EncodedPixels\na.jpg_1,\n".encode("utf-16"), "UTF-16 text"),
     "latin1": ("ImageId_ClassId,EncodedPixels\nr\xe9.jpg_1,\n".encode("latin-1"), "line 2: not UTF-8 text"),
-    "unterminated_quote": (b'ImageId_ClassId,EncodedPixels\n"a.jpg_1,1 2\n', "EOF inside string"),
+    "unterminated_quote": (
+        b'ImageId_ClassId,EncodedPixels\n"a.jpg_1,1 2\n',
+        "line 2: not a readable CSV (unexpected end of data)",
+    ),
 }
 
 
@@ -305,6 +308,24 @@ def test_label_class_ids_are_strict(data, tmp_path, rows, fragment):
     expect_one_error(
         tmp_path, ["score", "--submission", submission, "--truth", truth], f"{truth}, line 3: class '2.0'"
     )
+
+
+@pytest.mark.parametrize(
+    "rows, fragment",
+    [
+        ("\nx.jpg,1,1 2\n\n\nx.jpg,5,1 2\n", "line 6: class '5' is not one of"),  # blank lines counted
+        ('"x\n.jpg",1,1 2\nx.jpg,5,1 2\n', "line 4: class '5'"),  # a quoted field over two lines
+        ("x.jpg,1,1 2,extra\n", "line 2: 4 fields where 3 were expected (ImageId,ClassId,EncodedPixels)"),
+        ("x.jpg,1,1 2\nx.jpg,2\n", "line 3: 2 fields where 3 were expected"),
+    ],
+    ids=["blank_lines", "multi_line_field", "extra_field", "missing_field"],
+)
+def test_a_bad_row_is_named_by_its_physical_line(tmp_path, rows, fragment):
+    submission, truth = tmp_path / "submission.csv", tmp_path / "truth.csv"
+    submission.write_text(CURRENT_HEADER + rows)
+    truth.write_text("ImageId_ClassId,EncodedPixels\n" + "".join(f"x.jpg_{k},\n" for k in (1, 2, 3, 4)))
+    argv = ["score", "--submission", submission, "--truth", truth]
+    expect_one_error(tmp_path, argv, f"{submission}, {fragment}")
 
 
 # --- 17: one line, not a page ------------------------------------------------------------------------
