@@ -153,7 +153,13 @@ def one_image_data_set(tmp_path: Path, name: str) -> tuple[Path, Path]:
     return folder, folder / "train_images" / name
 
 
-@pytest.mark.parametrize("kind", ["truncated_jpeg", "truncated_png", "missing", "empty"])
+def cut_jpeg_with_its_end_marker(whole: bytes) -> bytes:
+    """The first half of a JPEG and its end-of-image marker: libjpeg decodes the rest as grey and
+    prints "Corrupt JPEG data: premature end of data segment" to stderr."""
+    return whole[: len(whole) // 2] + b"\xff\xd9"
+
+
+@pytest.mark.parametrize("kind", ["truncated_jpeg", "cut_jpeg", "truncated_png", "missing", "empty"])
 def test_bad_image_is_one_error_and_no_decoder_warning(data, tmp_path, capfd, kind):
     import cv2
 
@@ -166,6 +172,9 @@ def test_bad_image_is_one_error_and_no_decoder_warning(data, tmp_path, capfd, ki
     elif kind == "truncated_jpeg":
         image.write_bytes(whole[: len(whole) // 3])
         message = "truncated JPEG"
+    elif kind == "cut_jpeg":
+        image.write_bytes(cut_jpeg_with_its_end_marker(whole))
+        message = "damaged JPEG: Corrupt JPEG data: premature end of data segment"
     elif kind == "missing":  # a dangling link: the folder lists it, reading it fails
         image.symlink_to(tmp_path / "gone.jpg")
         message = "file not found"
@@ -180,23 +189,25 @@ def test_bad_image_is_one_error_and_no_decoder_warning(data, tmp_path, capfd, ki
     assert written.err == "" and written.out == "", written.err
 
 
-def test_jpeg_with_zero_padding_still_reads(data, tmp_path):
+@pytest.mark.parametrize("after", [b"\0" * 16, b"0123456789abcdefg"], ids=["zero_padding", "17_bytes"])
+def test_jpeg_with_bytes_after_its_end_marker_still_reads(data, tmp_path, capfd, after):
+    """libjpeg stops at the end-of-image marker; what follows it is not part of the image."""
     from common_blocks.data.images import read_image
 
     source = sorted((data / "train_images").iterdir())[0]
     padded = tmp_path / "padded.jpg"
-    padded.write_bytes(source.read_bytes() + b"\0" * 16)
+    padded.write_bytes(source.read_bytes() + after)
     assert np.array_equal(read_image(padded), read_image(source))
+    assert capfd.readouterr().err == ""
 
 
 @pytest.mark.subprocess
-def test_truncated_jpeg_in_a_subprocess(data, tmp_path):
+def test_cut_jpeg_in_a_subprocess(data, tmp_path):
     """The real exit status, and stderr holds the error line and nothing from libjpeg."""
     folder, image = one_image_data_set(tmp_path, "a.jpg")
-    whole = sorted((data / "train_images").iterdir())[0].read_bytes()
-    image.write_bytes(whole[: len(whole) // 3])
+    image.write_bytes(cut_jpeg_with_its_end_marker(sorted((data / "train_images").iterdir())[0].read_bytes()))
     outcome = run("dataset", "--data-dir", folder, "--out", tmp_path / "out", timeout=120)
-    assert_one_error_line(outcome, f"{image}: not a readable image file (truncated JPEG")
+    assert_one_error_line(outcome, f"{image}: not a readable image file (damaged JPEG: Corrupt JPEG data")
     assert outcome.stderr.strip().splitlines() == [outcome.stderr.strip()]
 
 
