@@ -26,7 +26,7 @@ from common_blocks.evaluation.search_grid import threshold_grid
 from common_blocks.evaluation.threshold_search import SearchResult
 from common_blocks.training.config import load_config
 from tests.cli_contract import assert_one_error_line, assert_unchanged, run, run_in_process, snapshot
-from tests.repository import DEBUG
+from tests.repository import DEBUG, DEBUG_GATE
 
 LATIN_1 = "# r\xe9glage fin\n".encode("latin-1")  # "réglage" in Latin-1: byte 0xe9 is not UTF-8
 CURRENT_HEADER = "ImageId,ClassId,EncodedPixels\n"
@@ -353,6 +353,21 @@ def test_a_bad_row_is_named_by_its_physical_line(tmp_path, rows, fragment):
 def test_an_encoder_weights_source_that_is_not_there(data, tmp_path, value, fragment):
     argv = train_argv(DEBUG, tmp_path, f"data.data_dir={data}", f"model.args.encoder_weights={value}")
     expect_one_error(tmp_path, argv, f"model.args.encoder_weights: {fragment}", roots=(data,))
+
+
+@pytest.mark.parametrize("config", [DEBUG, DEBUG_GATE], ids=["unet", "classifier"])
+def test_imagenet_weights_without_a_network(data, tmp_path, offline, config):
+    """huggingface_hub's two chained tracebacks (LocalEntryNotFoundError) become one line naming the
+    key, the encoder and the offline sources."""
+    argv = train_argv(config, tmp_path, f"data.data_dir={data}", "model.args.encoder_weights=imagenet")
+    expect_one_error(
+        tmp_path,
+        argv,
+        "model.args.encoder_weights: the imagenet weights of resnet18 cannot be downloaded (not in the local "
+        "cache and the hub cannot be reached); offline, use package:DIST (`severstal weights list`), a local "
+        "file (`severstal weights convert`) or encoder_weights: null",
+        roots=(data,),
+    )
 
 
 def test_pos_weight_of_the_wrong_length_names_the_loss_term(data, tmp_path):
