@@ -14,12 +14,12 @@ venv: $(STAMP)
 # The project itself goes in editable (the `severstal` command; tests import the installed package),
 # with the extras of the exported backends (OpenVINO, ONNX Runtime: CPU wheels, no torch among their deps).
 $(STAMP): requirements.txt constraints.txt pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -c constraints.txt -r requirements.txt
-	$(PY) -m pip install --quiet -c constraints.txt --no-build-isolation -e '.[onnxruntime,openvino]'
-	touch $(STAMP)
+	test -x "$(PY)" || "$(PYTHON)" -m venv "$(VENV)"
+	"$(PY)" -m pip install --quiet --upgrade pip
+	"$(PY)" -m pip install --quiet torch==2.13.0
+	"$(PY)" -m pip install --quiet -c constraints.txt -r requirements.txt
+	"$(PY)" -m pip install --quiet -c constraints.txt --no-build-isolation -e '.[onnxruntime,openvino]'
+	touch "$(STAMP)"
 
 # The whole suite, the exported backends included, on one pytest-xdist worker per core, four at most
 # (a worker's memory peaks at about 2.2 GB); tests/conftest.py gives each worker its share of torch's
@@ -28,31 +28,31 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 # openvino_core says why; a test keeps it fixed).
 WORKERS := -n auto --maxprocesses 4
 test: $(STAMP)
-	$(PY) -m pytest -q $(WORKERS) tests
+	"$(PY)" -m pytest -q $(WORKERS) tests
 
 # No model training, no exported backend, no child process: the quick check while editing.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q $(WORKERS) -m "not slow and not subprocess" tests
+	"$(PY)" -m pytest -q $(WORKERS) -m "not slow and not subprocess" tests
 
 demo: $(STAMP)
-	bash scripts/demo.sh $(PY) $(DEMO_DIR) $(RUNS_DIR) $(REPORT_DIR)
+	bash scripts/demo.sh "$(PY)" "$(DEMO_DIR)" "$(RUNS_DIR)" "$(REPORT_DIR)"
 
 lint: $(STAMP)
-	$(PY) -m ruff check .
-	$(PY) -m ruff format --check .
+	"$(PY)" -m ruff check .
+	"$(PY)" -m ruff format --check .
 
 fixup: $(STAMP)
-	$(PY) -m ruff check --fix .
-	$(PY) -m ruff format .
+	"$(PY)" -m ruff check --fix .
+	"$(PY)" -m ruff format .
 
 bench: $(STAMP)
-	$(PY) -m benchmarks.bench_startup
-	$(PY) -m benchmarks.bench_rle
-	$(PY) -m benchmarks.bench_metric
-	$(PY) -m benchmarks.bench_loader
-	$(PY) -m benchmarks.bench_synthetic
-	$(PY) -m benchmarks.bench_threshold_search
-	$(PY) -m benchmarks.bench_train --config configs/cpu_small.yaml
+	"$(PY)" -m benchmarks.bench_startup
+	"$(PY)" -m benchmarks.bench_rle
+	"$(PY)" -m benchmarks.bench_metric
+	"$(PY)" -m benchmarks.bench_loader
+	"$(PY)" -m benchmarks.bench_synthetic
+	"$(PY)" -m benchmarks.bench_threshold_search
+	"$(PY)" -m benchmarks.bench_train --config configs/cpu_small.yaml
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf "$(VENV)" .pytest_cache .ruff_cache

@@ -13,6 +13,8 @@ VAL_SCORE = "val/score"  # the fold's score at the config's fixed validation thr
 VAL_TUNED_SCORE = "val/tuned_score"  # the same fold's score under the post-processing searched on it
 # trainer.monitor -> the metric (maximised) that picks best.ckpt, drives the plateau schedule and early stopping
 MONITORED = {"score": VAL_SCORE, "tuned_score": VAL_TUNED_SCORE}
+# What another writer of a run folder is told the folder's one writer does (``one_writer``)
+RUN_FOLDER_BUSY = "this run folder is being trained"
 
 
 @dataclass(frozen=True)

@@ -121,7 +121,7 @@ def sweep_command(args: argparse.Namespace) -> None:
     if args.executor == "local":
         chosen_predict_options(args)  # checked before any run trains; a Slurm node checks its own
     from common_blocks.cluster.local import run_local
-    from common_blocks.cluster.plan import plan_sweep
+    from common_blocks.cluster.plan import one_sweep, plan_sweep, sweep_ensemble
     from common_blocks.cluster.resources import resolve_resources
     from common_blocks.cluster.slurm import submit_slurm
 
@@ -134,20 +134,21 @@ def sweep_command(args: argparse.Namespace) -> None:
         args.partition,
         dict(args.slurm_options),
     )
-    plan = plan_sweep(
-        args.config,
-        train_overrides=args.overrides,
-        data_dir=args.data_dir,
-        pseudo=args.pseudo,
-        out_dir=args.out_dir,
-        train_only=args.train_only,
-        devices=resources.devices,
-        num_nodes=resources.num_nodes,
-    )
-    check_apart(
-        plan.out_dir, "the runs (--out-dir)", holds=[], within=[("the data_dir", plan.ensemble.data_dir)]
-    )
-    if args.executor == "slurm":
-        submit_slurm(plan, resources, options, args.wait)
-    else:
-        run_local(plan, resources, options)
+    with one_sweep(sweep_ensemble(args.config, args.data_dir, args.out_dir)):
+        plan = plan_sweep(
+            args.config,
+            train_overrides=args.overrides,
+            data_dir=args.data_dir,
+            pseudo=args.pseudo,
+            out_dir=args.out_dir,
+            train_only=args.train_only,
+            devices=resources.devices,
+            num_nodes=resources.num_nodes,
+        )
+        check_apart(
+            plan.out_dir, "the runs (--out-dir)", holds=[], within=[("the data_dir", plan.ensemble.data_dir)]
+        )
+        if args.executor == "slurm":
+            submit_slurm(plan, resources, options, args.wait)
+        else:
+            run_local(plan, resources, options)

@@ -38,6 +38,9 @@ def weights_command(args: argparse.Namespace) -> None:
 
         sources = installed_sources()
         for source in sources:
+            if source.broken is not None:
+                print(f"{source.spec} {source.version}: broken: {source.broken}")
+                continue
             fits = ", ".join(f"{name} ({layout})" for name, layout in source.fits.items()) or "none"
             print(f"{source.spec} {source.version}: {source.path}\n  fits {fits}")
         missing = [dist for dist in WEIGHT_PACKAGES if f"package:{dist}" not in {s.spec for s in sources}]

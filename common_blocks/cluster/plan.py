@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,8 @@ from common_blocks.files import check_output_dir
 from common_blocks.inference.ensemble_config import EnsembleConfig, load_ensemble_config
 from common_blocks.inference.oof_search import check_outputs, common_folds, training_data
 from common_blocks.inference.options import PredictOptions
-from common_blocks.run_folder import RunPaths
+from common_blocks.one_writer import one_writer
+from common_blocks.run_folder import RUN_FOLDER_BUSY, RunPaths
 from common_blocks.training.config import TrainConfig, load_config
 from common_blocks.training.datamodule import check_fold, labelled_folds, write_missing_folds
 from common_blocks.training.run_folder_transaction import SetAside
@@ -114,6 +116,29 @@ def _check_tasks(
         raise ConfigError(f"{ensemble_path}: the members must share one segmentation mode, got {listed}")
 
 
+def sweep_ensemble(
+    ensemble_path: str | os.PathLike,
+    data_dir: str | os.PathLike | None = None,
+    out_dir: str | os.PathLike | None = None,
+) -> EnsembleConfig:
+    """The ensemble a sweep trains, with ``data_dir`` (``--data-dir``) and its runs folder ``out_dir``
+    (``--out-dir``, default its ``runs_dir``) put in."""
+    ensemble = load_ensemble_config(ensemble_path, [f"data_dir={data_dir}"] if data_dir is not None else [])
+    return ensemble.model_copy(
+        update={"runs_dir": Path(out_dir) if out_dir is not None else ensemble.runs_dir}
+    )
+
+
+@contextmanager
+def one_sweep(ensemble: EnsembleConfig) -> Iterator[None]:
+    """One sweep of an ensemble at a time: a second would start the same runs (each run folder has one
+    writer too) and the same OOF search. Held on ``RUNS_DIR/NAME``, the folder of its tuned files,
+    while the sweep plans and runs (with Slurm: submits) its jobs."""
+    check_output_dir(ensemble.runs_dir, "the runs folder (--out-dir)")
+    with one_writer(ensemble.runs_dir / ensemble.name, f"the ensemble {ensemble.name} is being swept"):
+        yield
+
+
 def plan_sweep(
     ensemble_path: str | os.PathLike,
     *,
@@ -132,9 +157,8 @@ def plan_sweep(
     the ensemble's ``runs_dir``) is the runs folder.
     """
     ensemble_path = Path(ensemble_path)
-    ensemble = load_ensemble_config(ensemble_path, [f"data_dir={data_dir}"] if data_dir is not None else [])
-    out_dir = Path(out_dir) if out_dir is not None else ensemble.runs_dir
-    ensemble = ensemble.model_copy(update={"runs_dir": out_dir})
+    ensemble = sweep_ensemble(ensemble_path, data_dir, out_dir)
+    out_dir = ensemble.runs_dir
     # Every run trains on the data the OOF search validates on: the ensemble's (or --data-dir).
     overrides = [
         *train_overrides,
@@ -192,7 +216,10 @@ def plan_sweep(
         for fold in folds[name]:
             paths = RunPaths.of(out_dir, name, fold)
             check_output_dir(paths.root, "the run folder")
-            SetAside(paths).recover()  # what a process killed mid --overwrite left, as train_fold settles it
+            with one_writer(paths.root, RUN_FOLDER_BUSY):  # not while a training writes it
+                SetAside(
+                    paths
+                ).recover()  # what a process killed mid --overwrite left, as train_fold settles it
             job = TrainJob(cfg, fold, out_dir, workdir, devices, num_nodes)
             after = f"{parent}/fold{fold}" if parent is not None else None
             runs.append(PlannedRun(job, run_state(paths, cfg, fold), after, _stage(cfg, configs)))

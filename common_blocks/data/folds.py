@@ -52,7 +52,7 @@ def read_folds(
     folds = read_csv_file(path)
     if list(folds.columns) != ["ImageId", "fold"]:
         raise DataError(f"{path}: expected columns ImageId,fold, found {','.join(folds.columns)}")
-    lines = np.arange(len(folds)) + 2
+    lines = folds.index.to_numpy()
     empty = (folds["ImageId"].str.strip() == "").to_numpy()
     if empty.any():
         raise DataError(f"{path}, line {lines[np.flatnonzero(empty)[0]]}: empty ImageId")
@@ -78,7 +78,7 @@ def read_folds(
         missing = sorted(set(image_ids) - set(folds["ImageId"]))
         if missing:
             raise DataError(f"{path}: {len(missing)} labelled image(s) have no fold, e.g. {missing[0]}")
-    return folds
+    return folds.reset_index(drop=True)
 
 
 def write_folds(table: pd.DataFrame, n_folds: int, seed: int, path: str | os.PathLike) -> pd.DataFrame:

@@ -12,6 +12,7 @@ Everything downstream works on the *label table*: one row per image, columns ``I
 
 from __future__ import annotations
 
+import csv
 import io
 import os
 from collections.abc import Iterable, Sequence
@@ -40,10 +41,13 @@ def _line_of(data: bytes, offset: int) -> int:
 
 
 def read_csv_file(path: str | os.PathLike, nrows: int | None = None) -> pd.DataFrame:
-    """A CSV file as a table of strings (no NaN: an empty field is ''), ``nrows`` data rows at most.
+    """A CSV file as a table of strings (an empty field is ''), ``nrows`` data rows at most, indexed
+    by each row's physical line in the file (blank lines and quoted line breaks counted), which
+    errors name.
 
-    A file that is not UTF-8 text (binary, UTF-16, Latin-1), empty, or that pandas cannot tokenize
-    (an unterminated quote, a row with too many fields) is a DataError naming the file, as one line.
+    A file that is not UTF-8 text (binary, UTF-16, Latin-1), empty, that does not parse (an
+    unterminated quote) or with a row of more or fewer fields than its header is a DataError naming
+    the file and line, as one line. Blank lines are skipped.
     """
     path = Path(path)
     data = read_input(path, DataError)
@@ -61,12 +65,34 @@ def read_csv_file(path: str | os.PathLike, nrows: int | None = None) -> pd.DataF
         ) from None
     if not text.strip():
         raise DataError(f"{path}: empty file, expected a CSV header")
+    # A field may be as long as the file (a full-image RLE runs past the csv module's 128 KiB default).
+    csv.field_size_limit(max(csv.field_size_limit(), len(text)))
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    header: list[str] = []
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    start = header_line = 1  # the physical line the next row starts on; the header's
     try:
-        return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, nrows=nrows)
-    except pd.errors.ParserError as error:
-        raise DataError(f"{path}: not a readable CSV ({str(error).strip().splitlines()[0]})") from None
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{path}: empty file, expected a CSV header") from None
+        for fields in reader:  # a blank line is an empty list
+            if fields and not header:
+                header, header_line = fields, start
+            elif fields:
+                if nrows is not None and len(rows) >= nrows:
+                    break
+                if len(fields) != len(header):
+                    raise DataError(
+                        f"{path}, line {start}: {len(fields)} fields where {len(header)} were expected "
+                        f"({','.join(header)})"
+                    )
+                rows.append(fields)
+                lines.append(start)
+            start = reader.line_num + 1
+    except csv.Error as error:
+        raise DataError(f"{path}, line {start}: not a readable CSV ({error})") from None
+    twice = sorted({name for name in header if header.count(name) > 1})
+    if twice:
+        raise DataError(f"{path}, line {header_line}: column {twice[0]!r} appears twice in the header")
+    return pd.DataFrame(rows, columns=header, index=pd.Index(lines, name="line", dtype=np.int64), dtype=str)
 
 
 def detect_format(columns: Iterable[str], path: Path) -> SubmissionFormat:
@@ -89,13 +115,13 @@ def detect_format(columns: Iterable[str], path: Path) -> SubmissionFormat:
 def read_label_rows(path: str | os.PathLike) -> pd.DataFrame:
     """Read a label or submission CSV of either format into long rows, fully validated.
 
-    Returns columns ``ImageId``, ``ClassId`` (int), ``EncodedPixels`` and ``line`` (the line number
-    in the file, for error messages). Rows with empty EncodedPixels are kept: they list an image.
+    Returns columns ``ImageId``, ``ClassId`` (int), ``EncodedPixels`` and ``line`` (the row's physical
+    line in the file, for error messages). Rows with empty EncodedPixels are kept: they list an image.
     """
     path = Path(path)
     frame = read_csv_file(path)
     fmt = detect_format(frame.columns, path)
-    lines = np.arange(len(frame)) + 2
+    lines = frame.index.to_numpy()
     if fmt == "2019":
         parts = frame["ImageId_ClassId"].str.rsplit("_", n=1, expand=True)
         if parts.shape[1] < 2 or parts[1].isna().any():

@@ -1,9 +1,14 @@
-"""Reading steel images with OpenCV, checked, so a bad file fails with its name instead of deep in a batch."""
+"""Reading steel images with OpenCV, checked, so a bad file fails with its name instead of deep in a batch
+and no decoder warning reaches the terminal."""
 
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
+import threading
 from pathlib import Path
+from typing import IO
 
 import cv2
 import numpy as np
@@ -30,9 +35,9 @@ def _ends_with(data: bytes, marker: bytes) -> bool:
 def _image_bytes(path: Path) -> bytes:
     """The bytes of an image file, checked before any decoder sees them.
 
-    OpenCV's ``imread`` prints a warning for a missing file, and libjpeg decodes a JPEG cut short
-    (an interrupted copy) as grey below the cut, warning only on stderr: a complete JPEG ends with
-    the end-of-image marker (zero padding after it is allowed), a complete PNG with its IEND chunk.
+    OpenCV's ``imread`` prints a warning for a missing file, and libpng one for a PNG cut short: a
+    complete PNG ends with its IEND chunk (zero padding after it allowed). A JPEG is checked as it
+    decodes (``_DecoderOutput``): bytes after its end-of-image marker are ignored, as libjpeg does.
     """
     try:
         data = path.read_bytes()
@@ -44,11 +49,64 @@ def _image_bytes(path: Path) -> bytes:
         raise DataError(f"{path}: not a readable image file ({error.strerror or error})") from None
     if not data:
         raise DataError(f"{path}: not a readable image file (empty file)")
-    if data.startswith(JPEG_START) and not _ends_with(data, JPEG_END):
-        raise DataError(f"{path}: not a readable image file (truncated JPEG: no end-of-image marker)")
     if data.startswith(PNG_START) and not _ends_with(data, PNG_END):
         raise DataError(f"{path}: not a readable image file (truncated PNG: no IEND chunk)")
     return data
+
+
+class _DecoderOutput:
+    """What the C decoders print while OpenCV decodes, kept from the terminal and returned.
+
+    libjpeg decodes a JPEG whose scan is cut short (an interrupted copy, with or without an
+    end-of-image marker after the cut) as grey below the cut and only warns, with ``fprintf`` to
+    the process's stderr; neither OpenCV nor Pillow lets the caller see its warnings (Pillow drops
+    them). So each decode runs with file descriptor 2 pointed at a scratch file of this process,
+    which must stay empty. A lock keeps the threads of a process from redirecting at once; a forked
+    process (a DataLoader worker) starts with its own lock and scratch file.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.scratch: IO[bytes] | None = None
+
+    def decode(self, data: bytes, flags: int) -> tuple[np.ndarray | None, str]:
+        """``cv2.imdecode(data, flags)`` and what the decoders printed meanwhile ('' when nothing)."""
+        buffer = np.frombuffer(data, np.uint8)
+        with self.lock:
+            if self.scratch is None:
+                self.scratch = tempfile.TemporaryFile()  # noqa: SIM115 (open for the process's life)
+            scratch = self.scratch.fileno()
+            if sys.stderr is not None:
+                sys.stderr.flush()  # what Python has buffered goes where it was meant to
+            try:
+                saved = os.dup(2)
+            except OSError:  # no stderr at all: nothing could reach a terminal
+                return cv2.imdecode(buffer, flags), ""
+            os.dup2(scratch, 2)
+            try:
+                image = cv2.imdecode(buffer, flags)
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+            size = os.lseek(scratch, 0, os.SEEK_CUR)
+            if not size:
+                return image, ""
+            os.lseek(scratch, 0, os.SEEK_SET)
+            printed = os.read(scratch, size)
+            os.ftruncate(scratch, 0)
+        return image, printed.decode("utf-8", "replace").strip()
+
+
+_DECODER = _DecoderOutput()
+
+
+def _own_decoder_after_fork() -> None:
+    """A forked child may have copied the lock held by another thread, and shares the scratch file's offset."""
+    global _DECODER
+    _DECODER = _DecoderOutput()
+
+
+os.register_at_fork(after_in_child=_own_decoder_after_fork)
 
 
 def read_image(
@@ -65,8 +123,14 @@ def read_image(
     """
     path = Path(path)
     data = _image_bytes(path)
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE if grayscale else _COLOR_FLAG)
+    image, printed = _DECODER.decode(data, cv2.IMREAD_GRAYSCALE if grayscale else _COLOR_FLAG)
+    if printed:
+        kind = "JPEG" if data.startswith(JPEG_START) else "image"
+        raise DataError(f"{path}: not a readable image file (damaged {kind}: {printed.splitlines()[0]})")
     if image is None:
+        if data.startswith(JPEG_START) and not _ends_with(data, JPEG_END):
+            # OpenCV gives up on a JPEG cut short without a warning; bytes after a whole one decode fine
+            raise DataError(f"{path}: not a readable image file (truncated JPEG: no end-of-image marker)")
         raise DataError(f"{path}: not a readable image file")
     if expected_shape is not None and image.shape[:2] != tuple(expected_shape):
         height, width = image.shape[:2]

@@ -110,6 +110,7 @@ class RareClassSampler(Sampler[int]):
     ) -> None:
         rare = presence[:, [c - 1 for c in classes]].any(axis=1)
         weights = np.where(rare, factor, 1.0)
+        weights /= weights.max()  # the largest weight 1: a sum of one per image never overflows
         self.probabilities = weights / weights.sum()
         self.num_samples = len(presence) if num_samples is None else num_samples
         self.num_replicas, self.rank, self.seed, self.epoch = num_replicas, rank, seed, 0

@@ -4,7 +4,7 @@ For every fold, the members and gate of that fold (which never trained on its va
 predict those images; the ensemble's statistics over all folds (``oof_stats``) are searched for the
 best post-processing per class (``threshold_search``). Writes the thresholds JSON inference reads,
 the statistics beside it, and a row of the leaderboard: all three or none (``check_outputs`` before
-predicting, ``staged_outputs`` at the end).
+predicting, ``staged_outputs`` at the end), by one process at a time (``one_writer``).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from common_blocks.inference.leaderboard import read_leaderboard, with_row
 from common_blocks.inference.options import PredictOptions
 from common_blocks.inference.predictor import EnsemblePredictor, Runtime, build_predictor
 from common_blocks.inference.submission import ReadTolerantDataset, image_loader
+from common_blocks.one_writer import one_writer
 from common_blocks.training.config import TrainConfig
 from common_blocks.training.datamodule import labelled_folds
 
@@ -169,6 +170,15 @@ def run_oof(
     folds = common_folds(cfg)
     cfg.check_checkpoints()
     check_outputs(cfg)
+    # Two searches of one ensemble at once would each replace the other's files: one at a time.
+    with one_writer(cfg.thresholds_path, "these tuned thresholds are being searched"):
+        return _search(cfg, folds, options, runtime)
+
+
+def _search(
+    cfg: EnsembleConfig, folds: list[int], options: PredictOptions, runtime: Runtime | None
+) -> OofReport:
+    """``run_oof`` once its outputs are this process's to write."""
     segmenters: dict[str, TrainConfig] = {}
     gates: dict[str, TrainConfig] = {}
     builder: OofStatsBuilder | None = None

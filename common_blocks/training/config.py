@@ -27,6 +27,7 @@ from common_blocks.training.models import ModelConfig
 from common_blocks.training.optim import OptimizerConfig, SchedulerConfig
 
 ClassId = Annotated[int, Field(ge=1, le=N_CLASSES)]
+MAX_RARE_FACTOR = 1000
 
 
 class DataConfig(Section):
@@ -67,7 +68,11 @@ class DataConfig(Section):
         (1, 2), min_length=1, description="`sampler: rare`: the classes whose images are drawn more often"
     )
     rare_factor: float = Field(
-        3.0, gt=0, description="`sampler: rare`: how many times as likely an image holding one of them is"
+        3.0,
+        gt=0,
+        le=MAX_RARE_FACTOR,
+        description="`sampler: rare`: how many times as likely an image holding one of them is "
+        f"(at most {MAX_RARE_FACTOR}: beyond that the other images are as good as never drawn)",
     )
     samples_per_epoch: int | None = Field(
         None,
@@ -98,8 +103,9 @@ class TrainerConfig(Section):
     @field_validator("precision", mode="before")
     @classmethod
     def _precision_as_text(cls, value: object) -> object:
-        """``precision: 32`` unquoted (YAML and ``--set`` read a number) means ``"32"``, as in Lightning."""
-        return "32" if value == 32 else value
+        """``precision: 32`` unquoted (YAML and ``--set`` read a number) means ``"32"``, as in Lightning;
+        only the integer: ``32.0`` is a float where an integer is meant, refused as everywhere else."""
+        return "32" if type(value) is int and value == 32 else value
 
     gradient_clip_val: float | None = Field(
         None, gt=0, description="clip the gradients' norm to this value; null = no clipping"

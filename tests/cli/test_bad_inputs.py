@@ -26,7 +26,7 @@ from common_blocks.evaluation.search_grid import threshold_grid
 from common_blocks.evaluation.threshold_search import SearchResult
 from common_blocks.training.config import load_config
 from tests.cli_contract import assert_one_error_line, assert_unchanged, run, run_in_process, snapshot
-from tests.repository import DEBUG
+from tests.repository import DEBUG, DEBUG_GATE
 
 LATIN_1 = "# r\xe9glage fin\n".encode("latin-1")  # "réglage" in Latin-1: byte 0xe9 is not UTF-8
 CURRENT_HEADER = "ImageId,ClassId,EncodedPixels\n"
@@ -119,7 +119,10 @@ UNREADABLE_CSVS = {
     "binary": (bytes(range(256)) * 4, "line 1: a NUL byte"),
     "utf16": ("ImageId_ClassId,EncodedPixels\na.jpg_1,\n".encode("utf-16"), "UTF-16 text"),
     "latin1": ("ImageId_ClassId,EncodedPixels\nr\xe9.jpg_1,\n".encode("latin-1"), "line 2: not UTF-8 text"),
-    "unterminated_quote": (b'ImageId_ClassId,EncodedPixels\n"a.jpg_1,1 2\n', "EOF inside string"),
+    "unterminated_quote": (
+        b'ImageId_ClassId,EncodedPixels\n"a.jpg_1,1 2\n',
+        "line 2: not a readable CSV (unexpected end of data)",
+    ),
 }
 
 
@@ -150,7 +153,13 @@ def one_image_data_set(tmp_path: Path, name: str) -> tuple[Path, Path]:
     return folder, folder / "train_images" / name
 
 
-@pytest.mark.parametrize("kind", ["truncated_jpeg", "truncated_png", "missing", "empty"])
+def cut_jpeg_with_its_end_marker(whole: bytes) -> bytes:
+    """The first half of a JPEG and its end-of-image marker: libjpeg decodes the rest as grey and
+    prints "Corrupt JPEG data: premature end of data segment" to stderr."""
+    return whole[: len(whole) // 2] + b"\xff\xd9"
+
+
+@pytest.mark.parametrize("kind", ["truncated_jpeg", "cut_jpeg", "truncated_png", "missing", "empty"])
 def test_bad_image_is_one_error_and_no_decoder_warning(data, tmp_path, capfd, kind):
     import cv2
 
@@ -163,6 +172,9 @@ def test_bad_image_is_one_error_and_no_decoder_warning(data, tmp_path, capfd, ki
     elif kind == "truncated_jpeg":
         image.write_bytes(whole[: len(whole) // 3])
         message = "truncated JPEG"
+    elif kind == "cut_jpeg":
+        image.write_bytes(cut_jpeg_with_its_end_marker(whole))
+        message = "damaged JPEG: Corrupt JPEG data: premature end of data segment"
     elif kind == "missing":  # a dangling link: the folder lists it, reading it fails
         image.symlink_to(tmp_path / "gone.jpg")
         message = "file not found"
@@ -177,23 +189,25 @@ def test_bad_image_is_one_error_and_no_decoder_warning(data, tmp_path, capfd, ki
     assert written.err == "" and written.out == "", written.err
 
 
-def test_jpeg_with_zero_padding_still_reads(data, tmp_path):
+@pytest.mark.parametrize("after", [b"\0" * 16, b"0123456789abcdefg"], ids=["zero_padding", "17_bytes"])
+def test_jpeg_with_bytes_after_its_end_marker_still_reads(data, tmp_path, capfd, after):
+    """libjpeg stops at the end-of-image marker; what follows it is not part of the image."""
     from common_blocks.data.images import read_image
 
     source = sorted((data / "train_images").iterdir())[0]
     padded = tmp_path / "padded.jpg"
-    padded.write_bytes(source.read_bytes() + b"\0" * 16)
+    padded.write_bytes(source.read_bytes() + after)
     assert np.array_equal(read_image(padded), read_image(source))
+    assert capfd.readouterr().err == ""
 
 
 @pytest.mark.subprocess
-def test_truncated_jpeg_in_a_subprocess(data, tmp_path):
+def test_cut_jpeg_in_a_subprocess(data, tmp_path):
     """The real exit status, and stderr holds the error line and nothing from libjpeg."""
     folder, image = one_image_data_set(tmp_path, "a.jpg")
-    whole = sorted((data / "train_images").iterdir())[0].read_bytes()
-    image.write_bytes(whole[: len(whole) // 3])
+    image.write_bytes(cut_jpeg_with_its_end_marker(sorted((data / "train_images").iterdir())[0].read_bytes()))
     outcome = run("dataset", "--data-dir", folder, "--out", tmp_path / "out", timeout=120)
-    assert_one_error_line(outcome, f"{image}: not a readable image file (truncated JPEG")
+    assert_one_error_line(outcome, f"{image}: not a readable image file (damaged JPEG: Corrupt JPEG data")
     assert outcome.stderr.strip().splitlines() == [outcome.stderr.strip()]
 
 
@@ -216,10 +230,15 @@ def test_truncated_jpeg_in_a_subprocess(data, tmp_path):
             "trainer.precision=bf16",
             "trainer.precision: Input should be 'auto', '32', 'bf16-mixed' or '16-mixed'",
         ),
+        (
+            "trainer.precision=32.0",
+            "trainer.precision: Input should be 'auto', '32', 'bf16-mixed' or '16-mixed' (got 32.0)",
+        ),
         ("data.sampler=rarest", "data.sampler: Input should be 'balanced', 'random' or 'rare'"),
         ("data.rare_classes=[0]", "data.rare_classes.0: Input should be greater than or equal to 1"),
         ("data.rare_classes=[]", "data.rare_classes: Tuple should have at least 1 item"),
         ("data.rare_factor=0", "data.rare_factor: Input should be greater than 0"),
+        ("data.rare_factor=1001", "data.rare_factor: Input should be less than or equal to 1000 (got 1001)"),
         ("init_from=weights.bin", "init_from: expected a .ckpt file or configs/NAME.yaml, got 'weights.bin'"),
         ("optimizer.freeze_encoder_epochs=-1", "optimizer.freeze_encoder_epochs: Input should be greater"),
         ("trainer.average_top_k=1", "trainer.average_top_k: Input should be greater than or equal to 2"),
@@ -264,12 +283,17 @@ def test_strict_configs_still_take_paths_lists_ints_for_floats_and_exponents(tmp
             "optimizer.decoder_lr=3E-3",
             "trainer.limit_train_batches=2",
             "pseudo.labels=pseudo/round1.csv",
+            "trainer.precision=32",  # Lightning's integer 32, as "32"
         ],
     )
     assert cfg.data.data_dir == tmp_path and cfg.oof.thresholds == (0.4, 0.5) and cfg.oof.min_sizes == (0, 10)
     assert cfg.scheduler.min_lr == 0.0 and isinstance(cfg.scheduler.min_lr, float)
     assert cfg.optimizer.encoder_lr == 1e-4 and cfg.optimizer.decoder_lr == 3e-3
     assert cfg.trainer.limit_train_batches == 2 and cfg.pseudo.labels == Path("pseudo/round1.csv")
+    assert (
+        cfg.trainer.precision == "32"
+        and load_config(DEBUG, ["trainer.precision='32'"]).trainer.precision == "32"
+    )
     assert apply_overrides({}, ["x=1e5", "y=1_000", "z=e5"]) == {"x": 1e5, "y": 1000, "z": "e5"}
 
 
@@ -297,6 +321,24 @@ def test_label_class_ids_are_strict(data, tmp_path, rows, fragment):
     )
 
 
+@pytest.mark.parametrize(
+    "rows, fragment",
+    [
+        ("\nx.jpg,1,1 2\n\n\nx.jpg,5,1 2\n", "line 6: class '5' is not one of"),  # blank lines counted
+        ('"x\n.jpg",1,1 2\nx.jpg,5,1 2\n', "line 4: class '5'"),  # a quoted field over two lines
+        ("x.jpg,1,1 2,extra\n", "line 2: 4 fields where 3 were expected (ImageId,ClassId,EncodedPixels)"),
+        ("x.jpg,1,1 2\nx.jpg,2\n", "line 3: 2 fields where 3 were expected"),
+    ],
+    ids=["blank_lines", "multi_line_field", "extra_field", "missing_field"],
+)
+def test_a_bad_row_is_named_by_its_physical_line(tmp_path, rows, fragment):
+    submission, truth = tmp_path / "submission.csv", tmp_path / "truth.csv"
+    submission.write_text(CURRENT_HEADER + rows)
+    truth.write_text("ImageId_ClassId,EncodedPixels\n" + "".join(f"x.jpg_{k},\n" for k in (1, 2, 3, 4)))
+    argv = ["score", "--submission", submission, "--truth", truth]
+    expect_one_error(tmp_path, argv, f"{submission}, {fragment}")
+
+
 # --- 17: one line, not a page ------------------------------------------------------------------------
 
 
@@ -311,6 +353,21 @@ def test_label_class_ids_are_strict(data, tmp_path, rows, fragment):
 def test_an_encoder_weights_source_that_is_not_there(data, tmp_path, value, fragment):
     argv = train_argv(DEBUG, tmp_path, f"data.data_dir={data}", f"model.args.encoder_weights={value}")
     expect_one_error(tmp_path, argv, f"model.args.encoder_weights: {fragment}", roots=(data,))
+
+
+@pytest.mark.parametrize("config", [DEBUG, DEBUG_GATE], ids=["unet", "classifier"])
+def test_imagenet_weights_without_a_network(data, tmp_path, offline, config):
+    """huggingface_hub's two chained tracebacks (LocalEntryNotFoundError) become one line naming the
+    key, the encoder and the offline sources."""
+    argv = train_argv(config, tmp_path, f"data.data_dir={data}", "model.args.encoder_weights=imagenet")
+    expect_one_error(
+        tmp_path,
+        argv,
+        "model.args.encoder_weights: the imagenet weights of resnet18 cannot be downloaded (not in the local "
+        "cache and the hub cannot be reached); offline, use package:DIST (`severstal weights list`), a local "
+        "file (`severstal weights convert`) or encoder_weights: null",
+        roots=(data,),
+    )
 
 
 def test_pos_weight_of_the_wrong_length_names_the_loss_term(data, tmp_path):

@@ -125,3 +125,22 @@ def test_the_rare_class_sampler_draws_images_of_those_classes_factor_times_as_of
     assert other != list(RareClassSampler(SKEWED, (1, 2), 3.0, 200_000, seed=0))
     shards = [list(RareClassSampler(SKEWED, (1, 2), 3.0, 11, seed=0, num_replicas=2, rank=r)) for r in (0, 1)]
     assert len(shards[0]) == len(shards[1]) == 6
+
+
+@pytest.mark.parametrize("factor", [1000.0, 1e308])
+def test_the_rare_class_sampler_weights_do_not_overflow(factor):
+    """Every image rare: weights of 1e308 each summed to infinity, and numpy refused the draw."""
+    every_class = RareClassSampler(SKEWED, classes=(1, 2, 3, 4), factor=factor, num_samples=10, seed=0)
+    assert every_class.probabilities.sum() == pytest.approx(1.0)
+    assert len(list(every_class)) == 10
+    assert RareClassSampler(SKEWED, (1, 2), factor).probabilities.sum() == pytest.approx(1.0)
+
+
+def test_the_largest_rare_factor_the_config_takes_draws_a_whole_epoch():
+    from common_blocks.training.config import MAX_RARE_FACTOR, load_config
+    from tests.repository import DEBUG
+
+    cfg = load_config(DEBUG, ["data.sampler=rare", "data.rare_classes=[1, 2, 3, 4]", "data.rare_factor=1000"])
+    assert cfg.data.rare_factor == MAX_RARE_FACTOR == 1000
+    sampler = RareClassSampler(SKEWED, cfg.data.rare_classes, cfg.data.rare_factor, seed=0)
+    assert sampler.probabilities.sum() == pytest.approx(1.0) and len(list(sampler)) == len(SKEWED)

