@@ -295,22 +295,38 @@ def atomic_output(path: str | os.PathLike, what: str = "the output") -> Iterator
         yield temporary
 
 
+# How an output relates to an input, the most telling first: it is the input, lies inside it, holds it.
+_RELATIONS = ("is", "lies inside", "holds")
+
+
+def _relation(out: Path, path: Path, folder: bool) -> str | None:
+    """How the resolved ``out`` relates to the input ``path``: None when apart (inside a path that is
+    not a ``folder`` input counts as apart)."""
+    where = Path(os.path.realpath(path))
+    if out == where:
+        return "is"
+    if folder and out.is_relative_to(where):
+        return "lies inside"
+    return "holds" if where.is_relative_to(out) else None
+
+
 def check_apart(
     out: Path, what: str, *, holds: Iterable[tuple[str, Path]], within: Iterable[tuple[str, Path]] = ()
 ) -> None:
     """A command never writes among, or replaces, what it reads: ``out`` must not be or hold any of
-    ``holds`` nor lie inside any folder of ``within`` (a description and a path each). An OutputError
-    naming both otherwise."""
-    root = Path(os.path.abspath(out))
-    inside = [(name, path, True) for name, path in within]
-    for name, path, folder in [*inside, *((name, path, False) for name, path in holds)]:
-        where = Path(os.path.abspath(path))
-        if root == where:
-            relation = "is"
-        elif folder and root.is_relative_to(where):
-            relation = "lies inside"
-        elif where.is_relative_to(root):
-            relation = "holds"
-        else:
-            continue
-        raise OutputError(f"{out}: {relation} {name} {path}; give {what} a folder of its own")
+    ``holds`` (files such as configs and checkpoints, or folders that must not be replaced) nor lie
+    inside any folder of ``within`` (the data, a run, an export); a description and a path each.
+    Paths are compared resolved (symbolic links, ``..``, relative or absolute), so no spelling of an
+    input gets past. An OutputError naming both otherwise."""
+    root = Path(os.path.realpath(out))
+    inputs = [*((name, path, True) for name, path in within), *((name, path, False) for name, path in holds)]
+    related = [
+        (relation, name, path)
+        for name, path, folder in inputs
+        if (relation := _relation(root, path, folder)) is not None
+    ]
+    if related:
+        relation, name, path = min(related, key=lambda found: _RELATIONS.index(found[0]))
+        raise OutputError(
+            f"{out}: {relation} {name} {path}, an input of this command; write {what} elsewhere"
+        )

@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from common_blocks.arguments import NON_NEGATIVE, POSITIVE, integer_at_least
-from common_blocks.cli.checks import not_an_input
 from common_blocks.cli.options import output_path
 from common_blocks.files import check_apart, check_output_dir, check_output_file
 
@@ -31,7 +30,12 @@ def folds_command(args: argparse.Namespace) -> None:
     # as an unwritable default --out inside it.
     table = read_labels(args.data_dir / "train.csv", args.data_dir / "train_images")
     check_output_file(out, "the folds CSV (--out)")
-    not_an_input(out, "--out", args.data_dir / "train.csv")
+    check_apart(
+        out,
+        "the folds CSV (--out)",
+        holds=[("the labels", args.data_dir / "train.csv")],
+        within=[("the image folder", args.data_dir / "train_images")],
+    )
     sizes = write_folds(table, args.n_folds, args.seed, out)["fold"].value_counts()
     print(f"wrote {out}: {len(table)} images in {args.n_folds} folds of {sizes.min()}-{sizes.max()} images")
 

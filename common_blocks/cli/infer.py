@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common_blocks.cli.checks import existing_file, not_an_input
+from common_blocks.cli.checks import apart_from_ensemble, existing_file
 from common_blocks.cli.options import (
     ENSEMBLE_YAML,
     add_config_options,
@@ -39,17 +39,19 @@ def infer_command(args: argparse.Namespace) -> None:
         raise ConfigError("--overlay and --truth need --image")
     if args.image is not None:  # the inputs and the output are checked before any model loads
         existing_file(args.image, "--image")
+        reads = [("the image (--image)", args.image)]
         if args.truth is not None:
             existing_file(args.truth, "--truth")
-        if args.overlay is not None:
-            check_output_file(args.overlay, "the overlay PNG (--overlay)")
-            not_an_input(args.overlay, "--overlay", args.image, *([args.truth] if args.truth else []))
+            reads.append(("the labels (--truth)", args.truth))
+        out, what = args.overlay, "the overlay PNG (--overlay)"
     else:
-        check_output_file(args.out, "the submission (--out)")
+        reads, out, what = [], args.out, "the submission (--out)"
+    if out is not None:
+        check_output_file(out, what)
     options = chosen_predict_options(args)
     cfg = config_options(args).ensemble()
-    if args.image is None:
-        not_an_input(args.out, "--out", cfg.data_dir / "sample_submission.csv")
+    if out is not None:
+        apart_from_ensemble(out, what, cfg, args.config, exported=options.exported, folder=False, reads=reads)
     from common_blocks.inference.predictor import build_predictor
     from common_blocks.inference.submission import make_submission, submission_image_ids
 

@@ -30,8 +30,9 @@ def oof_arguments(parser: argparse.ArgumentParser) -> None:
 def oof_command(args: argparse.Namespace) -> None:
     options = chosen_predict_options(args)
     cfg = config_options(args).ensemble()
-    from common_blocks.inference.oof_search import run_oof
+    from common_blocks.inference.oof_search import check_outputs, run_oof
 
+    check_outputs(cfg, args.config, options.exported)  # before the export it reads is opened
     with chosen_runtime(options, cfg) as runtime:
         report = run_oof(cfg, options, runtime)
     if args.json:

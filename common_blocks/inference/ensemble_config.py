@@ -226,15 +226,39 @@ class EnsembleConfig(Section):
         """Every trained family the ensemble loads: the members, then the gate."""
         return [*self.members, *([self.gate] if self.gate else [])]
 
-    def inputs(self, config_path: Path | None) -> tuple[list[tuple[str, Path]], list[tuple[str, Path]]]:
-        """What a command that writes a folder from this ensemble reads, as ``files.check_apart``
-        takes it: the paths the folder must not be or hold (the ensemble config, the folders of the
-        training configs it names) and the folders it must not lie inside (data and runs)."""
-        configs = sorted({Path(ref.config).parent for ref in self.runs if ref.config.endswith(YAML_SUFFIXES)})
-        holds = [("the folder of the training configs", folder) for folder in configs]
+    def inputs(
+        self,
+        config_path: Path | None,
+        *,
+        exported: Path | None = None,
+        folder: bool = True,
+        tuned: bool = True,
+    ) -> tuple[list[tuple[str, Path]], list[tuple[str, Path]]]:
+        """What a command run on this ensemble reads, as ``files.check_apart`` takes it: the paths an
+        output must not be or hold (the ensemble config, the training configs and their folders, the
+        checkpoints, and the tuned thresholds when ``tuned``: ``oof`` writes them, the others read
+        them) and the folders it must not lie inside (the data, every run folder it loads and the
+        export it reads, ``exported``). An output ``folder`` keeps out of the whole runs_dir (``train``
+        and ``sweep`` own the folders there); a file (a submission, the leaderboard) may lie beside
+        the runs."""
+        configs = [Path(ref.config) for ref in self.runs if ref.config.endswith(YAML_SUFFIXES)]
+        holds = [
+            ("the folder of the training configs", parent) for parent in sorted({c.parent for c in configs})
+        ]
         if config_path is not None:
             holds.insert(0, ("the ensemble config", Path(config_path)))
-        return holds, [("the ensemble's data_dir", self.data_dir), ("the ensemble's runs_dir", self.runs_dir)]
+        holds += [("the training config", config) for config in dict.fromkeys(configs)]
+        checkpoints = [ref.checkpoint_path(self.runs_dir, fold) for ref in self.runs for fold in ref.folds]
+        holds += [("the checkpoint", path) for path in dict.fromkeys(checkpoints)]
+        if tuned:
+            holds.append(("the tuned thresholds (postprocess.thresholds_file)", self.thresholds_path))
+        within = [("the ensemble's data_dir", self.data_dir)]
+        if folder:
+            within.append(("the ensemble's runs_dir", self.runs_dir))
+        within += [("the run folder", path.parent) for path in dict.fromkeys(checkpoints)]
+        if exported is not None:
+            within.append(("the export it reads (--exported)", exported))
+        return holds, within
 
     def describe_members(self) -> str:
         """``name[folds]xweight`` of each member (``name:averaged[...]`` when it is not ``best.ckpt``),

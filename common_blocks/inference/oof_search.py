@@ -22,7 +22,7 @@ from common_blocks.errors import ConfigError, DataError
 from common_blocks.evaluation.metric import ScoreSummary, summarize
 from common_blocks.evaluation.oof_stats import OofStatsBuilder
 from common_blocks.evaluation.threshold_search import SearchResult, evaluate, search
-from common_blocks.files import check_output_file, staged_outputs
+from common_blocks.files import check_apart, check_output_file, staged_outputs
 from common_blocks.inference.ensemble_config import EnsembleConfig
 from common_blocks.inference.leaderboard import read_leaderboard, with_row
 from common_blocks.inference.options import PredictOptions
@@ -143,17 +143,21 @@ def run_digest(cfg: EnsembleConfig, runs: dict[str, TrainConfig]) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:10]
 
 
-def check_outputs(cfg: EnsembleConfig) -> None:
-    """Before any prediction: the three outputs are distinct files that can be written, and the
-    leaderboard, if there is one, can be appended to."""
+def check_outputs(cfg: EnsembleConfig, config_path: Path | None = None, exported: Path | None = None) -> None:
+    """Before any prediction: the three outputs are distinct files that can be written, none is, or
+    lies inside, what the search reads (``EnsembleConfig.inputs``: ``config_path``, the data, the
+    runs' checkpoints, the export ``exported``), and the leaderboard, if there is one, can be
+    appended to."""
     outputs = {
         "the tuned thresholds (postprocess.thresholds_file)": cfg.thresholds_path,
         "the OOF statistics (beside the thresholds)": cfg.oof_path,
         "the leaderboard": cfg.leaderboard_path,
     }
+    holds, within = cfg.inputs(config_path, exported=exported, folder=False, tuned=False)
     resolved: dict[Path, str] = {}
     for what, path in outputs.items():
         target = check_output_file(path, what).absolute()
+        check_apart(path, what, holds=holds, within=within)
         if target in resolved:
             raise ConfigError(f"{path}: both {resolved[target]} and {what}; give them different files")
         resolved[target] = what
@@ -169,7 +173,7 @@ def run_oof(
     ``build_predictor``'s: the backend that runs them (None: torch)."""
     folds = common_folds(cfg)
     cfg.check_checkpoints()
-    check_outputs(cfg)
+    check_outputs(cfg, exported=options.exported)
     # Two searches of one ensemble at once would each replace the other's files: one at a time.
     with one_writer(cfg.thresholds_path, "these tuned thresholds are being searched"):
         return _search(cfg, folds, options, runtime)

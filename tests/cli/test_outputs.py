@@ -215,95 +215,194 @@ def test_a_bad_output_path_exits_2_without_a_traceback(tmp_path, runs, data, com
     assert_unchanged(before, tmp_path, data)
 
 
-OUTPUT_IS_AN_INPUT = {
-    "infer --overlay over --image": lambda c: (
-        ["infer", "--config", c.yaml, "--image", c.image, "--overlay", c.image],
-        c.image,
+# --- 1: an output is never an input of its run, nor inside an input folder ----------------------------
+
+
+class Reads(Context):
+    """What the commands read, for the walk below: the debug ensemble over copies of its training
+    configs (a wrong write could only spoil a copy), the --image and a --truth beside the data, a
+    weights file, an export to read, and a link to a run folder (another spelling of its paths)."""
+
+    def __init__(self, tmp: Path, runs: Path, data: Path) -> None:
+        super().__init__(tmp, runs, data)
+        self.runs = runs
+        (tmp / "configs").mkdir()
+        self.training = Path(shutil.copy(DEBUG, tmp / "configs"))
+        self.gate_training = Path(shutil.copy(DEBUG_GATE, tmp / "configs"))
+        self.yaml = debug_ensemble_file(
+            tmp / "config",
+            runs,
+            data,
+            members=[{"config": str(self.training), "folds": [0, 1]}],
+            gate={"config": str(self.gate_training), "folds": [0, 1]},
+        )
+        self.thresholds = tmp / "config" / "thresholds.json"
+        self.checkpoint = RunPaths.of(runs, "debug", 0).best
+        self.gate_checkpoint = RunPaths.of(runs, "debug_classifier", 1).best
+        self.link = tmp / "link"
+        self.link.symlink_to(self.checkpoint.parent, target_is_directory=True)
+        self.other_image = sorted((data / "test_images").iterdir())[1]
+        self.truth = Path(shutil.copy(data / "train.csv", tmp / "truth.csv"))
+        self.weights = tmp / "w.pth"
+        self.weights.write_bytes(b"the user's weights")
+        self.export = tmp / "export"
+        self.export.mkdir()
+        (self.export / "manifest.json").write_text("{}")
+
+
+def _oof(key: str):
+    return lambda c, p: ["oof", "--config", c.yaml, "--workers", 0, "--set", f"{key}={json.dumps(str(p))}"]
+
+
+EXPORTED = ("--backend", "onnxruntime", "--exported")
+# Each command's output option: the arguments that write to the path ``p``.
+WRITES = {
+    "infer --out": lambda c, p: ["infer", "--config", c.yaml, "--workers", 0, "--out", p],
+    "infer --out --exported": lambda c, p: ["infer", "--config", c.yaml, "--out", p, *EXPORTED, c.export],
+    "infer --overlay": lambda c, p: [
+        *("infer", "--config", c.yaml, "--image", c.image, "--truth", c.truth, "--overlay", p)
+    ],
+    "oof thresholds_file": _oof("postprocess.thresholds_file"),
+    "oof leaderboard": _oof("leaderboard"),
+    "pseudo --out-dir": lambda c, p: ["pseudo", "--config", c.yaml, "--round", 1, "--out-dir", p],
+    "pseudo --out-dir --exported": lambda c, p: [
+        *("pseudo", "--config", c.yaml, "--round", 1, "--out-dir", p, *EXPORTED, c.export)
+    ],
+    "report --out": lambda c, p: ["report", "--config", c.yaml, "--out", p],
+    "folds --out": lambda c, p: ["folds", "--data-dir", c.data, "--out", p],
+    "dataset --out": lambda c, p: ["dataset", "--data-dir", c.data, "--out", p],
+    "weights convert --out": lambda c, p: [
+        *("weights", "convert", c.weights, "--encoder", "resnet18", "--out", p)
+    ],
+    "train --out-dir": lambda c, p: [
+        *("train", "--config", c.training, "--fold", 0, "--data-dir", c.data, "--out-dir", p)
+    ],
+    "sweep --out-dir": lambda c, p: ["sweep", "--config", c.yaml, "--executor", "local", "--out-dir", p],
+}
+# The inputs of an ensemble's run, each as (an output path that is, or lies inside, it; what the
+# one error line says of it). Also spelled through a link, with ``..`` and relative to the cwd.
+ENSEMBLE_FILES = {
+    "the ensemble config": lambda c: (c.yaml, f"is the ensemble config {c.yaml}"),
+    "the ensemble config as a relative path": lambda c: (
+        Path(os.path.relpath(c.yaml)),
+        f"is the ensemble config {c.yaml}",
     ),
-    "infer --out over the sample submission": lambda c: (
-        ["infer", "--config", c.yaml, "--out", c.data / "sample_submission.csv"],
+    "the ensemble config through ..": lambda c: (
+        c.tmp / "configs" / ".." / "config" / c.yaml.name,
+        f"is the ensemble config {c.yaml}",
+    ),
+    "a training config": lambda c: (c.training, f"is the training config {c.training}"),
+    "the gate's training config": lambda c: (c.gate_training, f"is the training config {c.gate_training}"),
+    "a checkpoint": lambda c: (c.checkpoint, f"is the checkpoint {c.checkpoint}"),
+    "a checkpoint through a link": lambda c: (c.link / "best.ckpt", f"is the checkpoint {c.checkpoint}"),
+    "the gate's checkpoint": lambda c: (c.gate_checkpoint, f"is the checkpoint {c.gate_checkpoint}"),
+    "a new file in a run folder": lambda c: (
+        c.link / "new.csv",
+        f"lies inside the run folder {c.checkpoint.parent}",
+    ),
+    "a test image": lambda c: (c.other_image, f"lies inside the ensemble's data_dir {c.data}"),
+    "the sample submission": lambda c: (
         c.data / "sample_submission.csv",
+        f"lies inside the ensemble's data_dir {c.data}",
     ),
-    "folds --out over train.csv": lambda c: (
-        ["folds", "--data-dir", c.copy, "--out", c.copy / "train.csv"],
-        c.copy / "train.csv",
-    ),
-    "weights convert --out over SOURCE": lambda c: (
-        ["weights", "convert", c.copy / "train.csv", "--encoder", "resnet18", "--out", c.copy / "train.csv"],
-        c.copy / "train.csv",
+    "the labels": lambda c: (c.data / "train.csv", f"lies inside the ensemble's data_dir {c.data}"),
+    "a new file in the data": lambda c: (c.data / "new.csv", f"lies inside the ensemble's data_dir {c.data}"),
+}
+TUNED = {
+    "the tuned thresholds": lambda c: (
+        c.thresholds,
+        f"is the tuned thresholds (postprocess.thresholds_file) {c.thresholds}",
     ),
 }
-
-
-@pytest.mark.parametrize("case", OUTPUT_IS_AN_INPUT)
-def test_an_output_that_would_replace_an_input_is_an_error(tmp_path, runs, data, no_work, case):
-    context = Context(tmp_path, runs, data)
-    context.copy = tmp_path / "copy"
-    shutil.copytree(data, context.copy, ignore=shutil.ignore_patterns("test_images"))
-    args, named = OUTPUT_IS_AN_INPUT[case](context)
-    before = snapshot(tmp_path, data)
-    assert_one_error_line(run_in_process(*args), str(named), "an input")
-    assert_unchanged(before, tmp_path, data)
-
-
-# An output folder that is, or lies inside, an input folder of the same command: refused naming both.
-OUTPUT_INSIDE_AN_INPUT = {
-    "report --out inside the data": lambda c: (
-        ["report", "--config", c.yaml, "--out", c.data / "report"],
-        "lies inside the ensemble's data_dir",
+EXPORT = {
+    "the export's manifest": lambda c: (
+        c.export / "manifest.json",
+        f"lies inside the export it reads (--exported) {c.export}",
     ),
-    "report --out inside the runs": lambda c: (
-        ["report", "--config", c.yaml, "--out", c.runs / "report"],
-        "lies inside the ensemble's runs_dir",
+}
+ENSEMBLE_FOLDERS = {
+    "the data": lambda c: (c.data, f"is the ensemble's data_dir {c.data}"),
+    "a folder in the data": lambda c: (c.data / "new", f"lies inside the ensemble's data_dir {c.data}"),
+    "the runs": lambda c: (c.runs, f"is the ensemble's runs_dir {c.runs}"),
+    "a run folder": lambda c: (c.link, f"is the run folder {c.checkpoint.parent}"),
+    "a folder in the runs": lambda c: (c.runs / "new", f"lies inside the ensemble's runs_dir {c.runs}"),
+    "the config's folder": lambda c: (c.yaml.parent, f"holds the ensemble config {c.yaml}"),
+    "the training configs' folder": lambda c: (
+        c.training.parent,
+        f"is the folder of the training configs {c.training.parent}",
     ),
-    "pseudo --out-dir is the data": lambda c: (
-        ["pseudo", "--config", c.yaml, "--round", 1, "--out-dir", c.data],
-        "is the ensemble's data_dir",
-    ),
-    "pseudo --out-dir inside the export it reads": lambda c: (
-        [
-            "pseudo",
-            "--config",
-            c.yaml,
-            "--round",
-            1,
-            "--out-dir",
+}
+READS = {
+    "infer --out": {**ENSEMBLE_FILES, **TUNED},
+    "infer --out --exported": EXPORT,
+    "infer --overlay": {
+        "the --image": lambda c: (c.image, f"is the image (--image) {c.image}"),
+        "the --truth": lambda c: (c.truth, f"is the labels (--truth) {c.truth}"),
+        **ENSEMBLE_FILES,
+        **TUNED,
+    },
+    "oof thresholds_file": ENSEMBLE_FILES,
+    "oof leaderboard": ENSEMBLE_FILES,
+    "pseudo --out-dir": ENSEMBLE_FOLDERS,
+    "pseudo --out-dir --exported": {
+        "the export": lambda c: (c.export, f"is the export it reads (--exported) {c.export}"),
+        "a folder in the export": lambda c: (
             c.export / "pseudo",
-            "--backend",
-            "onnxruntime",
-            "--exported",
-            c.export,
-        ],
-        "lies inside the export it reads (--exported)",
-    ),
-    "dataset --out inside the data": lambda c: (
-        ["dataset", "--data-dir", c.data, "--out", c.data / "train_images" / "overview"],
-        "lies inside the data folder (--data-dir)",
-    ),
-    "train --out-dir inside the data": lambda c: (
-        ["train", "--config", DEBUG, "--fold", 0, "--data-dir", c.data, "--out-dir", c.data / "runs"],
-        "lies inside the data_dir",
-    ),
-    "sweep --out-dir inside the data": lambda c: (
-        ["sweep", "--config", c.yaml, "--executor", "local", "--out-dir", c.data / "runs"],
-        "lies inside the data_dir",
-    ),
+            f"lies inside the export it reads (--exported) {c.export}",
+        ),
+    },
+    "report --out": ENSEMBLE_FOLDERS,
+    "folds --out": {
+        "the labels": lambda c: (c.data / "train.csv", f"is the labels {c.data / 'train.csv'}"),
+        "the images": lambda c: (
+            c.data / "train_images" / "new.csv",
+            f"lies inside the image folder {c.data / 'train_images'}",
+        ),
+    },
+    "dataset --out": {
+        "the data": lambda c: (c.data, f"is the data folder (--data-dir) {c.data}"),
+        "a folder in the data": lambda c: (
+            c.data / "train_images" / "overview",
+            f"lies inside the data folder (--data-dir) {c.data}",
+        ),
+    },
+    "weights convert --out": {
+        "SOURCE": lambda c: (c.weights, f"is the weights it reads (SOURCE) {c.weights}"),
+        "SOURCE through ..": lambda c: (
+            c.tmp / "config" / ".." / c.weights.name,
+            f"is the weights it reads (SOURCE) {c.weights}",
+        ),
+    },
+    "train --out-dir": {
+        "a folder in the data": lambda c: (c.data / "runs", f"lies inside the data_dir {c.data}"),
+    },
+    "sweep --out-dir": {
+        "a folder in the data": lambda c: (c.data / "runs", f"lies inside the data_dir {c.data}"),
+    },
 }
+WALK = [(command, read) for command, reads in READS.items() for read in reads]
 
 
-@pytest.mark.parametrize("case", OUTPUT_INSIDE_AN_INPUT)
-def test_an_output_folder_inside_an_input_is_an_error(tmp_path, runs, data, no_work, case):
-    context = Context(tmp_path, runs, data)
-    context.runs = runs
-    context.export = tmp_path / "export"
-    context.export.mkdir()
-    args, fragment = OUTPUT_INSIDE_AN_INPUT[case](context)
-    before, listed = snapshot(tmp_path, data, runs), names(tmp_path)
-    assert_one_error_line(run_in_process(*args), fragment)
+@pytest.mark.parametrize(("command", "read"), WALK, ids=[f"{c} over {r}" for c, r in WALK])
+def test_an_output_is_never_an_input_nor_inside_one(tmp_path, runs, data, no_work, command, read):
+    """Every command's output option over every input it reads, however spelled: one error line
+    naming both, exit 2, before any work, and no file changed, added or removed."""
+    context = Reads(tmp_path, runs, data)
+    out, fragment = READS[command][read](context)
+    before, listed = snapshot(tmp_path, data, runs), [names(root) for root in (tmp_path, data, runs)]
+    line = assert_one_error_line(run_in_process(*WRITES[command](context, out)), f"{out}: ", fragment)
+    assert "an input of this command" in line
     assert_unchanged(before, tmp_path, data, runs)
-    assert names(tmp_path) == listed and snapshot(data, runs).keys() == {
-        k for k in before if k.is_relative_to(data) or k.is_relative_to(runs)
-    }
+    assert [names(root) for root in (tmp_path, data, runs)] == listed
+
+
+@pytest.mark.subprocess
+def test_an_output_over_an_input_exits_2_without_a_traceback(tmp_path, runs, data):
+    context = Reads(tmp_path, runs, data)
+    before = snapshot(tmp_path, runs)
+    outcome = run(*WRITES["infer --out"](context, context.checkpoint))
+    assert_one_error_line(outcome, f"{context.checkpoint}: is the checkpoint {context.checkpoint}")
+    assert_unchanged(before, tmp_path, runs)
 
 
 def test_pseudo_round_files_that_are_folders_are_found_before_predicting(tmp_path, runs, data, no_work):

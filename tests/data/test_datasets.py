@@ -132,15 +132,15 @@ def test_masks_at_the_network_resolution_are_the_losss_area_average(synthetic, w
     table, images_dir = synthetic
     crop = {"crop_height": None, "crop_width": None} if width == WIDTH else {"crop_width": width}
     augment = AugmentConfig(**crop, crop_prefer_defect=1.0)
-    full = SegmentationDataset(table, images_dir, transform=build_train_transform(augment, seed=3))
-    small = SegmentationDataset(
-        table, images_dir, transform=build_train_transform(augment, seed=3), mask_scale=0.25
-    )
+    full = SegmentationDataset(table, images_dir, transform=build_train_transform(augment))
+    small = SegmentationDataset(table, images_dir, transform=build_train_transform(augment), mask_scale=0.25)
+    torch.manual_seed(3)  # both datasets seed their augmentations from it: the same crop and flips
     expected = F.interpolate(full[0]["mask"][None].float(), scale_factor=0.25, mode="area")[0]
     actual = small[0]["mask"]
     assert actual.dtype == torch.float32 and actual.shape == (4, HEIGHT // 4, width // 4)
-    assert torch.equal(actual, expected)
-    assert 0 < actual[0].sum() < actual[0].numel() and set(actual.unique().tolist()) > {0.0, 1.0}
+    assert torch.equal(actual, expected) and actual.sum() > 0
+    if width == WIDTH:  # class 1's square starts at row 10, inside a 4x4 block: partial blocks
+        assert set(actual[0].unique().tolist()) > {0.0, 1.0}
 
 
 @pytest.mark.parametrize("scale", [1.0, 0.3, 1 / 3])

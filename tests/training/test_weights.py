@@ -198,7 +198,7 @@ def test_weights_list_and_convert_on_the_command_line(tmp_path):
     )
     before = out.read_bytes()
     outcome = run_in_process("weights", "convert", out, "--encoder", "tu-efficientnet_lite1", "--out", out)
-    assert_one_error_line(outcome, f"{out}: --out is an input of this command")
+    assert_one_error_line(outcome, f"{out}: is the weights it reads (SOURCE) {out}")
     outcome = run_in_process(
         "weights", "convert", out, "--encoder", "tu-efficientnet_lite1", "--out", tmp_path / "b.pth"
     )
