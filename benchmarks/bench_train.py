@@ -22,12 +22,12 @@ import common_blocks.training  # noqa: F401  (first: declares the torchvision op
 
 # isort: on
 from benchmarks.common import REAL_SAMPLE, peak_rss_mib, require_real_sample
-from benchmarks.train_timing import BatchTimer, Device, step_alone
+from benchmarks.train_timing import BatchTimer, Device, matmul_gflop_s, step_alone, step_gflop_per_image
 from common_blocks.run_folder import RunPaths
 from common_blocks.training.config import load_config
 from common_blocks.training.datamodule import SteelDataModule
 from common_blocks.training.module import DefectModule
-from common_blocks.training.precision import resolve_precision
+from common_blocks.training.precision import cpu_has_bf16, resolve_precision
 from common_blocks.training.runner import build_trainer
 
 
@@ -81,6 +81,7 @@ def main() -> None:
         loader = datamodule.train_dataloader()
         batches = [batch for batch, _ in zip(loader, range(min(args.steps, 8)))]
         module = DefectModule(cfg.model_dump(mode="json"), 0)
+        gflop = step_gflop_per_image(module, batches[0])
         alone = step_alone(module, batches, 1, args.steps, Device(cpu=True))["img_s"]
         del batches, loader
         pipeline = full_pipeline(cfg, datamodule, args.steps)
@@ -88,9 +89,14 @@ def main() -> None:
         f"{cfg.name}: batch {cfg.data.batch_size}, workers {cfg.data.num_workers}, threads {torch.get_num_threads()}, "
         f"precision {cfg.trainer.precision}"
     )
-    print(f"model step alone  {alone:8.2f} img/s")
-    print(f"full pipeline     {pipeline:8.2f} img/s")
+    limits = {"fp32": matmul_gflop_s(torch.float32)}
+    if cpu_has_bf16():
+        limits["bf16"] = matmul_gflop_s(torch.bfloat16)
+    limit_text = ", ".join(f"{name} {value:.0f}" for name, value in limits.items())
+    print(f"model step alone  {alone:8.2f} img/s  {alone * gflop:6.1f} GFLOP/s ({gflop:.2f} GFLOP per image)")
+    print(f"full pipeline     {pipeline:8.2f} img/s  {pipeline * gflop:6.1f} GFLOP/s")
     print(f"ratio             {pipeline / alone:8.2f} (target >= 0.85)")
+    print(f"machine limit     matrix product {limit_text} GFLOP/s (2048 x 2048, {torch.get_num_threads()} threads)")
     print(f"peak RSS          {peak_rss_mib():8.0f} MiB")
 
 

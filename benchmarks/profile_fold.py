@@ -37,18 +37,15 @@ from common_blocks.training.runner import build_trainer, lightning_warnings_that
 # Profiler action name fragments -> the part of an epoch they belong to (first match wins).
 PARTS = (
     ("train_dataloader_next", "training loader wait"),
-    ("optimizer_step", "training step (forward, backward, optimiser)"),
-    ("training_step", "training step (forward, backward, optimiser)"),
-    ("backward", "training step (forward, backward, optimiser)"),
+    ("optimizer_step", "training step (forward, backward, optimiser)"),  # holds training_step, backward
     ("val_next", "validation loader wait"),
     ("validation_step", "validation steps (network, full-size probabilities, statistics)"),
     ("on_validation_epoch_end", "validation epoch end (score, tuned search)"),
-    ("save_checkpoint", "checkpoint writing"),
     ("ModelCheckpoint", "checkpoint writing"),
     ("TopKWeights", "checkpoint writing"),
 )
 # Actions that contain others (counting them too would count their time twice).
-ENCLOSING = ("run_training_epoch", "run_training_batch", "run_validation", "[_EvaluationLoop].run")
+ENCLOSING = ("run_training_epoch", "run_training_batch", "training_step", "backward")
 
 
 def part_of(action: str) -> str | None:
@@ -89,13 +86,14 @@ def main() -> None:
         with lightning_warnings_that_do_not_apply():
             trainer.fit(module, datamodule=datamodule)
             fitted = time.perf_counter()
+            fit_actions = {action: sum(durations) for action, durations in profiler.recorded_durations.items()}
             trainer.validate(module, datamodule=datamodule, ckpt_path=paths.best, verbose=False)
         validated = time.perf_counter()
     per_part: dict[str, float] = defaultdict(float)
-    for action, durations in profiler.recorded_durations.items():
+    for action, seconds in fit_actions.items():
         part = part_of(action)
-        if part is not None and "validate" not in action:
-            per_part[part] += sum(durations)
+        if part is not None:
+            per_part[part] += seconds
     epochs = args.epochs
     fit = fitted - built
     print(
@@ -113,8 +111,6 @@ def main() -> None:
         print(f"  {part:<60} {seconds / epochs:7.2f} s")
     print(f"  {'the rest (loop, logging, callbacks, start-up)':<60} {(fit - accounted) / epochs:7.2f} s")
     print(f"peak RSS {peak_rss_mib():.0f} MiB")
-    if args.epochs <= 2:
-        print(profiler.summary()[:6000])
 
 
 if __name__ == "__main__":

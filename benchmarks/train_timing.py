@@ -108,6 +108,32 @@ def step_alone(module: DefectModule, batches: list[dict], warmup: int, steps: in
     return {"img_s": images / seconds, "peak_gpu_mib": device.peak_mib(), "last_loss": float(loss)}
 
 
+def step_gflop_per_image(module: DefectModule, batch: dict[str, Any]) -> float:
+    """GFLOP of one training step per image (forward and backward, as ``torch.utils.flop_counter``
+    counts convolutions and matrix products; element-wise work and the optimiser are not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    module.train()
+    with FlopCounterMode(display=False) as counter:
+        module.mask_loss(module.model_logits(batch["image"]), batch).backward()
+    module.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / batch["image"].shape[0] / 1e9
+
+
+def matmul_gflop_s(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
+    """The CPU's measured limit: GFLOP/s of a large square matrix product in ``dtype``, best of
+    ``repeats``, on torch's threads (what the convolutions could reach at best)."""
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best / 1e9
+
+
 class BatchTimer(L.Callback):
     """Images/s of ``Trainer.fit`` between the end of the warm-up batches and the end of the last one,
     the device synchronised at both ends (and nowhere else, so the loop runs as it always does)."""

@@ -14,6 +14,12 @@ from common_blocks.evaluation.metric import PairSums, ScoreSummary, summarize
 _STATES = ("dice", "pairs", "positive_dice", "positives", "false_positives", "false_negatives")
 
 
+def _count(mask: torch.Tensor) -> torch.Tensor:
+    """(B, C) pixel counts of a boolean (B, C, H, W) mask, summed as bytes into int32: twice as fast
+    on a CPU as summing the booleans (into int64); a 256x1600 mask's count fits many times over."""
+    return mask.view(torch.uint8).sum((-2, -1), dtype=torch.int32)
+
+
 class CompetitionScore(Metric):
     """Accumulates per-class sums of (image, class) pair Dice; ``compute`` gives a ScoreSummary."""
 
@@ -37,12 +43,12 @@ class CompetitionScore(Metric):
             self._add_pairs((pred_empty == truth_empty).double(), pred_empty, truth_empty)
             return
         pred = probs > threshold
-        truth = truth > 0.5
-        pred_area = pred.sum((-2, -1))
+        truth = truth > 0.5 if truth.is_floating_point() else truth != 0  # a uint8 mask: no float copy
+        pred_area = _count(pred)
         pred_empty = pred_area < max(min_area, 1)
         pred_area = torch.where(pred_empty, 0, pred_area)
-        truth_area = truth.sum((-2, -1))
-        intersection = torch.where(pred_empty, 0, (pred & truth).sum((-2, -1)))
+        truth_area = _count(truth)
+        intersection = torch.where(pred_empty, 0, _count(pred & truth))
         total = pred_area + truth_area
         dice = torch.where(total == 0, 1.0, 2.0 * intersection / total.clamp(min=1))
         self._add_pairs(dice, pred_empty, truth_area == 0)

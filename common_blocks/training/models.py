@@ -65,6 +65,11 @@ class ModelConfig(BaseModel):
                     "default": 3,
                     "description": "input channels; `data.grayscale: true` sets 1",
                 },
+                "decoder_channels": {
+                    "default": [256, 128, 64, 32, 16],
+                    "description": "Unet: the channels of its five decoder stages; `cpu_small` uses "
+                    "`[64, 32, 16, 16, 8]` (the default's last stages run at the model's full resolution)",
+                },
                 "decoder_attention_type": {
                     "default": None,
                     "description": "`scse` (Unet only; smp's FPN has none)",
