@@ -96,7 +96,9 @@ def main() -> None:
     print(f"model step alone  {alone:8.2f} img/s  {alone * gflop:6.1f} GFLOP/s ({gflop:.2f} GFLOP per image)")
     print(f"full pipeline     {pipeline:8.2f} img/s  {pipeline * gflop:6.1f} GFLOP/s")
     print(f"ratio             {pipeline / alone:8.2f} (target >= 0.85)")
-    print(f"machine limit     matrix product {limit_text} GFLOP/s (2048 x 2048, {torch.get_num_threads()} threads)")
+    print(
+        f"machine limit     matrix product {limit_text} GFLOP/s (2048 x 2048, {torch.get_num_threads()} threads)"
+    )
     print(f"peak RSS          {peak_rss_mib():8.0f} MiB")
 
 

@@ -86,7 +86,9 @@ def main() -> None:
         with lightning_warnings_that_do_not_apply():
             trainer.fit(module, datamodule=datamodule)
             fitted = time.perf_counter()
-            fit_actions = {action: sum(durations) for action, durations in profiler.recorded_durations.items()}
+            fit_actions = {
+                action: sum(durations) for action, durations in profiler.recorded_durations.items()
+            }
             trainer.validate(module, datamodule=datamodule, ckpt_path=paths.best, verbose=False)
         validated = time.perf_counter()
     per_part: dict[str, float] = defaultdict(float)
