@@ -114,7 +114,7 @@ class TrainerConfig(Section):
     compile: bool = Field(
         False,
         description="`torch.compile` the network for training and validation: faster steps after a compile "
-        "that took minutes on 2 CPU cores (see docs/results: it does not pay back within a `cpu_small` fold)",
+        "that took minutes on 2 CPU cores (docs/results/training-speed.md: it did not pay back within a fold)",
     )
     find_unused_parameters: bool = Field(
         False, description="DDP: needed when a model has parameters outside the loss path"

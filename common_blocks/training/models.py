@@ -67,8 +67,9 @@ class ModelConfig(BaseModel):
                 },
                 "decoder_channels": {
                     "default": [256, 128, 64, 32, 16],
-                    "description": "Unet: the channels of its five decoder stages; `cpu_small` uses "
-                    "`[64, 32, 16, 16, 8]` (the default's last stages run at the model's full resolution)",
+                    "description": "Unet: the channels of its five decoder stages (the last ones run at the "
+                    "model's full resolution; `[64, 32, 16, 16, 8]` trained `cpu_small` 1.3x faster and lost "
+                    "classes 1-2, docs/results/training-speed.md)",
                 },
                 "decoder_attention_type": {
                     "default": None,
