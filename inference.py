@@ -1,4 +1,5 @@
-"""Predict the test images with an ensemble into ``submission.csv``: ``python inference.py --config CFG``.
+"""Predict the test images with an ensemble into ``submission.csv``: ``python inference.py [--config CFG]``
+(without ``--config``, ``configs/ensemble.yaml``).
 
 The same as ``severstal infer``; ``python inference.py --help`` lists the options.
 """

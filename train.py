@@ -1,4 +1,5 @@
-"""Train one fold of one model family: ``python train.py --config configs/NAME.yaml --fold K``.
+"""Train one fold of one model family: ``python train.py --fold K [--config configs/NAME.yaml]``
+(without ``--config``, the main model family ``configs/fpn_se_resnext50.yaml``).
 
 The same as ``severstal train``; ``python train.py --help`` lists the options.
 """

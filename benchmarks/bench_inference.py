@@ -70,6 +70,7 @@ from common_blocks.evaluation.postprocess import ClassPostprocess, PostprocessCo
 from common_blocks.inference import predictor as predictor_module
 from common_blocks.inference import submission
 from common_blocks.inference.ensemble_config import EnsembleConfig
+from common_blocks.inference.options import PredictOptions
 from common_blocks.inference.predictor import EnsemblePredictor, build_predictor
 from common_blocks.inference.submission import make_submission
 from common_blocks.run_folder import RunPaths
@@ -169,8 +170,7 @@ def end_to_end_rate(
         images_dir,
         ids,
         out or images_dir.parent / "bench_submission.csv",
-        batch_size=batch,
-        workers=workers,
+        options=PredictOptions(batch_size=batch, workers=workers),
     )
     return len(ids) / (time.perf_counter() - start)
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from common_blocks.cli import bundle, data, export, infer, oof, pseudo, score, sweep, train, weights
+from common_blocks.cli.options import take_default_config
 from common_blocks.errors import cli_entry
 from common_blocks.files import OutputError, is_write_failure
 
@@ -125,6 +126,7 @@ def main(
 ) -> None:
     """Parse ``argv`` and run the chosen command (``severstal --help`` lists them)."""
     args = build_parser(prog, commands).parse_args(argv)
+    take_default_config(args)
     try:
         args.run(args)
     except OSError as error:  # a write the storage refused outside atomic_output, which names its file

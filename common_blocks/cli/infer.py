@@ -20,7 +20,13 @@ from common_blocks.files import check_output_file
 
 
 def infer_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_options(parser, ENSEMBLE_YAML, "test_images/, sample_submission.csv", "tta=[none]")
+    add_config_options(
+        parser,
+        ENSEMBLE_YAML,
+        "test_images/, sample_submission.csv",
+        "tta=[none]",
+        default=Path("configs/ensemble.yaml"),
+    )
     parser.add_argument(
         "--out", type=output_path, default=Path("submission.csv"), help="default submission.csv"
     )
@@ -73,8 +79,7 @@ def infer_command(args: argparse.Namespace) -> None:
             image_ids,
             args.out,
             args.format,
-            options.batch_size,
-            options.workers,
+            options,
             args.skip_bad_images,
         )
     print(report.format())

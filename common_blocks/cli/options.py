@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -74,11 +75,26 @@ def add_set_option(parser: argparse.ArgumentParser, help_text: str) -> None:
     )
 
 
-def add_config_options(parser: argparse.ArgumentParser, what: str, data_dir: str, example: str) -> None:
-    """``--config``, ``--data-dir`` and ``--set`` of every command that reads a config."""
-    parser.add_argument("--config", required=True, type=Path, help=what)
+def add_config_options(
+    parser: argparse.ArgumentParser, what: str, data_dir: str, example: str, default: Path | None = None
+) -> None:
+    """``--config``, ``--data-dir`` and ``--set`` of every command that reads a config; ``default``:
+    the config taken without ``--config`` (``take_default_config`` says which)."""
+    if default is None:
+        parser.add_argument("--config", required=True, type=Path, help=what)
+    else:
+        parser.add_argument("--config", type=Path, help=f"{what} (default {default})")
+        parser.set_defaults(default_config=default)
     parser.add_argument("--data-dir", type=Path, help=f"overrides the config's data directory: {data_dir}")
     add_set_option(parser, f"override a config key, e.g. --set {example}")
+
+
+def take_default_config(args: argparse.Namespace) -> None:
+    """``--config`` left out of a command that has a default: the default, said on stderr, so which
+    config ran is never a guess."""
+    if getattr(args, "config", Path()) is None:
+        args.config = args.default_config
+        print(f"config: {args.config} (the default; --config chooses another)", file=sys.stderr)
 
 
 def with_data_dir(overrides: list[str], data_dir: Path | None, key: str) -> list[str]:

@@ -15,7 +15,11 @@ from common_blocks.strict_json import print_json
 
 def train_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_options(
-        parser, "YAML config of the model family", "train.csv, train_images/", "trainer.max_epochs=5"
+        parser,
+        "YAML config of the model family",
+        "train.csv, train_images/",
+        "trainer.max_epochs=5",
+        default=Path("configs/fpn_se_resnext50.yaml"),  # the main model family
     )
     parser.add_argument("--fold", required=True, type=NON_NEGATIVE, help="validation fold (0-based)")
     parser.add_argument("--out-dir", type=output_path, default=Path("runs"), help="runs root (default: runs)")

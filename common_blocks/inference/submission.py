@@ -25,6 +25,7 @@ from common_blocks.data.formats import (
 )
 from common_blocks.data.rle import IMAGE_SHAPE
 from common_blocks.errors import ConfigError, DataError
+from common_blocks.inference.options import PredictOptions
 from common_blocks.inference.predictor import EMPTY_RLES, EnsemblePredictor
 
 GPU_DECODE_WORKERS = 2
@@ -139,12 +140,12 @@ def make_submission(
     image_ids: list[str],
     out: str | os.PathLike,
     fmt: SubmissionFormat = "current",
-    batch_size: int = 4,
-    workers: int | None = None,
+    options: PredictOptions = PredictOptions(),
     skip_bad_images: bool = False,
 ) -> InferenceReport:
     """Predict the images (``submission_image_ids``) and write the submission; nothing is written
-    unless all went well.
+    unless all went well. ``options``: the image loader's batch size and workers (the predictor
+    already runs what its other options chose).
 
     An unreadable image is an error naming it, or with ``skip_bad_images`` an empty prediction listed
     in the report.
@@ -152,7 +153,7 @@ def make_submission(
     dataset = ReadTolerantDataset(
         pd.DataFrame({"ImageId": image_ids}), images_dir, grayscale=predictor.grayscale, with_masks=False
     )
-    loader = image_loader(dataset, batch_size, workers, predictor.device)
+    loader = image_loader(dataset, options.batch_size, options.workers, predictor.device)
     started, segmented_before = time.perf_counter(), predictor.segmented_images
     rows: list[tuple[str, ...]] = []
     skipped: list[str] = []

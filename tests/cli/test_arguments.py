@@ -10,7 +10,8 @@ import textwrap
 import pytest
 
 from common_blocks.cli import COMMANDS, main
-from tests.cli_contract import SEVERSTAL
+from tests.cli_contract import SEVERSTAL, assert_one_error_line, run_in_process
+from tests.repository import ROOT
 
 HEAVY = ("torch", "lightning", "segmentation_models_pytorch", "timm", "torchmetrics")
 
@@ -195,3 +196,27 @@ def test_bad_arguments_are_one_error_line(argv, message, tmp_path, monkeypatch, 
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], captured.err
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("argv", "default"),
+    [(["train", "--fold", "0"], "configs/fpn_se_resnext50.yaml"), (["infer"], "configs/ensemble.yaml")],
+)
+def test_train_and_infer_without_config_take_the_main_configs_and_say_so(
+    argv, default, tmp_path, monkeypatch
+):
+    """``python train.py --fold K`` and ``python inference.py`` as promised: the main model family and
+    the ensemble, named on stderr; in a folder without them, one line naming the file."""
+    monkeypatch.chdir(tmp_path)
+    outcome = run_in_process(*argv)
+    assert f"config: {default} (the default; --config chooses another)" in outcome.stderr
+    assert_one_error_line(outcome, f"{default}: config file not found")
+
+
+def test_the_default_configs_load_from_the_repository(tmp_path, monkeypatch, offline):
+    """From the repository root the defaults are read: a missing data folder is then the one line."""
+    monkeypatch.chdir(ROOT)
+    missing = tmp_path / "nowhere"
+    outcome = run_in_process("infer", "--data-dir", missing, "--out", tmp_path / "submission.csv")
+    assert "config: configs/ensemble.yaml (the default" in outcome.stderr
+    assert_one_error_line(outcome, str(missing))

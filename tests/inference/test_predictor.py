@@ -15,6 +15,7 @@ from common_blocks.data.formats import CLASS_IDS, RLE_COLUMNS, read_image_ids, r
 from common_blocks.errors import ConfigError
 from common_blocks.evaluation.oof_stats import OofStats
 from common_blocks.evaluation.postprocess import ClassPostprocess, PostprocessConfig, postprocess_image
+from common_blocks.inference.options import PredictOptions
 from common_blocks.inference.predictor import (
     EMPTY_RLES,
     EnsemblePredictor,
@@ -210,7 +211,6 @@ def test_a_segmenters_class_head_is_the_gate_without_a_classifier(tmp_path, head
     """The gate's probabilities are the class head's, in the OOF statistics too, where the search can
     gate with them; the members need no separate classifier."""
     from common_blocks.inference.oof_search import run_oof
-    from common_blocks.inference.options import PredictOptions
 
     head = f"{{config: {HEAD}, folds: [0, 1]}}"
     cfg = debug_ensemble(tmp_path, head_runs, data, f"members=[{head}]", f"gate={head}")
@@ -347,7 +347,11 @@ def test_a_crash_mid_run_leaves_the_existing_submission_untouched(tmp_path, data
     predictor.predict = crash_on_second_batch
     with pytest.raises(RuntimeError, match="killed"):
         make_submission(
-            predictor, data / "test_images", submission_image_ids(data), out, batch_size=4, workers=0
+            predictor,
+            data / "test_images",
+            submission_image_ids(data),
+            out,
+            options=PredictOptions(batch_size=4, workers=0),
         )
     assert out.read_text() == "the previous submission\n" and list(tmp_path.iterdir()) == [out]
 
