@@ -21,13 +21,20 @@ import torch
 import common_blocks.training  # noqa: F401  (first: declares the torchvision ops lightning needs)
 
 # isort: on
-from benchmarks.common import REAL_SAMPLE, peak_rss_mib, require_real_sample
-from benchmarks.train_timing import BatchTimer, Device, matmul_gflop_s, step_alone, step_gflop_per_image
+from benchmarks.common import peak_rss_mib, require_real_sample
+from benchmarks.train_timing import (
+    BatchTimer,
+    Device,
+    add_run_arguments,
+    cpu_config,
+    matmul_gflop_s,
+    step_alone,
+    step_gflop_per_image,
+)
 from common_blocks.run_folder import RunPaths
-from common_blocks.training.config import load_config
 from common_blocks.training.datamodule import SteelDataModule
 from common_blocks.training.module import DefectModule
-from common_blocks.training.precision import cpu_has_bf16, resolve_precision
+from common_blocks.training.precision import cpu_has_bf16
 from common_blocks.training.runner import build_trainer
 
 
@@ -48,20 +55,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config", type=Path, required=True)
-    parser.add_argument("--data-dir", type=Path, default=REAL_SAMPLE)
+    add_run_arguments(parser)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch-size", type=int, help="overrides data.batch_size")
     parser.add_argument("--workers", type=int, help="overrides data.num_workers")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="a config override"
-    )
     args = parser.parse_args()
     require_real_sample(args.data_dir)
     with tempfile.TemporaryDirectory() as folds_dir:
         overrides = [
-            f"data.data_dir={args.data_dir}",
-            f"data.folds_file={Path(folds_dir) / 'folds.csv'}",
             "model.args.encoder_weights=null",
             "trainer.checkpoint_every_n_steps=null",
             # The timed fit runs no validation: nothing for early stopping or a plateau schedule to watch.
@@ -72,9 +73,7 @@ def main() -> None:
             overrides.append(f"data.batch_size={args.batch_size}")
         if args.workers is not None:
             overrides.append(f"data.num_workers={args.workers}")
-        cfg = load_config(args.config, [*overrides, *args.overrides])
-        precision, _ = resolve_precision(cfg.trainer.precision, "cpu")
-        cfg = cfg.model_copy(update={"trainer": cfg.trainer.model_copy(update={"precision": precision})})
+        cfg = cpu_config(args, Path(folds_dir), overrides)
         datamodule = SteelDataModule(cfg, 0)
         datamodule.prepare_data()
         datamodule.setup("fit")

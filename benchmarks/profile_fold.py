@@ -26,12 +26,11 @@ import common_blocks.training  # noqa: F401  (first: declares the torchvision op
 # isort: on
 from lightning.pytorch.profilers import SimpleProfiler
 
-from benchmarks.common import REAL_SAMPLE, peak_rss_mib, require_real_sample
+from benchmarks.common import peak_rss_mib, require_real_sample
+from benchmarks.train_timing import add_run_arguments, cpu_config
 from common_blocks.run_folder import RunPaths
-from common_blocks.training.config import load_config
 from common_blocks.training.datamodule import SteelDataModule
 from common_blocks.training.module import DefectModule
-from common_blocks.training.precision import resolve_precision
 from common_blocks.training.runner import build_trainer, lightning_warnings_that_do_not_apply
 
 # Profiler action name fragments -> the part of an epoch they belong to (first match wins).
@@ -58,23 +57,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config", type=Path, required=True)
-    parser.add_argument("--data-dir", type=Path, default=REAL_SAMPLE)
+    add_run_arguments(parser)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="a config override"
-    )
     args = parser.parse_args()
     require_real_sample(args.data_dir)
     with tempfile.TemporaryDirectory() as folder:
-        overrides = [
-            f"data.data_dir={args.data_dir}",
-            f"data.folds_file={Path(folder) / 'folds.csv'}",
-            f"trainer.max_epochs={args.epochs}",
-        ]
-        cfg = load_config(args.config, [*overrides, *args.overrides])
-        precision, _ = resolve_precision(cfg.trainer.precision, "cpu")
-        cfg = cfg.model_copy(update={"trainer": cfg.trainer.model_copy(update={"precision": precision})})
+        cfg = cpu_config(args, Path(folder), [f"trainer.max_epochs={args.epochs}"])
         datamodule = SteelDataModule(cfg, 0)
         start = time.perf_counter()
         module = DefectModule(cfg.model_dump(mode="json"), 0)

@@ -4,8 +4,10 @@ measures on, the model step alone on preloaded batches, and a Lightning callback
 
 from __future__ import annotations
 
+import argparse
 import gc
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,8 +17,10 @@ import common_blocks.training  # noqa: F401  (first: declares the torchvision op
 import lightning as L
 
 # isort: on
+from benchmarks.common import REAL_SAMPLE
+from common_blocks.training.config import TrainConfig, load_config
 from common_blocks.training.module import DefectModule
-from common_blocks.training.precision import cpu_has_bf16
+from common_blocks.training.precision import cpu_has_bf16, resolve_precision
 
 TRAIN_PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 PREDICT_PRECISIONS = ("fp32", "bf16", "fp16")
@@ -68,6 +72,24 @@ class Device:
             return dict.fromkeys(PREDICT_PRECISIONS)
         bf16 = None if cpu_has_bf16() else "this CPU has no bf16 instructions (AVX512-BF16 / AMX)"
         return {"fp32": None, "bf16": bf16, "fp16": "fp16 autocast is GPU-only"}
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config``, ``--data-dir`` (the real sample by default) and ``--set`` of the CPU training benchmarks."""
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--data-dir", type=Path, default=REAL_SAMPLE)
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="a config override"
+    )
+
+
+def cpu_config(args: argparse.Namespace, folder: Path, overrides: list[str]) -> TrainConfig:
+    """``--config`` on ``--data-dir`` with a folds file written in ``folder``, ``overrides`` and then
+    ``--set``'s, and ``trainer.precision: auto`` decided for this CPU as ``train_fold`` does."""
+    data = [f"data.data_dir={args.data_dir}", f"data.folds_file={folder / 'folds.csv'}"]
+    cfg = load_config(args.config, [*data, *overrides, *args.overrides])
+    precision, _ = resolve_precision(cfg.trainer.precision, "cpu")
+    return cfg.model_copy(update={"trainer": cfg.trainer.model_copy(update={"precision": precision})})
 
 
 def step_alone(module: DefectModule, batches: list[dict], warmup: int, steps: int, device: Device) -> dict:
