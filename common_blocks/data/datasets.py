@@ -173,13 +173,12 @@ class SegmentationDataset(Dataset):
     def read_image(self, index: int) -> np.ndarray:
         """The decoded uint8 image; with ``cache_images`` from memory after its first read (read-only,
         so a transform that wrote into it would fail instead of changing later epochs)."""
-        if self._images is None:
-            return read_image(self.images_dir / self.image_ids[index], grayscale=self.grayscale)
-        image = self._images.get(index)
+        image = None if self._images is None else self._images.get(index)
         if image is None:
             image = read_image(self.images_dir / self.image_ids[index], grayscale=self.grayscale)
-            image.setflags(write=False)
-            self._images[index] = image
+            if self._images is not None:
+                image.setflags(write=False)
+                self._images[index] = image
         return image
 
     def decode_masks(self, index: int, shape: tuple[int, int]) -> np.ndarray:
