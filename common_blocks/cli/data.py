@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from common_blocks.arguments import NON_NEGATIVE, POSITIVE, integer_at_least
-from common_blocks.cli.options import output_path
+from common_blocks.cli.options import fraction_below_one, output_path
 from common_blocks.files import check_apart, check_output_dir, check_output_file
 
 
@@ -18,11 +18,18 @@ def folds_arguments(parser: argparse.ArgumentParser) -> None:
         "--n-folds", type=integer_at_least(2), default=10, help="number of folds (default 10)"
     )
     parser.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    parser.add_argument(
+        "--test-fraction",
+        type=fraction_below_one,
+        default=0.0,
+        metavar="F",
+        help="share of the images set aside as the local test split, fold `test` (default 0: none)",
+    )
     parser.add_argument("--out", type=output_path, help="output CSV (default DATA_DIR/folds.csv)")
 
 
 def folds_command(args: argparse.Namespace) -> None:
-    from common_blocks.data.folds import write_folds
+    from common_blocks.data.folds import TEST_FOLD, write_folds
     from common_blocks.data.formats import read_labels
 
     out = args.out or args.data_dir / "folds.csv"
@@ -36,8 +43,14 @@ def folds_command(args: argparse.Namespace) -> None:
         holds=[("the labels", args.data_dir / "train.csv")],
         within=[("the image folder", args.data_dir / "train_images")],
     )
-    sizes = write_folds(table, args.n_folds, args.seed, out)["fold"].value_counts()
-    print(f"wrote {out}: {len(table)} images in {args.n_folds} folds of {sizes.min()}-{sizes.max()} images")
+    folds = write_folds(table, args.n_folds, args.seed, out, args.test_fraction)
+    held_out = int((folds["fold"] == TEST_FOLD).sum())
+    sizes = folds.loc[folds["fold"] != TEST_FOLD, "fold"].value_counts()
+    test = f", {held_out} in the local test split" if held_out else ""
+    print(
+        f"wrote {out}: {len(table) - held_out} images in {args.n_folds} folds of "
+        f"{sizes.min()}-{sizes.max()} images{test}"
+    )
 
 
 def synthetic_arguments(parser: argparse.ArgumentParser) -> None:

@@ -35,6 +35,13 @@ def infer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--skip-bad-images", action="store_true", help="predict no defect for unreadable images, list them"
     )
+    parser.add_argument(
+        "--local-test",
+        type=Path,
+        metavar="FOLDS_CSV",
+        help="predict the local test split of this folds file (fold `test`, from DATA_DIR/train_images) "
+        "instead of the test images; score it with `severstal score --folds`",
+    )
     parser.add_argument("--image", type=Path, help="predict this one image instead and print its classes")
     parser.add_argument("--overlay", type=output_path, help="with --image: write a PNG with the masks drawn")
     parser.add_argument("--truth", type=Path, help="with --image: label CSV whose masks are drawn in red")
@@ -43,6 +50,8 @@ def infer_arguments(parser: argparse.ArgumentParser) -> None:
 def infer_command(args: argparse.Namespace) -> None:
     if args.image is None and (args.overlay or args.truth):
         raise ConfigError("--overlay and --truth need --image")
+    if args.image is not None and args.local_test is not None:
+        raise ConfigError("--image and --local-test each choose what is predicted; give one")
     if args.image is not None:  # the inputs and the output are checked before any model loads
         existing_file(args.image, "--image")
         reads = [("the image (--image)", args.image)]
@@ -52,6 +61,9 @@ def infer_command(args: argparse.Namespace) -> None:
         out, what = args.overlay, "the overlay PNG (--overlay)"
     else:
         reads, out, what = [], args.out, "the submission (--out)"
+        if args.local_test is not None:
+            existing_file(args.local_test, "--local-test")
+            reads.append(("the folds file (--local-test)", args.local_test))
     if out is not None:
         check_output_file(out, what)
     options = chosen_predict_options(args)
@@ -61,7 +73,15 @@ def infer_command(args: argparse.Namespace) -> None:
     from common_blocks.inference.predictor import build_predictor
     from common_blocks.inference.submission import make_submission, submission_image_ids
 
-    image_ids = None if args.image else submission_image_ids(cfg.data_dir)  # bad data fails before loading
+    # Bad data fails before any model loads.
+    if args.image is not None:
+        image_ids, images_dir = None, None
+    elif args.local_test is not None:
+        from common_blocks.data.folds import local_test_ids
+
+        image_ids, images_dir = local_test_ids(args.local_test), cfg.data_dir / "train_images"
+    else:
+        image_ids, images_dir = submission_image_ids(cfg.data_dir), cfg.data_dir / "test_images"
     postprocess, source = cfg.resolved_postprocess()
     print(source)
     with chosen_runtime(options, cfg) as runtime:
@@ -75,7 +95,7 @@ def infer_command(args: argparse.Namespace) -> None:
             return
         report = make_submission(
             predictor,
-            cfg.data_dir / "test_images",
+            images_dir,
             image_ids,
             args.out,
             args.format,

@@ -37,6 +37,14 @@ def probability(text: str) -> float:
     return value
 
 
+def fraction_below_one(text: str) -> float:
+    """An argparse type: a number in [0, 1)."""
+    value = probability(text)
+    if value == 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {value}")
+    return value
+
+
 def output_path(text: str) -> Path:
     """An argparse type: a path to write to; empty is a mistake (``Path("")`` would be the working
     directory)."""

@@ -16,17 +16,38 @@ def score_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--images", type=Path, help="image folder: the set of images scored (needed for current-format truth)"
     )
+    parser.add_argument(
+        "--folds",
+        type=Path,
+        metavar="CSV",
+        help="score only the images of this folds file's local test split (fold `test`)",
+    )
+    parser.add_argument(
+        "--against",
+        type=Path,
+        metavar="CSV",
+        help="a baseline submission: print the difference and its 90%% paired-bootstrap interval",
+    )
     add_json_option(parser)
 
 
 def score_command(args: argparse.Namespace) -> None:
-    from common_blocks.evaluation.scorer import score_submission
+    from common_blocks.evaluation.scorer import compare_submissions, score_submission
 
-    summary = score_submission(args.submission, args.truth, args.images)
+    if args.against is None:
+        summary = score_submission(args.submission, args.truth, args.images, args.folds)
+        if args.json:
+            print_json(summary.to_dict())
+        else:
+            print(summary.format())
+        return
+    summary, difference = compare_submissions(
+        args.submission, args.against, args.truth, args.images, args.folds
+    )
     if args.json:
-        print_json(summary.to_dict())
+        print_json({**summary.to_dict(), "against": difference.to_dict()})
     else:
-        print(summary.format())
+        print(f"{summary.format()}\n{difference.format()}")
 
 
 def checkpoint_arguments(parser: argparse.ArgumentParser) -> None:

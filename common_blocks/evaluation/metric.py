@@ -131,8 +131,9 @@ def rle_dice(pred: str, truth: str) -> float:
     return 2.0 * intersection / (p[:, 1].sum() + t[:, 1].sum())
 
 
-def score_tables(pred: pd.DataFrame, truth: pd.DataFrame) -> PairSums:
-    """Score a predicted label table against a true one; images missing from ``pred`` are empty."""
+def pair_dice(pred: pd.DataFrame, truth: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N, 4) Dice of every pair of the truth's images, and whether prediction and truth are empty;
+    images missing from ``pred`` are empty."""
     pred = pred.set_index("ImageId").reindex(truth["ImageId"]).fillna("")
     dice = np.empty((len(truth), N_CLASSES))
     for k, column in enumerate(RLE_COLUMNS):
@@ -141,4 +142,9 @@ def score_tables(pred: pd.DataFrame, truth: pd.DataFrame) -> PairSums:
         ]
     pred_empty = np.stack([pred[c].to_numpy() == "" for c in RLE_COLUMNS], axis=1)
     truth_empty = np.stack([truth[c].to_numpy() == "" for c in RLE_COLUMNS], axis=1)
-    return pair_sums(dice, pred_empty, truth_empty)
+    return dice, pred_empty, truth_empty
+
+
+def score_tables(pred: pd.DataFrame, truth: pd.DataFrame) -> PairSums:
+    """Score a predicted label table against a true one; images missing from ``pred`` are empty."""
+    return pair_sums(*pair_dice(pred, truth))

@@ -39,6 +39,13 @@ class DataConfig(Section):
         description="relative to `data_dir`; `train.py` writes it when missing (stratified, `n_folds`, `fold_seed`)",
     )
     n_folds: int = Field(10, ge=2, description="number of folds of a missing folds file")
+    test_fraction: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="share of the images a missing folds file sets aside as the local test split (fold "
+        "`test`), which no run trains, validates or tunes on",
+    )
     fold_seed: int = Field(42, description="seed of a missing folds file's stratified split")
     grayscale: bool = Field(
         False, description="feed one grey channel (the model is built with `in_channels: 1`)"

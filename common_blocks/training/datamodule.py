@@ -13,7 +13,7 @@ import torch.distributed as dist
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
 
 from common_blocks.data.datasets import ClassificationDataset, SegmentationDataset
-from common_blocks.data.folds import read_folds, write_folds
+from common_blocks.data.folds import TEST_FOLD, read_folds, write_folds
 from common_blocks.data.formats import class_presence, read_labels, read_pseudo_labels
 from common_blocks.data.samplers import (
     BalancedSampler,
@@ -50,17 +50,20 @@ def write_missing_folds(cfg: TrainConfig) -> None:
             f"{path} does not exist and {path.parent} is read-only; "
             "set data.folds_file to a writable path (e.g. --set data.folds_file=$PWD/data/folds.csv)"
         )
-    write_folds(table, cfg.data.n_folds, cfg.data.fold_seed, path)
+    write_folds(table, cfg.data.n_folds, cfg.data.fold_seed, path, cfg.data.test_fraction)
 
 
 def labelled_folds(cfg: TrainConfig) -> pd.DataFrame:
     """The label table with a ``fold`` column from the folds file, which must exist and have
-    ``data.n_folds`` folds."""
+    ``data.n_folds`` folds; the images of its local test split are left out (nothing trains,
+    validates or tunes on them)."""
     table = _labels(cfg)
     path = folds_path(cfg)
     if not path.is_file():
         raise DataError(f"{path}: folds file not found (train.py writes it; or run `severstal folds`)")
     folds = read_folds(path, table["ImageId"], n_folds=cfg.data.n_folds)
+    folds = folds[folds["fold"] != TEST_FOLD]
+    table = table[table["ImageId"].isin(folds["ImageId"])].reset_index(drop=True)
     n_folds = folds["fold"].nunique()
     if n_folds != cfg.data.n_folds:
         raise DataError(
