@@ -6,8 +6,11 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= data/synthetic
 RUNS_DIR ?= runs/demo
 REPORT_DIR ?= reports/demo
+SAMPLE_DIR ?= ../shared/severstal-sample
+SAMPLE_RUNS_DIR ?= runs/sample
+SAMPLE_REPORT_DIR ?= reports/sample
 
-.PHONY: venv test test-fast demo fixup lint bench clean
+.PHONY: venv test test-fast demo sample fixup lint bench clean
 
 venv: $(STAMP)
 
@@ -36,6 +39,11 @@ test-fast: $(STAMP)
 
 demo: $(STAMP)
 	bash scripts/demo.sh "$(PY)" "$(DEMO_DIR)" "$(RUNS_DIR)" "$(REPORT_DIR)"
+
+# The real-data ensemble (configs/ensemble_sample.yaml) on the real sample, end to end; a second run
+# resumes where the first stopped.
+sample: $(STAMP)
+	bash scripts/sample.sh "$(PY)" "$(SAMPLE_DIR)" "$(SAMPLE_RUNS_DIR)" "$(SAMPLE_REPORT_DIR)"
 
 lint: $(STAMP)
 	"$(PY)" -m ruff check .

@@ -64,7 +64,13 @@ def ensemble_report(cfg: EnsembleConfig, out_dir: str | os.PathLike, n_worst: in
     """Write ``out_dir/index.html`` for the ensemble; returns its path."""
     stats = OofStats.load(_require(cfg.oof_path))
     result = SearchResult.load(_require(cfg.thresholds_path))
-    data = training_data(cfg, {ref.name: load_config(ref.config) for ref in cfg.runs})
+    # The configs the runs were trained with (saved beside them), as the OOF search reads them from the
+    # checkpoints: a sweep's `--set data.folds_file=...` is in them, not in configs/NAME.yaml.
+    saved = {ref.name: RunPaths.of(cfg.runs_dir, ref.name, ref.folds[0]).config for ref in cfg.runs}
+    for path in saved.values():
+        if not path.is_file():
+            raise DataError(f"{path} not found: the report needs the ensemble's trained runs")
+    data = training_data(cfg, {name: load_config(path) for name, path in saved.items()})
     table = labelled_folds(data)
     table = table[table["ImageId"].isin(set(stats.image_ids.tolist()))].reset_index(drop=True)
     images_dir = Path(data.data.data_dir) / "train_images"

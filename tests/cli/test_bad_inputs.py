@@ -584,3 +584,67 @@ def test_a_weights_convert_source_it_refuses_suggests_only_what_it_takes(tmp_pat
     line = expect_one_error(tmp_path, argv, fragment)
     assert "'imagenet', null" not in line and "pip install" not in line
     assert not (tmp_path / "w.pth").exists()
+
+
+# --- the local test split: folds --test-fraction, score --folds/--against, infer --local-test ---------
+
+
+def _folds_without_test_split(data: Path, tmp: Path) -> tuple[list[object], str]:
+    score = ["score", "--submission", data / "sample_submission.csv", "--truth", data / "train.csv"]
+    return [*score, "--images", data / "train_images", "--folds", data / "folds.csv"], (
+        f"{data / 'folds.csv'}: no image has the fold 'test'"
+    )
+
+
+LOCAL_TEST_CASES = {
+    "folds --test-fraction 1": lambda data, tmp: (
+        ["folds", "--data-dir", data, "--out", tmp / "f.csv", "--test-fraction", "1"],
+        "--test-fraction: must lie in [0, 1), got 1.0",
+    ),
+    "folds --test-fraction too large for the folds": lambda data, tmp: (
+        ["folds", "--data-dir", data, "--out", tmp / "f.csv", "--test-fraction", "0.9", "--n-folds", "4"],
+        "images cannot fill 4 folds",
+    ),
+    "score --folds without a test split": _folds_without_test_split,
+    "score --folds missing": lambda data, tmp: (
+        [
+            *("score", "--submission", data / "sample_submission.csv", "--truth", data / "test_labels.csv"),
+            *("--images", data / "test_images", "--folds", tmp / "missing.csv"),
+        ],
+        f"{tmp / 'missing.csv'}: folds file not found",
+    ),
+    "score --against missing": lambda data, tmp: (
+        [
+            *("score", "--submission", data / "sample_submission.csv", "--truth", data / "test_labels.csv"),
+            *("--images", data / "test_images", "--against", tmp / "missing.csv"),
+        ],
+        f"{tmp / 'missing.csv'}: file not found",
+    ),
+    "infer --local-test missing": lambda data, tmp: (
+        [
+            *("infer", "--config", ensemble_yaml(tmp / "ensemble.yaml", data, tmp)),
+            *("--out", tmp / "out.csv", "--local-test", tmp / "missing.csv"),
+        ],
+        f"{tmp / 'missing.csv'}: file not found (--local-test)",
+    ),
+    "infer --local-test without a test split": lambda data, tmp: (
+        [
+            *("infer", "--config", ensemble_yaml(tmp / "ensemble.yaml", data, tmp)),
+            *("--out", tmp / "out.csv", "--local-test", data / "folds.csv"),
+        ],
+        f"{data / 'folds.csv'}: no image has the fold 'test'",
+    ),
+    "infer --local-test with --image": lambda data, tmp: (
+        [
+            *("infer", "--config", ensemble_yaml(tmp / "ensemble.yaml", data, tmp)),
+            *("--image", next((data / "test_images").iterdir()), "--local-test", data / "folds.csv"),
+        ],
+        "--image and --local-test each choose what is predicted; give one",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", LOCAL_TEST_CASES)
+def test_a_bad_local_test_input_is_one_error(data_copy, tmp_path, case):
+    argv, fragment = LOCAL_TEST_CASES[case](data_copy, tmp_path)
+    expect_one_error(tmp_path, argv, fragment)

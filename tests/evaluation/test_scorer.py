@@ -136,3 +136,67 @@ def _labels(tmp_path):
 def test_cli_missing_truth_file(tmp_path):
     result = _run_validate("--submission", tmp_path / "a.csv", "--truth", tmp_path / "b.csv")
     assert result.returncode == 2 and "file not found" in result.stderr and "Traceback" not in result.stderr
+
+
+def _local_test_folds(real_truth, path):
+    from common_blocks.data.folds import write_folds
+
+    return write_folds(real_truth, 5, seed=42, path=path, test_fraction=0.2)
+
+
+def test_folds_scores_only_the_local_test_split(real_sample, real_truth, tmp_path):
+    folds = _local_test_folds(real_truth, tmp_path / "folds.csv")
+    held_out = folds.loc[folds["fold"] < 0, "ImageId"]
+    write_submission(real_truth[real_truth["ImageId"].isin(held_out)], tmp_path / "sub.csv")
+    summary = score_submission(
+        tmp_path / "sub.csv", real_sample / "train.csv", real_sample / "train_images", tmp_path / "folds.csv"
+    )
+    assert summary.score == 1.0 and summary.n_images == len(held_out) == 110
+
+
+def test_a_submission_row_outside_the_local_test_split_is_an_error(real_sample, real_truth, tmp_path):
+    _local_test_folds(real_truth, tmp_path / "folds.csv")
+    write_submission(real_truth, tmp_path / "sub.csv")  # every image, not just the split
+    with pytest.raises(DataError, match="is not in the local test split of"):
+        score_submission(
+            tmp_path / "sub.csv",
+            real_sample / "train.csv",
+            real_sample / "train_images",
+            tmp_path / "folds.csv",
+        )
+
+
+def test_the_paired_difference_is_the_score_difference_and_its_interval_holds_it(
+    real_sample, real_truth, tmp_path
+):
+    """Perfect against empty on the split: the difference is exactly the gap of the two scores, its
+    interval surrounds it; a submission against itself differs by exactly 0, interval [0, 0]."""
+    from common_blocks.data.formats import empty_table
+    from common_blocks.evaluation.scorer import compare_submissions
+
+    folds = _local_test_folds(real_truth, tmp_path / "folds.csv")
+    held_out = folds.loc[folds["fold"] < 0, "ImageId"]
+    write_submission(real_truth[real_truth["ImageId"].isin(held_out)], tmp_path / "perfect.csv")
+    write_submission(empty_table(held_out), tmp_path / "empty.csv")
+    args = (real_sample / "train.csv", real_sample / "train_images", tmp_path / "folds.csv")
+    summary, difference = compare_submissions(tmp_path / "perfect.csv", tmp_path / "empty.csv", *args)
+    empty = score_submission(tmp_path / "empty.csv", *args).score
+    assert difference.baseline_score == pytest.approx(empty) and difference.score == summary.score == 1.0
+    assert difference.difference == pytest.approx(1.0 - empty)
+    assert difference.low < difference.difference < difference.high
+    _, same = compare_submissions(tmp_path / "empty.csv", tmp_path / "empty.csv", *args)
+    assert (same.difference, same.low, same.high) == (0.0, 0.0, 0.0)
+
+
+def test_the_bootstrap_interval_narrows_with_more_images_and_is_reproducible():
+    import numpy as np
+
+    from common_blocks.evaluation.scorer import bootstrap_interval
+
+    rng = np.random.default_rng(0)
+    few, many = rng.normal(0.01, 0.1, 50), rng.normal(0.01, 0.1, 5000)
+    low_few, high_few = bootstrap_interval(few)
+    low_many, high_many = bootstrap_interval(many)
+    assert high_many - low_many < (high_few - low_few) / 5  # about sqrt(100) = 10 times narrower
+    assert low_many < many.mean() < high_many
+    assert bootstrap_interval(few) == (low_few, high_few)

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The real-data ensemble end to end (what `make sample` runs), on the real sample by default:
+# folds (5, and a stratified fifth of the images set aside as the local test split) -> every run of the
+# ensemble (the sweep's local executor: finished runs are skipped, interrupted ones resume) and its
+# out-of-fold search -> the local test split predicted and scored -> a submission for the test images
+# -> the HTML report. A second run resumes where the first stopped and retrains nothing that is done.
+#
+# Usage: bash scripts/sample.sh [PYTHON] [DATA_DIR] [RUNS_DIR] [REPORT_DIR], from the repository root.
+# SAMPLE_CONFIG (default configs/ensemble_sample.yaml), SAMPLE_N_FOLDS (5), SAMPLE_TEST_FRACTION (0.2)
+# and SAMPLE_SET (more `--set key=value` overrides of every run, space-separated, e.g.
+# "trainer.max_epochs=1") change it; tests/test_sample.py runs it tiny through them.
+set -euo pipefail
+python=${1:-.venv/bin/python}
+data=${2:-../shared/severstal-sample}
+runs=${3:-runs/sample}
+report=${4:-reports/sample}
+config=${SAMPLE_CONFIG:-configs/ensemble_sample.yaml}
+n_folds=${SAMPLE_N_FOLDS:-5}
+test_fraction=${SAMPLE_TEST_FRACTION:-0.2}
+severstal="$(dirname "$python")/severstal"  # the console script `make` installs beside the venv's python
+start=$(date +%s)
+
+step() { printf '\n== %s\n' "$*"; }
+
+mkdir -p "$runs"
+folds="$(cd "$runs" && pwd)/folds.csv"  # absolute: every run reads it whatever its data_dir
+sets=(--set data.n_folds="$n_folds" --set data.test_fraction="$test_fraction" --set data.folds_file="$folds")
+for override in ${SAMPLE_SET:-}; do sets+=(--set "$override"); done
+ensemble=(--config "$config" --data-dir "$data" --set runs_dir="$runs")
+
+step "folds: $n_folds, and a local test split of $test_fraction of the images ($folds)"
+if [ -f "$folds" ]; then
+  echo "kept $folds (delete it, and the runs, to re-split)"
+else
+  "$severstal" folds --data-dir "$data" --n-folds "$n_folds" --test-fraction "$test_fraction" --seed 42 --out "$folds"
+fi
+
+step "every run of $config, then its out-of-fold search"
+"$severstal" sweep --config "$config" --executor local --data-dir "$data" --out-dir "$runs" "${sets[@]}" \
+  | tee "$runs/local_cv.txt"
+
+step "the local test split: predicted, scored"
+"$severstal" infer "${ensemble[@]}" --local-test "$folds" --out "$runs/local_test.csv"
+"$severstal" score --submission "$runs/local_test.csv" --truth "$data/train.csv" --images "$data/train_images" \
+  --folds "$folds" | tee "$runs/local_test_score.txt"
+
+step "submission for the test images"
+"$severstal" infer "${ensemble[@]}" --out "$runs/submission.csv"
+
+step "report"
+"$severstal" report "${ensemble[@]}" --out "$report"
+
+step "summary"
+echo "local CV (out-of-fold, tuned):"; grep -m 1 "local CV" "$runs/local_cv.txt" || true
+echo "local test split:"; head -n 1 "$runs/local_test_score.txt"
+echo "submission: $runs/submission.csv"
+echo "report: $report/index.html"
+echo "sample finished in $(( $(date +%s) - start )) s"

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Each stage of the real-data ensemble measured against the one before it, on the local test split that
+# no run trained or tuned on (run after scripts/sample.sh, which trains the runs and writes the folds):
+#   one_fold    cpu_small fold 0 alone, no TTA, no gate
+#   five_folds  the 5 folds averaged
+#   tta         + hflip
+#   gate        + the classifier gate trained on masked images only
+#   gate_weak   + the gate trained on masked and weakly labelled images (when RUNS_DIR holds those runs,
+#                 as classifier_lite0_weak)
+# Each stage tunes its own post-processing out of fold (its thresholds in RUNS_DIR/stages/STAGE/),
+# predicts the local test split and is scored against the stage before, with the 90% paired-bootstrap
+# interval of the difference. The table goes to RUNS_DIR/stages/stages.md.
+#
+# Usage: bash scripts/sample_stages.sh [PYTHON] [DATA_DIR] [RUNS_DIR]
+set -euo pipefail
+python=${1:-.venv/bin/python}
+data=${2:-../shared/severstal-sample}
+runs=${3:-runs/sample}
+config=${SAMPLE_CONFIG:-configs/ensemble_sample.yaml}
+severstal="$(dirname "$python")/severstal"
+folds="$(cd "$runs" && pwd)/folds.csv"
+member="configs/cpu_small.yaml"
+all_folds="[0, 1, 2, 3, 4]"
+
+declare -A sets=(
+  [one_fold]="members=[{config: $member, folds: [0]}]|gate=null|tta=[none]"
+  [five_folds]="gate=null|tta=[none]"
+  [tta]="gate=null"
+  [gate]=""
+  [gate_weak]="gate={config: classifier_lite0_weak, folds: $all_folds}"
+)
+stages=(one_fold five_folds tta gate)
+[ -d "$runs/classifier_lite0_weak" ] && stages+=(gate_weak)
+
+table="$runs/stages/stages.md"
+mkdir -p "$runs/stages"
+rows=()
+previous=""
+for stage in "${stages[@]}"; do
+  out="$runs/stages/$stage"
+  mkdir -p "$out"
+  overrides=(--set runs_dir="$runs" --set postprocess.thresholds_file="$out/thresholds.json" --set leaderboard="$out/leaderboard.csv")
+  IFS='|' read -ra extra <<< "${sets[$stage]}"
+  for item in "${extra[@]}"; do [ -n "$item" ] && overrides+=(--set "$item"); done
+  printf '\n== %s\n' "$stage"
+  "$severstal" oof --config "$config" --data-dir "$data" "${overrides[@]}" --json > "$out/oof.json"
+  "$severstal" infer --config "$config" --data-dir "$data" "${overrides[@]}" --local-test "$folds" \
+    --out "$out/local_test.csv"
+  against=()
+  [ -n "$previous" ] && against=(--against "$runs/stages/$previous/local_test.csv")
+  "$severstal" score --submission "$out/local_test.csv" --truth "$data/train.csv" --images "$data/train_images" \
+    --folds "$folds" "${against[@]}" --json > "$out/local_test.json"
+  rows+=("$(jq -r --arg stage "$stage" --slurpfile oof "$out/oof.json" '
+    [$stage, ($oof[0].score * 10000 | round / 10000 | tostring), (.score * 10000 | round / 10000 | tostring),
+     (.positive_dice * 10000 | round / 10000 | tostring), (.false_positive_pairs | tostring),
+     (if .against then "\(.against.difference * 10000 | round / 10000) [\(.against.low * 10000 | round / 10000), \(.against.high * 10000 | round / 10000)]" else "" end)]
+    | "| " + join(" | ") + " |"' "$out/local_test.json")")
+  previous=$stage
+done
+{
+  echo "| stage | OOF CV (tuned) | local test | positive-pair dice | false-positive pairs | vs the stage before, 90% interval |"
+  echo "| --- | --- | --- | --- | --- | --- |"
+  printf '%s\n' "${rows[@]}"
+} > "$table"
+cat "$table"

@@ -1,0 +1,65 @@
+"""``make sample``'s script end to end at a tiny size on synthetic data: folds with a local test split,
+the sweep (every run, then the OOF search), the local test split predicted and scored, the submission
+and the report. The real sample takes an hour or more; this is about the steps fitting together."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from common_blocks.data.folds import TEST_FOLD, read_folds
+from common_blocks.data.synthetic import generate
+from common_blocks.run_folder import RunPaths
+from tests.repository import DEBUG, DEBUG_GATE, ROOT
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_the_sample_pipeline_runs_end_to_end_and_scores_the_local_test_split(tmp_path):
+    data, runs, report = tmp_path / "my data", tmp_path / "my runs", tmp_path / "my report"
+    generate(data, n_train=12, n_test=2, seed=0, workers=1)
+    ensemble = tmp_path / "ensemble_tiny.yaml"
+    ensemble.write_text(
+        f"runs_dir: {runs}\ndata_dir: {data}\n"
+        f"members:\n  - {{config: {DEBUG}, folds: [0, 1]}}\n"
+        f"gate: {{config: {DEBUG_GATE}, folds: [0, 1]}}\n"
+        "tta: [none]\nsearch:\n  min_areas: [0, 400]\n  gates: [0.0, 0.5]\n  gate_factors: [null]\n"
+    )
+    variables = {
+        "PY": sys.executable,
+        "SAMPLE_DIR": data,
+        "SAMPLE_RUNS_DIR": runs,
+        "SAMPLE_REPORT_DIR": report,
+    }
+    small = {
+        "SAMPLE_CONFIG": str(ensemble),
+        "SAMPLE_N_FOLDS": "2",
+        "SAMPLE_SET": "trainer.max_epochs=1 augment.crop_height=null augment.crop_width=null",
+    }
+    result = subprocess.run(
+        ["make", "--silent", "-o", ".venv/.installed", "sample", *(f"{k}={v}" for k, v in variables.items())],
+        cwd=ROOT,
+        env={**os.environ, **small},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
+    folds = read_folds(runs / "folds.csv")
+    held_out = set(folds.loc[folds["fold"] == TEST_FOLD, "ImageId"])
+    assert len(held_out) == 2  # a fifth of 12, rounded down
+    for config in (DEBUG, DEBUG_GATE):
+        for fold in (0, 1):
+            summary = RunPaths.of(runs, config.stem, fold).summary
+            assert summary.is_file()
+    # the local test split is predicted and scored, and only it
+    predicted = (runs / "local_test.csv").read_text()
+    assert all(image_id in predicted for image_id in held_out)
+    assert "over 2 images" in (runs / "local_test_score.txt").read_text()
+    assert (runs / "local_cv.txt").read_text().count("local CV score ") == 1
+    assert (runs / "submission.csv").is_file() and (report / "index.html").is_file()
+    assert result.stdout.rstrip().splitlines()[-1].startswith("sample finished in ")
