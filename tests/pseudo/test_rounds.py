@@ -194,26 +194,26 @@ def pseudo_csv(synthetic_data, tmp_path_factory) -> Path:
     return path
 
 
-def test_pseudo_images_are_in_training_batches_only(synthetic_data, debug_config, pseudo_csv):
-    data = SteelDataModule(_config(debug_config, synthetic_data, f"pseudo.labels={pseudo_csv}"), 0)
-    data.setup("fit")
-    pseudo_ids = set(data.pseudo_table["ImageId"])
-    loader = data.train_dataloader()
-    n_real = len(data.train_table)
-    drawn = [data.pseudo_table["ImageId"][i - n_real] for i in loader.sampler if i >= n_real]
+def test_pseudo_images_are_in_training_batches_only(data, debug_config, pseudo_csv):
+    datamodule = SteelDataModule(_config(debug_config, data, f"pseudo.labels={pseudo_csv}"), 0)
+    datamodule.setup("fit")
+    pseudo_ids = set(datamodule.pseudo_table["ImageId"])
+    loader = datamodule.train_dataloader()
+    n_real = len(datamodule.train_table)
+    drawn = [datamodule.pseudo_table["ImageId"][i - n_real] for i in loader.sampler if i >= n_real]
     assert set(drawn) <= pseudo_ids and len(drawn) == pytest.approx(0.3 * len(loader.sampler), abs=1)
-    assert loader.dataset.datasets[1].images_dir == synthetic_data / "test_images"
-    valid = data.val_dataloader().dataset
-    assert valid.images_dir == synthetic_data / "train_images" and not set(valid.image_ids) & pseudo_ids
+    assert loader.dataset.datasets[1].images_dir == data / "test_images"
+    valid = datamodule.val_dataloader().dataset
+    assert valid.images_dir == data / "train_images" and not set(valid.image_ids) & pseudo_ids
 
 
-def test_empty_pseudo_csv_warns_and_trains_on_real_images(synthetic_data, debug_config, tmp_path):
+def test_empty_pseudo_csv_warns_and_trains_on_real_images(data, debug_config, tmp_path):
     csv = tmp_path / "round1.csv"
-    write_pseudo_labels(_test_truth(synthetic_data).iloc[:0], csv)
-    data = SteelDataModule(_config(debug_config, synthetic_data, f"pseudo.labels={csv}"), 0)
+    write_pseudo_labels(_test_truth(data).iloc[:0], csv)
+    datamodule = SteelDataModule(_config(debug_config, data, f"pseudo.labels={csv}"), 0)
     with pytest.warns(UserWarning, match="no pseudo-labelled image; training on real images only"):
-        data.setup("fit")
-    loader = data.train_dataloader()
+        datamodule.setup("fit")
+    loader = datamodule.train_dataloader()
     assert isinstance(loader.sampler, BalancedSampler)
     assert next(iter(loader))["image"].shape[0] == 4
 
