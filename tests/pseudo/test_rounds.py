@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 
 from common_blocks.cli import main as cli_main
 from common_blocks.data import rle
@@ -21,13 +20,10 @@ from common_blocks.errors import ConfigError, DataError
 from common_blocks.inference.predictor import EnsemblePredictor, WeightedModel
 from common_blocks.pseudo.rounds import folder_loader, predict_and_select
 from common_blocks.pseudo.selection import SelectionSummary, select
-from common_blocks.run_folder import RunPaths
 from common_blocks.training.config import load_config
 from common_blocks.training.datamodule import SteelDataModule
-from common_blocks.training.module import DefectModule
 from common_blocks.training.runner import train_fold
-from tests.repository import ROOT
-from tests.stand_ins import StandIn, save_untrained
+from tests.stand_ins import StandIn
 
 CLASS_3_BOX = (slice(100, 140), slice(300, 500))
 CPU = torch.device("cpu")
@@ -300,27 +296,6 @@ def test_round_leaves_out_unreadable_images(synthetic_data, tmp_path):
     )
     assert len(predictions) == summary.kept == 8 and "broken.jpg" not in set(predictions["ImageId"])
     assert len(unreadable) == 1 and "broken.jpg" in unreadable[0]
-
-
-@pytest.fixture(scope="module")
-def untrained_ensemble(synthetic_data, tmp_path_factory) -> Path:
-    """An ensemble config over untrained debug checkpoints (segmenter and gate, fold 0); the gate's head
-    is zeroed, so it says 0.5 for every class of every image: unsure by any thresholds."""
-    folder = tmp_path_factory.mktemp("ensemble")
-    refs = {}
-    for role, config in (("member", "debug.yaml"), ("gate", "debug_classifier.yaml")):
-        cfg = load_config(ROOT / "configs" / config, [f"data.data_dir={synthetic_data}"])
-        module = DefectModule(cfg.model_dump(mode="json"), 0)
-        if module.is_classifier:
-            torch.nn.init.zeros_(module.model.get_classifier().weight)
-            torch.nn.init.zeros_(module.model.get_classifier().bias)
-        save_untrained(module, RunPaths.of(folder / "runs", cfg.name, 0).best)
-        refs[role] = {"config": str(ROOT / "configs" / config), "folds": [0]}
-    tree = {"runs_dir": str(folder / "runs"), "data_dir": str(synthetic_data), "members": [refs["member"]],
-            "gate": refs["gate"]}  # fmt: skip
-    path = folder / "ensemble.yaml"
-    path.write_text(yaml.safe_dump(tree))
-    return path
 
 
 def test_round_that_keeps_nothing_warns_and_writes_an_empty_csv(untrained_ensemble, tmp_path, capsys):
