@@ -136,10 +136,11 @@ def _lovasz(mode: str, **args: Any) -> nn.Module:
 
 def _class_weighted_bce(term: nn.Module, logits: Tensor, target: Tensor, class_weight: Tensor) -> Tensor:
     """The BCE of the (image, class) pairs whose ``class_weight`` is 1, averaged over their elements."""
-    weight = (
-        class_weight.view(*class_weight.shape, *(1,) * (logits.ndim - 2)).expand_as(logits).to(logits.dtype)
-    )
     values = F.binary_cross_entropy_with_logits(logits, target, pos_weight=term.pos_weight, reduction="none")
+    # in the values' dtype (fp32 under autocast): a count of elements in bf16 would be rounded
+    weight = (
+        class_weight.view(*class_weight.shape, *(1,) * (logits.ndim - 2)).expand_as(values).to(values.dtype)
+    )
     return (values * weight).sum() / weight.sum().clamp_min(1)
 
 
