@@ -5,6 +5,11 @@
 # out-of-fold search -> the local test split predicted and scored -> a submission for the test images
 # -> the HTML report. A second run resumes where the first stopped and retrains nothing that is done.
 #
+# With SAMPLE_PSEUDO_ROUNDS=N (default 0) and a weakly labelled pool in DATA_DIR (weak_images/,
+# weak_labels.csv), N class-aware pseudo-label rounds follow: the last ensemble labels the weak pool
+# (`severstal pseudo --image-labels`), every run trains again with those labels into RUNS_DIR/roundR,
+# and the local test split is scored against the round before, with its paired interval.
+#
 # Usage: bash scripts/sample.sh [PYTHON] [DATA_DIR] [RUNS_DIR] [REPORT_DIR], from the repository root.
 # SAMPLE_CONFIG (default configs/ensemble_sample.yaml), SAMPLE_N_FOLDS (5), SAMPLE_TEST_FRACTION (0.2)
 # and SAMPLE_SET (more `--set key=value` overrides of every run, space-separated, e.g.
@@ -44,15 +49,35 @@ step "the local test split: predicted, scored"
 "$severstal" score --submission "$runs/local_test.csv" --truth "$data/train.csv" --images "$data/train_images" \
   --folds "$folds" | tee "$runs/local_test_score.txt"
 
-step "submission for the test images"
-"$severstal" infer "${ensemble[@]}" --out "$runs/submission.csv"
+previous=$runs
+for round in $(seq 1 "${SAMPLE_PSEUDO_ROUNDS:-0}"); do
+  step "pseudo-label round $round: the weak pool labelled class-aware by $previous, every run trained again"
+  "$severstal" pseudo --config "$config" --data-dir "$data" --set runs_dir="$previous" --round "$round" \
+    --images "$data/weak_images" --image-labels "$data/weak_labels.csv" --out-dir "$runs/pseudo"
+  mkdir -p "$runs/round$round"
+  "$severstal" sweep --config "$config" --executor local --data-dir "$data" --out-dir "$runs/round$round" \
+    --pseudo "$runs/pseudo/round$round.csv" "${sets[@]}" --set pseudo.images="$(cd "$data" && pwd)/weak_images" \
+    | tee "$runs/round$round/local_cv.txt"
+  "$severstal" infer --config "$config" --data-dir "$data" --set runs_dir="$runs/round$round" \
+    --local-test "$folds" --out "$runs/round$round/local_test.csv"
+  "$severstal" score --submission "$runs/round$round/local_test.csv" --truth "$data/train.csv" \
+    --images "$data/train_images" --folds "$folds" --against "$previous/local_test.csv" \
+    | tee "$runs/round$round/local_test_score.txt"
+  previous=$runs/round$round
+done
+
+step "submission for the test images, by the last ensemble ($previous)"
+"$severstal" infer --config "$config" --data-dir "$data" --set runs_dir="$previous" --out "$runs/submission.csv"
 
 step "report"
-"$severstal" report "${ensemble[@]}" --out "$report"
+"$severstal" report --config "$config" --data-dir "$data" --set runs_dir="$previous" --out "$report"
 
 step "summary"
 echo "local CV (out-of-fold, tuned):"; grep -m 1 "local CV" "$runs/local_cv.txt" || true
 echo "local test split:"; head -n 1 "$runs/local_test_score.txt"
+for round in $(seq 1 "${SAMPLE_PSEUDO_ROUNDS:-0}"); do
+  echo "after pseudo-label round $round:"; tail -n 1 "$runs/round$round/local_test_score.txt"
+done
 echo "submission: $runs/submission.csv"
 echo "report: $report/index.html"
 echo "sample finished in $(( $(date +%s) - start )) s"

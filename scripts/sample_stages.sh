@@ -5,8 +5,9 @@
 #   five_folds  the 5 folds averaged
 #   tta         + hflip
 #   gate        + the classifier gate trained on masked images only
-#   gate_weak   + the gate trained on masked and weakly labelled images (when RUNS_DIR holds those runs,
-#                 as classifier_lite0_weak)
+#   gate_weak   + the gate trained on masked and weakly labelled images (data.weak): the runs
+#                 classifier_lite0_weak, trained here when missing, drawing as many images per epoch
+#                 as the masked-only gate (data.samples_per_epoch), so both cost the same
 # Each stage tunes its own post-processing out of fold (its thresholds in RUNS_DIR/stages/STAGE/),
 # predicts the local test split and is scored against the stage before, with the 90% paired-bootstrap
 # interval of the difference. The table goes to RUNS_DIR/stages/stages.md.
@@ -29,8 +30,18 @@ declare -A sets=(
   [gate]=""
   [gate_weak]="gate={config: classifier_lite0_weak, folds: $all_folds}"
 )
-stages=(one_fold five_folds tta gate)
-[ -d "$runs/classifier_lite0_weak" ] && stages+=(gate_weak)
+stages=(one_fold five_folds tta gate gate_weak)
+
+for fold in 0 1 2 3 4; do
+  [ -f "$runs/classifier_lite0_weak/fold$fold/summary.json" ] && continue
+  printf '\n== the gate with the weak pool, fold %s\n' "$fold"
+  resume=()
+  [ -f "$runs/classifier_lite0_weak/fold$fold/last.ckpt" ] && resume=(--resume)
+  masked=$(awk -F, -v fold="$fold" 'NR > 1 && $2 != fold && $2 != "test"' "$folds" | wc -l)
+  "$severstal" train --config configs/classifier_lite0.yaml --fold "$fold" --data-dir "$data" --out-dir "$runs" \
+    --set name=classifier_lite0_weak --set 'data.weak={}' --set data.samples_per_epoch="$masked" \
+    --set data.n_folds=5 --set data.test_fraction=0.2 --set data.folds_file="$folds" "${resume[@]}"
+done
 
 table="$runs/stages/stages.md"
 mkdir -p "$runs/stages"

@@ -59,6 +59,13 @@ def synthetic_arguments(parser: argparse.ArgumentParser) -> None:
         "--n-train", type=NON_NEGATIVE, default=200, help="number of train images (default 200)"
     )
     parser.add_argument("--n-test", type=NON_NEGATIVE, default=50, help="number of test images (default 50)")
+    parser.add_argument(
+        "--n-weak",
+        type=NON_NEGATIVE,
+        default=0,
+        help="number of weakly labelled images, written to weak_images/ with weak_labels.csv "
+        "(which classes each holds, no masks) (default 0: none)",
+    )
     parser.add_argument("--seed", type=NON_NEGATIVE, default=0, help="random seed (default 0)")
     parser.add_argument("--workers", type=POSITIVE, default=2, help="worker threads (default 2)")
     parser.add_argument("--overwrite", action="store_true", help="replace a data set already in --out")
@@ -68,8 +75,17 @@ def synthetic_command(args: argparse.Namespace) -> None:
     check_output_dir(args.out, "the data set folder (--out)")
     from common_blocks.data.synthetic import generate
 
-    generate(args.out, args.n_train, args.n_test, args.seed, workers=args.workers, overwrite=args.overwrite)
-    print(f"wrote {args.n_train} train and {args.n_test} test images to {args.out}")
+    generate(
+        args.out,
+        args.n_train,
+        args.n_test,
+        args.seed,
+        workers=args.workers,
+        overwrite=args.overwrite,
+        n_weak=args.n_weak,
+    )
+    weak = f", and {args.n_weak} weakly labelled ones" if args.n_weak else ""
+    print(f"wrote {args.n_train} train and {args.n_test} test images{weak} to {args.out}")
 
 
 def dataset_arguments(parser: argparse.ArgumentParser) -> None:

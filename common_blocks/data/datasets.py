@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from common_blocks.data import rle
-from common_blocks.data.formats import RLE_COLUMNS
+from common_blocks.data.formats import IGNORED_COLUMNS, PRESENCE_COLUMNS, RLE_COLUMNS
 from common_blocks.data.images import read_image
 from common_blocks.data.transforms import seed_transform
 from common_blocks.errors import DataError
@@ -116,6 +116,10 @@ class SegmentationDataset(Dataset):
     power of two that divides the augmented size; otherwise the full mask as usual);
     ``cache_images`` keeps each decoded image in memory (per process, read-only) after its first
     read, so later epochs skip the JPEG decoding.
+
+    ``class_weights`` adds ``class_weight``, float32 (4,): 0 for a class the loss leaves out for the
+    image (the pseudo-label table's ``ignored_1`` .. ``ignored_4``), 1 for the others and for every
+    class of a table without them (real masks).
     """
 
     def __init__(
@@ -127,6 +131,7 @@ class SegmentationDataset(Dataset):
         with_masks: bool = True,
         mask_scale: float = 1.0,
         cache_images: bool = False,
+        class_weights: bool = False,
     ) -> None:
         needed = ["ImageId", *RLE_COLUMNS] if with_masks else ["ImageId"]
         missing = [column for column in needed if column not in table.columns]
@@ -142,6 +147,10 @@ class SegmentationDataset(Dataset):
             list(table[list(RLE_COLUMNS)].itertuples(index=False, name=None)) if with_masks else []
         )
         self.mask_factor = _whole_factor(mask_scale)
+        self.class_weights: np.ndarray | None = None
+        if class_weights:
+            ignored = table.reindex(columns=list(IGNORED_COLUMNS), fill_value=False).to_numpy(dtype=bool)
+            self.class_weights = (~ignored).astype(np.float32)
         self._images: dict[int, np.ndarray] | None = {} if cache_images else None
         self._worker_seed: int | None = None
 
@@ -155,6 +164,8 @@ class SegmentationDataset(Dataset):
         item = {"image": to_tensor(image), "image_id": self.image_ids[index], "index": index}
         if mask is not None:
             item.update(self.mask_targets(mask))
+        if self.class_weights is not None:
+            item["class_weight"] = torch.from_numpy(self.class_weights[index])
         return item
 
     def load(self, index: int, width: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -230,3 +241,20 @@ class ClassificationDataset(SegmentationDataset):
     def mask_targets(self, mask: np.ndarray) -> dict[str, torch.Tensor]:
         present = mask.reshape(-1, mask.shape[-1]).any(axis=0)
         return {"target": torch.from_numpy(present.astype(np.float32))}
+
+
+class ImageLabelDataset(SegmentationDataset):
+    """Images with image-level labels only (a presence table: ``ImageId``, ``has_1`` .. ``has_4``):
+    items ``image``, ``target`` (float32 (4,), the table's labels) as ``ClassificationDataset`` gives,
+    ``image_id`` and ``index``. No mask to follow the augmentation: a crop keeps the whole image's
+    labels, which is why ``data.weak`` refuses crops."""
+
+    def __init__(self, presence: pd.DataFrame, images_dir: str | os.PathLike, **options: object) -> None:
+        super().__init__(presence, images_dir, with_masks=False, **options)
+        self.targets = presence[list(PRESENCE_COLUMNS)].to_numpy(dtype=np.float32)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        item = super().__getitem__(key)
+        index = key[0] if isinstance(key, tuple) else key
+        item["target"] = torch.from_numpy(self.targets[index])
+        return item

@@ -8,6 +8,12 @@ Formats:
 
 Everything downstream works on the *label table*: one row per image, columns ``ImageId`` and
 ``rle_1`` .. ``rle_4`` ('' = no defect of that class), sorted by ImageId.
+
+Two more files: image-level (weak) labels, ``ImageId,ClassId``, one row per defect class an image of
+their folder holds (an image without a row has none), read into a *presence table* (``ImageId`` and
+bool ``has_1`` .. ``has_4``); and pseudo-labels, a label file of four rows per image that may add a
+column ``Ignored`` (``1``: the class is left out of the loss for that image, its EncodedPixels empty),
+read into a label table with bool ``ignored_1`` .. ``ignored_4``.
 """
 
 from __future__ import annotations
@@ -32,6 +38,10 @@ RLE_COLUMNS = ("rle_1", "rle_2", "rle_3", "rle_4")
 CURRENT_COLUMNS = ("ImageId", "ClassId", "EncodedPixels")
 SUBMISSION_COLUMNS = ("ImageId", "EncodedPixels", "ClassId")
 COLUMNS_2019 = ("ImageId_ClassId", "EncodedPixels")
+WEAK_COLUMNS = ("ImageId", "ClassId")
+PRESENCE_COLUMNS = ("has_1", "has_2", "has_3", "has_4")
+IGNORED = "Ignored"
+IGNORED_COLUMNS = ("ignored_1", "ignored_2", "ignored_3", "ignored_4")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SubmissionFormat = Literal["current", "2019"]
 
@@ -137,7 +147,32 @@ def read_label_rows(path: str | os.PathLike) -> pd.DataFrame:
     line in the file, for error messages). Rows with empty EncodedPixels are kept: they list an image.
     """
     path = Path(path)
-    frame = read_csv_file(path)
+    return _label_rows(read_csv_file(path), path)
+
+
+def _class_ids(class_text: pd.Series, path: Path, lines: np.ndarray) -> np.ndarray:
+    """Class ids as ints: exactly the digits 1-4 ("3.0", " 3" or "+3" are not class ids: a label file
+    is strict); a DataError naming the first other value's line."""
+    bad_class = ~class_text.isin([str(class_id) for class_id in CLASS_IDS])
+    if bad_class.any():
+        bad = int(np.flatnonzero(bad_class.to_numpy())[0])
+        raise DataError(f"{path}, line {lines[bad]}: class {class_text.iloc[bad]!r} is not one of 1, 2, 3, 4")
+    return class_text.astype(np.int64).to_numpy()
+
+
+def _check_unique(rows: pd.DataFrame, path: Path) -> None:
+    """One row per (image, class): a DataError naming the second row's line and the first's."""
+    duplicated = rows.duplicated(["ImageId", "ClassId"], keep=False)
+    if duplicated.any():
+        first, second = rows.loc[duplicated, ["ImageId", "ClassId", "line"]].head(2).itertuples(index=False)
+        raise DataError(
+            f"{path}, line {second.line}: duplicate row for image {second.ImageId} class {second.ClassId} "
+            f"(first at line {first.line})"
+        )
+
+
+def _label_rows(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """``read_label_rows`` of a file already read by ``read_csv_file``."""
     fmt = detect_format(frame.columns, path)
     lines = frame.index.to_numpy()
     if fmt == "2019":
@@ -151,27 +186,17 @@ def read_label_rows(path: str | os.PathLike) -> pd.DataFrame:
         image_ids, class_text = parts[0], parts[1]
     else:
         image_ids, class_text = frame["ImageId"], frame["ClassId"]
-    # Exactly the digits 1-4: "3.0", " 3" or "+3" are not class ids (a label file is strict).
-    bad_class = ~class_text.isin([str(class_id) for class_id in CLASS_IDS])
-    if bad_class.any():
-        bad = int(np.flatnonzero(bad_class.to_numpy())[0])
-        raise DataError(f"{path}, line {lines[bad]}: class {class_text.iloc[bad]!r} is not one of 1, 2, 3, 4")
+    class_ids = _class_ids(class_text, path, lines)
     check_image_ids(image_ids, path, lines)
     rows = pd.DataFrame(
         {
             "ImageId": image_ids.to_numpy(),
-            "ClassId": class_text.astype(np.int64).to_numpy(),
+            "ClassId": class_ids,
             "EncodedPixels": frame["EncodedPixels"].str.strip().to_numpy(),
             "line": lines,
         }
     )
-    duplicated = rows.duplicated(["ImageId", "ClassId"], keep=False)
-    if duplicated.any():
-        first, second = rows.loc[duplicated, ["ImageId", "ClassId", "line"]].head(2).itertuples(index=False)
-        raise DataError(
-            f"{path}, line {second.line}: duplicate row for image {second.ImageId} class {second.ClassId} "
-            f"(first at line {first.line})"
-        )
+    _check_unique(rows, path)
     for image_id, class_id, encoded, line in rows.itertuples(index=False):
         try:
             rle.check(encoded)
@@ -276,19 +301,87 @@ def read_image_ids(sample_submission: str | os.PathLike) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
-def write_pseudo_labels(table: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Write the kept images' label table, four rows per image (header only when none), atomically."""
+def read_weak_labels(csv_path: str | os.PathLike, images_dir: str | os.PathLike) -> pd.DataFrame:
+    """Image-level labels as a presence table over every image of ``images_dir``: ``ImageId`` and bool
+    ``has_1`` .. ``has_4`` (an image without a row holds no defect), sorted by ImageId.
+
+    Strict, as the label readers: the header is exactly ``ImageId,ClassId`` (a ``train.csv`` given
+    here would otherwise pass for image labels), ImageIds are bare file names, classes the digits
+    1-4, one row per (image, class), and every image listed is in the folder; each error a DataError
+    naming the file and line.
+    """
+    path = Path(csv_path)
+    frame = read_csv_file(path)
+    if tuple(frame.columns) != WEAK_COLUMNS:
+        raise DataError(
+            f"{path}: expected the header {','.join(WEAK_COLUMNS)} (image-level labels), "
+            f"found {','.join(frame.columns)}"
+        )
+    lines = frame.index.to_numpy()
+    class_ids = _class_ids(frame["ClassId"], path, lines)
+    check_image_ids(frame["ImageId"], path, lines)
+    rows = pd.DataFrame({"ImageId": frame["ImageId"].to_numpy(), "ClassId": class_ids, "line": lines})
+    _check_unique(rows, path)
+    images = list_images(images_dir)
+    missing = ~rows["ImageId"].isin(set(images))
+    if missing.any():
+        row = rows.loc[missing].iloc[0]
+        raise DataError(
+            f"{path}, line {row['line']}: image {row['ImageId']} is not in the image folder {images_dir}"
+        )
+    table = pd.DataFrame({"ImageId": images})
+    for class_id, column in zip(CLASS_IDS, PRESENCE_COLUMNS, strict=True):
+        table[column] = table["ImageId"].isin(set(rows.loc[rows["ClassId"] == class_id, "ImageId"]))
+    return table
+
+
+def write_weak_labels(presence: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write a presence table as image-level labels (a row per class an image holds), atomically."""
+    held = presence.melt(id_vars="ImageId", value_vars=list(PRESENCE_COLUMNS), var_name="ClassId")
+    held = held[held["value"].astype(bool)]
+    held = held.assign(ClassId=held["ClassId"].str.removeprefix("has_").astype(int))
     with atomic_output(path) as temporary:
-        table_to_rows(table).to_csv(temporary, columns=list(CURRENT_COLUMNS), index=False)
+        held.sort_values(["ImageId", "ClassId"]).to_csv(temporary, columns=list(WEAK_COLUMNS), index=False)
+
+
+def write_pseudo_labels(table: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write the kept images' label table, four rows per image (header only when none), atomically;
+    with the column ``Ignored`` (0 or 1) when the table has ``ignored_1`` .. ``ignored_4``."""
+    rows = table_to_rows(table)
+    columns = list(CURRENT_COLUMNS)
+    if IGNORED_COLUMNS[0] in table.columns:
+        flags = table.set_index("ImageId")[list(IGNORED_COLUMNS)]
+        at = flags.index.get_indexer(rows["ImageId"]), rows["ClassId"].to_numpy() - 1
+        rows[IGNORED] = flags.to_numpy(dtype=bool)[at].astype(int)
+        columns.append(IGNORED)
+    with atomic_output(path) as temporary:
+        rows.to_csv(temporary, columns=columns, index=False)
 
 
 def read_pseudo_labels(csv_path: str | os.PathLike, images_dir: str | os.PathLike) -> pd.DataFrame:
     """The label table of the images the file lists; a row naming an image missing from ``images_dir``
-    is a DataError naming its line.
+    is a DataError naming its line. A file with the column ``Ignored`` adds ``ignored_1`` ..
+    ``ignored_4`` (bool); an ignored class's EncodedPixels must be empty.
 
     Not ``formats.read_labels(csv, images_dir)``: that labels every image of the folder, and would
     take the test images the selection rejected for defect-free ones.
     """
-    rows = read_label_rows(csv_path)
-    table = rows_to_table(rows, list_images(images_dir), str(csv_path), f"the image folder {images_dir}")
-    return table[table["ImageId"].isin(set(rows["ImageId"]))].reset_index(drop=True)
+    path = Path(csv_path)
+    frame = read_csv_file(path)
+    rows = _label_rows(frame, path)
+    table = rows_to_table(rows, list_images(images_dir), str(path), f"the image folder {images_dir}")
+    table = table[table["ImageId"].isin(set(rows["ImageId"]))].reset_index(drop=True)
+    if IGNORED not in frame.columns:
+        return table
+    flags = frame[IGNORED].to_numpy()
+    bad = ~np.isin(flags, ["0", "1"]) | ((flags == "1") & (rows["EncodedPixels"].to_numpy() != ""))
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise DataError(
+            f"{path}, line {rows['line'].iloc[first]}: {IGNORED} {flags[first]!r}: expected 0, or 1 with "
+            "an empty EncodedPixels (the class left out of the loss)"
+        )
+    ignored = rows[flags == "1"]
+    for class_id, column in zip(CLASS_IDS, IGNORED_COLUMNS, strict=True):
+        table[column] = table["ImageId"].isin(set(ignored.loc[ignored["ClassId"] == class_id, "ImageId"]))
+    return table

@@ -1,13 +1,15 @@
 """Synthetic Severstal-like data set, so the whole pipeline can run and be tested without the Kaggle data.
 
 Writes the Kaggle layout (``train_images/``, ``train.csv``, ``test_images/``, ``sample_submission.csv``)
-plus ``test_labels.csv`` with the true labels of the test images, so a demo can score its submission.
+plus ``test_labels.csv`` with the true labels of the test images, so a demo can score its submission,
+and with ``n_weak`` a weakly labelled pool as the real sample has one: ``weak_images/`` and
+``weak_labels.csv`` (which classes each image holds, no masks).
 Images are grey steel-like texture (rolling streaks, slow brightness variation, fine noise) with four
 kinds of painted defects; each class mask is exactly the set of pixels painted for that class, so a
 model can learn the masks. Every image is drawn from its own generator seeded by (seed, split, index),
 which makes the output identical for any number of workers.
 
-Usage: ``severstal synthetic --out DIR --n-train N --n-test M --seed S [--overwrite]``
+Usage: ``severstal synthetic --out DIR --n-train N --n-test M [--n-weak K] --seed S [--overwrite]``
 """
 
 from __future__ import annotations
@@ -22,14 +24,23 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from common_blocks.data.formats import N_CLASSES, RLE_COLUMNS, empty_table, write_labels, write_submission
+from common_blocks.data.formats import (
+    N_CLASSES,
+    PRESENCE_COLUMNS,
+    RLE_COLUMNS,
+    class_presence,
+    empty_table,
+    write_labels,
+    write_submission,
+    write_weak_labels,
+)
 from common_blocks.data.rle import IMAGE_SHAPE, encode
 from common_blocks.errors import DataError
 from common_blocks.files import OutputError, check_output_dir, check_output_file
 from common_blocks.output_folders import is_marked, staged_folder
 
 HEIGHT, WIDTH = IMAGE_SHAPE
-SPLITS = ("train", "test")
+SPLITS = ("train", "test", "weak")
 JPEG_QUALITY = 90
 
 # Purposes of the random streams, so that no two streams share a seed.
@@ -251,6 +262,16 @@ def image_ids(seed: int, n_train: int, n_test: int) -> tuple[list[str], list[str
     return ids[:n_train], ids[n_train:]
 
 
+def weak_image_ids(seed: int, n_weak: int, taken: Iterable[str]) -> list[str]:
+    """Ids of the weakly labelled images, none of ``taken``, from their own stream: adding a weak pool
+    leaves the train and test images of a seed as they were."""
+    taken = set(taken)
+    numbers = _rng(seed, _ID_STREAM, SPLITS.index("weak"), 0).choice(
+        _ID_SPACE, size=n_weak + len(taken), replace=False
+    )
+    return [name for name in (f"{number:09x}.jpg" for number in numbers) if name not in taken][:n_weak]
+
+
 def _write_sample(task: tuple[int, str, int, str, Path]) -> tuple[str, list[str]]:
     """Render one image, write its JPEG and return its id with the RLE of each class."""
     seed, split, index, image_id, path = task
@@ -260,7 +281,7 @@ def _write_sample(task: tuple[int, str, int, str, Path]) -> tuple[str, list[str]
     return image_id, [encode(mask) for mask in masks]
 
 
-LABEL_FILES = ("train.csv", "test_labels.csv", "sample_submission.csv")
+LABEL_FILES = ("train.csv", "test_labels.csv", "sample_submission.csv", "weak_labels.csv")
 # The mark of a data set this generator wrote: ``--overwrite`` replaces only a folder that has it, so a
 # real data set (whose images and train.csv it would delete) is never taken for an earlier synthetic one.
 MARKER = "severstal-synthetic.json"
@@ -291,59 +312,81 @@ def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
 
 def _remove_stale_images(out_dir: Path, kept: dict[str, list[str]]) -> None:
     """Delete the ``*.jpg`` of an earlier data set that the new one does not have (``kept``: the image
-    ids of each split)."""
+    ids of each split), and an earlier weak pool's labels (first) when the new set has none."""
+    stale = [] if kept["weak"] else [out_dir / "weak_labels.csv"]
     for split, ids in kept.items():
         new = set(ids)
-        for old_image in (out_dir / f"{split}_images").glob("*.jpg"):
-            if old_image.name not in new:
-                try:
-                    old_image.unlink()
-                except OSError as error:
-                    raise OutputError(
-                        f"{old_image}: cannot remove the earlier image ({error.strerror})"
-                    ) from None
+        stale += [image for image in (out_dir / f"{split}_images").glob("*.jpg") if image.name not in new]
+    for path in stale:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as error:
+            raise OutputError(f"{path}: cannot remove the earlier file ({error.strerror})") from None
 
 
 def generate(
-    out_dir: Path, n_train: int, n_test: int, seed: int, workers: int = 2, overwrite: bool = False
+    out_dir: Path,
+    n_train: int,
+    n_test: int,
+    seed: int,
+    workers: int = 2,
+    overwrite: bool = False,
+    n_weak: int = 0,
 ) -> None:
-    """Write a synthetic data set in the Kaggle layout into ``out_dir``, identical for any ``workers``.
+    """Write a synthetic data set in the Kaggle layout into ``out_dir``, identical for any ``workers``;
+    with ``n_weak`` > 0 also a weak pool (``weak_images/``, ``weak_labels.csv``).
 
     The data set is written into a staging folder beside ``out_dir`` and moved in, label files last,
     only once all of it is written: a failure (a full disk, Ctrl-C) leaves ``out_dir`` as it was. With
     ``overwrite`` the ``*.jpg`` files of an earlier data set in ``out_dir`` that the new one does not
-    have are deleted then, so that no stale image is left without a label row.
+    have are deleted then (and its weak labels when the new one has no weak pool), so that no stale
+    image is left without a label row.
     """
-    if n_train < 0 or n_test < 0 or workers < 1:
-        raise ValueError(f"need n_train, n_test >= 0 and workers >= 1, got {n_train}, {n_test}, {workers}")
+    if n_train < 0 or n_test < 0 or n_weak < 0 or workers < 1:
+        raise ValueError(
+            f"need n_train, n_test, n_weak >= 0 and workers >= 1, got {n_train}, {n_test}, {n_weak}, {workers}"
+        )
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, overwrite)
     train_ids, test_ids = image_ids(seed, n_train, n_test)
+    ids = {"train": train_ids, "test": test_ids, "weak": weak_image_ids(seed, n_weak, train_ids + test_ids)}
     with staged_folder(out_dir, "the data set folder", last=(*LABEL_FILES, MARKER)) as staging:
-        _write_data_set(staging, seed, train_ids, test_ids, workers)
-        marker = {"format": MARKER_FORMAT, "seed": seed, "n_train": n_train, "n_test": n_test}
+        _write_data_set(staging, seed, ids, workers)
+        marker = {
+            "format": MARKER_FORMAT,
+            "seed": seed,
+            "n_train": n_train,
+            "n_test": n_test,
+            "n_weak": n_weak,
+        }
         (staging / MARKER).write_text(json.dumps(marker) + "\n")
-    _remove_stale_images(out_dir, dict(zip(SPLITS, (train_ids, test_ids), strict=True)))
+    _remove_stale_images(out_dir, ids)
 
 
-def _write_data_set(
-    out_dir: Path, seed: int, train_ids: list[str], test_ids: list[str], workers: int
-) -> None:
-    for split in SPLITS:
+def _write_data_set(out_dir: Path, seed: int, ids: dict[str, list[str]], workers: int) -> None:
+    """The images of every split (a weak pool only when it has images) and their label files."""
+    splits = [split for split in SPLITS if split != "weak" or ids[split]]
+    for split in splits:
         (out_dir / f"{split}_images").mkdir()
     tasks = [
         (seed, split, index, image_id, out_dir / f"{split}_images" / image_id)
-        for split, ids in zip(SPLITS, (train_ids, test_ids))
-        for index, image_id in enumerate(ids)
+        for split in splits
+        for index, image_id in enumerate(ids[split])
     ]
     # Threads, not processes: the work is in cv2, numpy and numba code that releases the GIL, so two threads
     # nearly double the speed, and forking a process that holds cv2's thread pool can deadlock the child.
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(tqdm(pool.map(_write_sample, tasks), total=len(tasks), unit="img", disable=None))
     rles = dict(results)
-    for ids, labels_name in ((train_ids, "train.csv"), (test_ids, "test_labels.csv")):
-        table = pd.DataFrame(
-            [[image_id, *rles[image_id]] for image_id in ids], columns=["ImageId", *RLE_COLUMNS]
+    tables = {
+        split: pd.DataFrame(
+            [[image_id, *rles[image_id]] for image_id in ids[split]], columns=["ImageId", *RLE_COLUMNS]
         )
-        write_labels(table, out_dir / labels_name)
-    write_submission(empty_table(test_ids), out_dir / "sample_submission.csv")
+        for split in splits
+    }
+    write_labels(tables["train"], out_dir / "train.csv")
+    write_labels(tables["test"], out_dir / "test_labels.csv")
+    write_submission(empty_table(ids["test"]), out_dir / "sample_submission.csv")
+    if "weak" in tables:
+        presence = pd.DataFrame(class_presence(tables["weak"]), columns=list(PRESENCE_COLUMNS))
+        write_weak_labels(presence.assign(ImageId=ids["weak"]), out_dir / "weak_labels.csv")

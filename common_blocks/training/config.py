@@ -30,6 +30,20 @@ ClassId = Annotated[int, Field(ge=1, le=N_CLASSES)]
 MAX_RARE_FACTOR = 1000
 
 
+class WeakConfig(Section):
+    """Images with image-level labels only (which classes each holds, no masks): more training images
+    for the classifier gate, never in a validation fold."""
+
+    images: Path = Field(
+        Path("weak_images"), description="folder of the images, relative to `data.data_dir` unless absolute"
+    )
+    labels: Path = Field(
+        Path("weak_labels.csv"),
+        description="`ImageId,ClassId`, a row per defect class an image holds (none: defect-free), "
+        "relative to `data.data_dir` unless absolute",
+    )
+
+
 class DataConfig(Section):
     """Where the data is, how folds are made, and how batches are drawn."""
 
@@ -90,6 +104,16 @@ class DataConfig(Section):
     max_images: int | None = Field(
         None, ge=2, description="use only the first N labelled images (quick runs); null = all"
     )
+    weak: WeakConfig | None = Field(
+        None,
+        description="`task: classification`: images with image-level labels (`{}` takes `weak_images/` and "
+        "`weak_labels.csv`), added to the training images of every fold, never to a validation fold; "
+        "null = none. A segmenter learns from them through `severstal pseudo --image-labels`",
+    )
+
+    def in_data_dir(self, path: Path) -> Path:
+        """``path`` relative to ``data_dir`` unless absolute."""
+        return Path(self.data_dir) / path
 
 
 class TrainerConfig(Section):
@@ -203,7 +227,13 @@ class ClassHeadConfig(Section):
 class PseudoConfig(Section):
     labels: Path | None = Field(
         None,
-        description="pseudo-label CSV (`train.csv` format) over the test images (set by `--pseudo`); null = none",
+        description="pseudo-label CSV (`train.csv` format, optionally with an `Ignored` column) over the "
+        "images of `pseudo.images` (set by `--pseudo`); null = none",
+    )
+    images: Path = Field(
+        Path("test_images"),
+        description="folder of the pseudo-labelled images, relative to `data.data_dir` unless absolute "
+        "(`weak_images` for a round made with `severstal pseudo --images`)",
     )
     fraction: float = Field(
         0.3, ge=0, lt=1, description="share of every training batch drawn from pseudo-labels"
@@ -276,6 +306,16 @@ class TrainConfig(Section):
         ):
             raise ValueError(
                 "trainer.monitor 'tuned_score' needs validation.tuned_score: true and a segmentation task"
+            )
+        if self.data.weak is not None and self.task != "classification":
+            raise ValueError(
+                "data.weak: image-level labels train the classifier gate (task: classification); a segmenter "
+                "learns from them through pseudo-labels (severstal pseudo --images --image-labels)"
+            )
+        if self.data.weak is not None and (self.augment.crop_height or self.augment.crop_widths):
+            raise ValueError(
+                "data.weak: image-level labels describe the whole image, not a crop of it; set "
+                "augment.crop_height and augment.crop_width to null (the gate trains on full images)"
             )
         if self.class_head is not None and self.task != "segmentation":
             raise ValueError("class_head: a head on a segmenter; a classifier already is one")

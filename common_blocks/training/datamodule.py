@@ -1,4 +1,5 @@
-"""The LightningDataModule: labels, folds, datasets and samplers of one fold, and pseudo-labels to train with."""
+"""The LightningDataModule: labels, folds, datasets and samplers of one fold, and the pseudo-labels and
+image-level (weak) labels to train with."""
 
 from __future__ import annotations
 
@@ -7,14 +8,22 @@ import warnings
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
 
-from common_blocks.data.datasets import ClassificationDataset, SegmentationDataset
+from common_blocks.data.datasets import ClassificationDataset, ImageLabelDataset, SegmentationDataset
 from common_blocks.data.folds import TEST_FOLD, read_folds, write_folds
-from common_blocks.data.formats import class_presence, read_labels, read_pseudo_labels
+from common_blocks.data.formats import (
+    IGNORED_COLUMNS,
+    PRESENCE_COLUMNS,
+    class_presence,
+    read_labels,
+    read_pseudo_labels,
+    read_weak_labels,
+)
 from common_blocks.data.samplers import (
     BalancedSampler,
     MixedSampler,
@@ -24,7 +33,8 @@ from common_blocks.data.samplers import (
 )
 from common_blocks.data.transforms import build_train_transform
 from common_blocks.errors import DataError
-from common_blocks.training.config import PseudoConfig, TrainConfig
+from common_blocks.training.config import DataConfig, PseudoConfig, TrainConfig
+from common_blocks.training.losses import CLASSIFICATION_MODE, check_class_weights
 
 
 def folds_path(cfg: TrainConfig) -> Path:
@@ -88,6 +98,31 @@ def load_pseudo_table(cfg: PseudoConfig, images_dir: str | os.PathLike) -> pd.Da
     return table
 
 
+def ignores_classes(table: pd.DataFrame | None) -> bool:
+    """Whether a pseudo-label table leaves any class of any image out of the loss (``Ignored`` rows)."""
+    return (
+        table is not None
+        and IGNORED_COLUMNS[0] in table.columns
+        and bool(table[list(IGNORED_COLUMNS)].any(axis=None))
+    )
+
+
+def load_weak_table(cfg: DataConfig, labelled: pd.Series) -> pd.DataFrame | None:
+    """The presence table of ``data.weak`` (None when off). An image also among the ``labelled`` ones
+    (those with masks, every fold) is an error: it would be trained on while it validates."""
+    if cfg.weak is None:
+        return None
+    images = cfg.in_data_dir(cfg.weak.images)
+    table = read_weak_labels(cfg.in_data_dir(cfg.weak.labels), images)
+    shared = sorted(set(table["ImageId"]) & set(labelled))
+    if shared:
+        raise DataError(
+            f"data.weak: {images}/{shared[0]} (and {len(shared) - 1} more) is also a labelled training image; "
+            "image-level labels must come from images outside train_images, or a validation fold would train on it"
+        )
+    return table
+
+
 def check_fold(table: pd.DataFrame, fold: int) -> None:
     present = sorted(table["fold"].unique())
     if fold not in present:
@@ -111,6 +146,7 @@ class SteelDataModule(L.LightningDataModule):
         self.train_table: pd.DataFrame | None = None
         self.valid_table: pd.DataFrame | None = None
         self.pseudo_table: pd.DataFrame | None = None
+        self.weak_table: pd.DataFrame | None = None
 
     def prepare_data(self) -> None:
         write_missing_folds(self.cfg)
@@ -123,10 +159,15 @@ class SteelDataModule(L.LightningDataModule):
             self.valid_table = table[table["fold"] == self.fold].reset_index(drop=True)
             if self.train_table.empty or self.valid_table.empty:
                 raise DataError(f"fold {self.fold} leaves no training or no validation images")
-        # Pseudo-labelled test images go into training batches only, never into validation; read at
-        # fit time, so evaluating a checkpoint later does not need the file.
+        # Pseudo-labelled and weakly labelled images go into training batches only, never into
+        # validation; read at fit time, so evaluating a checkpoint later does not need the files.
         if stage == "fit":
-            self.pseudo_table = load_pseudo_table(self.cfg.pseudo, self.test_images_dir)
+            self.pseudo_table = load_pseudo_table(self.cfg.pseudo, self.pseudo_images_dir)
+            if ignores_classes(self.pseudo_table):
+                task_mode = CLASSIFICATION_MODE if self.cfg.task == "classification" else self.cfg.mode
+                check_class_weights(self.cfg.loss, task_mode, f"pseudo.labels {self.cfg.pseudo.labels}")
+            labelled = pd.concat([self.train_table["ImageId"], self.valid_table["ImageId"]])
+            self.weak_table = load_weak_table(self.cfg.data, labelled)
 
     @property
     def dataset_class(self) -> type[SegmentationDataset]:
@@ -137,8 +178,8 @@ class SteelDataModule(L.LightningDataModule):
         return Path(self.cfg.data.data_dir) / "train_images"
 
     @property
-    def test_images_dir(self) -> Path:
-        return Path(self.cfg.data.data_dir) / "test_images"
+    def pseudo_images_dir(self) -> Path:
+        return self.cfg.data.in_data_dir(self.cfg.pseudo.images)
 
     @property
     def on_gpu(self) -> bool:
@@ -171,23 +212,34 @@ class SteelDataModule(L.LightningDataModule):
             dataset, num_workers=workers, persistent_workers=workers > 0, pin_memory=self.on_gpu, **batching
         )
 
+    def train_presence(self) -> np.ndarray:
+        """(N, 4) classes of every training image: the fold's labelled ones, then the weak ones."""
+        presence = class_presence(self.train_table)
+        if self.weak_table is None:
+            return presence
+        return np.concatenate([presence, self.weak_table[list(PRESENCE_COLUMNS)].to_numpy(dtype=bool)])
+
     def train_sampler(self) -> Sampler[int]:
+        """Draws over the training images, weak ones included (the samplers balance their classes too)."""
         rank, world = _rank_and_world()
         data = self.cfg.data
-        n_samples = data.samples_per_epoch or len(self.train_table)
+        presence = self.train_presence()
+        n_samples = data.samples_per_epoch or len(presence)
         if data.sampler == "balanced":
-            presence = class_presence(self.train_table)
             return BalancedSampler(presence, n_samples, self.cfg.trainer.seed, num_replicas=world, rank=rank)
         if data.sampler == "rare":
-            presence = class_presence(self.train_table)
             return RareClassSampler(
                 presence, data.rare_classes, data.rare_factor, n_samples, self.cfg.trainer.seed, world, rank
             )
         if world > 1:
-            return DistributedSampler(range(len(self.train_table)), world, rank, seed=self.cfg.trainer.seed)
-        return RandomSampler(range(len(self.train_table)), num_samples=n_samples)
+            return DistributedSampler(range(len(presence)), world, rank, seed=self.cfg.trainer.seed)
+        return RandomSampler(range(len(presence)), num_samples=n_samples)
 
-    def _train_dataset(self, table: pd.DataFrame, images_dir: Path) -> SegmentationDataset:
+    def _train_dataset(
+        self, table: pd.DataFrame, images_dir: Path, dataset_class: type[SegmentationDataset] | None = None
+    ) -> SegmentationDataset:
+        """``table``'s training dataset (``dataset_class``, by default the task's); each item with its
+        ``class_weight`` when the pseudo-labels leave classes out."""
         augment = self.cfg.augment
         if augment.crop_widths:
             transform = {
@@ -196,22 +248,26 @@ class SteelDataModule(L.LightningDataModule):
         else:
             transform = build_train_transform(augment)
         data = self.cfg.data
-        return self.dataset_class(
+        return (dataset_class or self.dataset_class)(
             table,
             images_dir,
             transform=transform,
             grayscale=data.grayscale,
             mask_scale=data.scale,  # the loss's targets at the network's resolution, made in the loader
             cache_images=data.cache_images,
+            class_weights=ignores_classes(self.pseudo_table),
         )
 
     def train_dataloader(self) -> DataLoader:
-        dataset = self._train_dataset(self.train_table, self.images_dir)
-        batch = min(self.cfg.data.batch_size, len(self.train_table))
+        dataset: Dataset = self._train_dataset(self.train_table, self.images_dir)
+        if self.weak_table is not None:
+            weak = self.cfg.data.in_data_dir(self.cfg.data.weak.images)
+            dataset = ConcatDataset([dataset, self._train_dataset(self.weak_table, weak, ImageLabelDataset)])
+        batch = min(self.cfg.data.batch_size, len(dataset))
         widths = self.cfg.augment.crop_widths
         if self.pseudo_table is None:
             return self._loader(dataset, batch, self.train_sampler(), drop_last=True, widths=widths)
-        pseudo = self._train_dataset(self.pseudo_table, self.test_images_dir)
+        pseudo = self._train_dataset(self.pseudo_table, self.pseudo_images_dir)
         rank, world = _rank_and_world()
         sampler = MixedSampler(
             self.train_sampler(),

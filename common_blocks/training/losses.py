@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from segmentation_models_pytorch.losses import (
     BINARY_MODE,
@@ -133,6 +134,44 @@ def _lovasz(mode: str, **args: Any) -> nn.Module:
     return LovaszLoss(_smp_mode(mode), **{"per_image": True, **args})
 
 
+def _class_weighted_bce(term: nn.Module, logits: Tensor, target: Tensor, class_weight: Tensor) -> Tensor:
+    """The BCE of the (image, class) pairs whose ``class_weight`` is 1, averaged over their elements."""
+    values = F.binary_cross_entropy_with_logits(logits, target, pos_weight=term.pos_weight, reduction="none")
+    # in the values' dtype (fp32 under autocast): a count of elements in bf16 would be rounded
+    weight = (
+        class_weight.view(*class_weight.shape, *(1,) * (logits.ndim - 2)).expand_as(values).to(values.dtype)
+    )
+    return (values * weight).sum() / weight.sum().clamp_min(1)
+
+
+def _class_weighted_dice(term: nn.Module, logits: Tensor, target: Tensor, class_weight: Tensor) -> Tensor:
+    """smp's Dice with the (image, class) pairs whose ``class_weight`` is 0 taken out of its sums: their
+    probabilities (sigmoid of -inf) and targets are 0, which add nothing to the intersection, the
+    cardinality or the classes that count."""
+    left_out = (class_weight == 0).view(*class_weight.shape, 1, 1)
+    return term(logits.masked_fill(left_out, float("-inf")), target.masked_fill(left_out, 0))
+
+
+# Losses that can leave a class of an image out (a pseudo-label's ``Ignored`` class), in multilabel and
+# classification modes: ``(term, logits, target, class_weight) -> loss``.
+CLASS_WEIGHTED: dict[str, Callable[[nn.Module, Tensor, Tensor, Tensor], Tensor]] = {
+    "bce": _class_weighted_bce,
+    "dice": _class_weighted_dice,
+}
+
+
+def check_class_weights(terms: list[LossTerm], mode: str, source: str) -> None:
+    """A ConfigError unless every term can leave a class out per image, as ``source`` asks."""
+    if mode not in (MULTILABEL_MODE, CLASSIFICATION_MODE):
+        raise ConfigError(f"{source} leaves classes out of the loss, which needs mode multilabel, not {mode}")
+    for index, term in enumerate(terms):
+        if term.type not in CLASS_WEIGHTED:
+            raise ConfigError(
+                f"loss[{index}].type: '{term.type}' cannot leave a class out of the loss as {source} asks "
+                f"(losses that can: {', '.join(CLASS_WEIGHTED)}; or make the round with --unsure drop)"
+            )
+
+
 # Each loss: a factory ``(mode, **args) -> nn.Module`` and the modes it supports.
 LOSSES: dict[str, tuple[Callable[..., nn.Module], tuple[str, ...]]] = {
     "bce": (_bce, MODES),
@@ -147,17 +186,25 @@ class WeightedLoss(nn.Module):
     """Sum of ``weight * term(logits, target)``.
 
     ``forward`` returns the total; ``last_terms`` then holds each term's unweighted value (detached,
-    keyed by term name) for logging without a device sync per term.
+    keyed by term name) for logging without a device sync per term. With ``class_weight`` ((B, 4) of
+    0/1) each term leaves out the (image, class) pairs of weight 0 (``CLASS_WEIGHTED``).
     """
 
-    def __init__(self, terms: dict[str, nn.Module], weights: dict[str, float]) -> None:
+    def __init__(self, terms: dict[str, nn.Module], weights: dict[str, float], types: dict[str, str]) -> None:
         super().__init__()
         self.terms = nn.ModuleDict(terms)
         self.weights = weights
+        self.types = types
         self.last_terms: dict[str, Tensor] = {}
 
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        values = {name: term(logits, target) for name, term in self.terms.items()}
+    def forward(self, logits: Tensor, target: Tensor, class_weight: Tensor | None = None) -> Tensor:
+        if class_weight is None:
+            values = {name: term(logits, target) for name, term in self.terms.items()}
+        else:
+            values = {
+                name: CLASS_WEIGHTED[self.types[name]](term, logits, target, class_weight)
+                for name, term in self.terms.items()
+            }
         self.last_terms = {name: value.detach() for name, value in values.items()}
         return sum(self.weights[name] * value for name, value in values.items())
 
@@ -172,6 +219,7 @@ def build_loss(terms: list[LossTerm], mode: str, key: str = "loss") -> WeightedL
         raise ConfigError(f"{key}: needs at least one loss term")
     modules: dict[str, nn.Module] = {}
     weights: dict[str, float] = {}
+    types: dict[str, str] = {}
     for index, term in enumerate(terms):
         path = f"{key}[{index}]"
         if term.type not in LOSSES:
@@ -184,8 +232,8 @@ def build_loss(terms: list[LossTerm], mode: str, key: str = "loss") -> WeightedL
         except (TypeError, ValueError) as error:
             raise ConfigError(f"{path}.args: {error}") from error
         name = term.type if term.type not in modules else f"{term.type}_{index + 1}"
-        modules[name], weights[name] = module, term.weight
-    return WeightedLoss(modules, weights)
+        modules[name], weights[name], types[name] = module, term.weight, term.type
+    return WeightedLoss(modules, weights, types)
 
 
 def targets_for_mode(mask: Tensor, mode: str) -> Tensor:

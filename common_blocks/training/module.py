@@ -167,21 +167,25 @@ class DefectModule(L.LightningModule):
         if class_logits is None:
             return None
         present = targets_for_mode((batch["mask"] > 0).float(), CLASSIFICATION_MODE)
-        return F.binary_cross_entropy_with_logits(class_logits.float(), present)
+        return F.binary_cross_entropy_with_logits(
+            class_logits.float(), present, weight=batch.get("class_weight")
+        )
 
     def mask_loss(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
         """The loss of model-resolution ``logits``: the (uint8) mask is area-averaged down to their size,
         unless the loader already did (training batches: ``SegmentationDataset``'s ``mask_scale``).
 
         Losses at the model's resolution: upsampling 4 logit channels to 256x1600 and back
-        through the loss would cost more than the network itself at ``data.scale`` 0.25.
+        through the loss would cost more than the network itself at ``data.scale`` 0.25. A batch with
+        ``class_weight`` (pseudo-labels that leave classes out) passes it to the loss.
         """
+        class_weight = batch.get("class_weight")
         if self.is_classifier:
-            return self.loss(logits, batch["target"])
+            return self.loss(logits, batch["target"], class_weight)
         mask = batch["mask"].float()
         if mask.shape[-2:] != logits.shape[-2:]:
             mask = F.interpolate(mask, size=logits.shape[-2:], mode="area")
-        return self.loss(logits, targets_for_mode(mask, self.task_mode))
+        return self.loss(logits, targets_for_mode(mask, self.task_mode), class_weight)
 
     def _total_loss(
         self, logits: torch.Tensor, class_logits: torch.Tensor | None, batch: dict[str, Any], stage: str

@@ -90,6 +90,11 @@ def test_data_commands_and_the_evaluation_package_load_no_torch(tmp_path):
         (["pseudo", "--config", "c.yaml", "--round", "1", "--num-workers", "2"], "unrecognized arguments"),
         (["folds", "--data-dir", "d", "--n-folds", "1"], "--n-folds: must be an integer >= 2"),
         (["synthetic", "--out", "d", "--n-train", "x"], "--n-train: expected an integer, got 'x'"),
+        (["synthetic", "--out", "d", "--n-weak", "-1"], "--n-weak: must be an integer >= 0, got -1"),
+        (
+            ["pseudo", "--config", "c.yaml", "--round", "1", "--unsure", "skip"],
+            "--unsure: invalid choice: 'skip'",
+        ),
         (
             ["dataset", "--data-dir", "d", "--out", "o", "--per-class", "0"],
             "--per-class: must be an integer >= 1",

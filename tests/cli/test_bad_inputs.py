@@ -648,3 +648,90 @@ LOCAL_TEST_CASES = {
 def test_a_bad_local_test_input_is_one_error(data_copy, tmp_path, case):
     argv, fragment = LOCAL_TEST_CASES[case](data_copy, tmp_path)
     expect_one_error(tmp_path, argv, fragment)
+
+
+# --- image-level (weak) labels: the pseudo-label options and data.weak ------------------------------
+
+
+@pytest.fixture
+def weak_pool(tmp_path) -> Path:
+    """A folder of two images (copies of synthetic test images) and its weak_labels.csv."""
+    folder = tmp_path / "weak"
+    generate(folder, n_train=0, n_test=0, seed=5, workers=1, n_weak=2)
+    return folder
+
+
+def _pseudo_argv(ensemble: Path, tmp_path: Path, *options: object) -> list[object]:
+    return ["pseudo", "--config", ensemble, "--round", 1, "--out-dir", tmp_path / "pseudo", *options]
+
+
+@pytest.mark.parametrize(
+    ("options", "fragments"),
+    [
+        (lambda w: ["--unsure", "drop"], ["--unsure: only with --image-labels"]),
+        (lambda w: ["--images", w / "nowhere"], ["nowhere: image folder not found (--images)"]),
+        (
+            lambda w: ["--images", w / "weak_images", "--image-labels", w / "missing.csv"],
+            ["missing.csv: file not found (--image-labels)"],
+        ),
+        (
+            lambda w: ["--images", w / "weak_images", "--image-labels", w / "bad.csv"],
+            ["bad.csv, line 3: image not_there.jpg is not in the image folder"],
+        ),
+        (
+            lambda w: ["--images", w / "weak_images", "--image-labels", w / "classes.csv"],
+            ["classes.csv, line 2: class '7' is not one of 1, 2, 3, 4"],
+        ),
+        (
+            lambda w: ["--image-labels", w / "weak_labels.csv"],  # the test images are not the weak ones
+            ["weak_labels.csv, line 2: image", "is not in the image folder", "test_images"],
+        ),
+    ],
+)
+def test_pseudo_image_label_options(data, tmp_path, weak_pool, options, fragments):
+    first = (weak_pool / "weak_labels.csv").read_text().splitlines()[1]
+    (weak_pool / "bad.csv").write_text(f"ImageId,ClassId\n{first}\nnot_there.jpg,1\n")
+    (weak_pool / "classes.csv").write_text(f"ImageId,ClassId\n{first.split(',')[0]},7\n")
+    ensemble = ensemble_yaml(tmp_path / "ensemble.yaml", data, tmp_path)
+    expect_one_error(tmp_path, _pseudo_argv(ensemble, tmp_path, *options(weak_pool)), *fragments)
+
+
+def test_pseudo_labels_are_not_written_into_the_images(data, tmp_path, weak_pool):
+    ensemble = ensemble_yaml(tmp_path / "ensemble.yaml", data, tmp_path)
+    images = weak_pool / "weak_images"
+    argv = ["pseudo", "--config", ensemble, "--round", 1, "--out-dir", images, "--images", images]
+    expect_one_error(tmp_path, argv, f"is the images (--images) {images}")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragments"),
+    [
+        (
+            ["data.weak={}"],
+            ["data.weak: image-level labels train the classifier gate (task: classification)"],
+        ),
+        (
+            ["task=classification", "data.weak={}", "augment.crop_height=256", "augment.crop_width=256"],
+            ["data.weak: image-level labels describe the whole image, not a crop"],
+        ),
+        (["data.weak={imgs: x}"], ["data.weak.imgs"]),
+    ],
+)
+def test_weak_config_errors_are_one_line(tmp_path, overrides, fragments):
+    expect_one_error(tmp_path, train_argv(DEBUG, tmp_path, *overrides), *fragments)
+
+
+@pytest.mark.parametrize(
+    ("weak", "fragments"),
+    [
+        ("{labels: nowhere.csv}", ["nowhere.csv: file not found"]),
+        ("{images: train_images, labels: TMP/all_clean.csv}", ["is also a labelled training image"]),
+        ("{images: train_images, labels: train.csv}", ["train.csv: expected the header ImageId,ClassId"]),
+    ],
+)
+def test_weak_data_errors_are_one_line(data, tmp_path, weak, fragments):
+    """Relative paths are in the data folder, absolute ones where they say."""
+    (tmp_path / "all_clean.csv").write_text("ImageId,ClassId\n")
+    weak = weak.replace("TMP", str(tmp_path))
+    argv = train_argv(DEBUG_GATE, tmp_path, f"data.weak={weak}", f"data.data_dir={data}")
+    expect_one_error(tmp_path, argv, *fragments, roots=(data,))

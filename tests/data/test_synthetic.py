@@ -12,8 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from common_blocks.data.formats import PRESENCE_COLUMNS, read_weak_labels
 from common_blocks.data.rle import decode
-from common_blocks.data.synthetic import generate, image_ids, make_sample, render_sample
+from common_blocks.data.synthetic import generate, image_ids, make_sample, render_sample, weak_image_ids
 from tests.cli_contract import SEVERSTAL, assert_one_error_line, run_in_process
 from tests.repository import ROOT
 
@@ -170,3 +171,24 @@ def test_overwrite_never_replaces_a_real_data_set(real_sample, tmp_path: Path) -
         outcome, f"{real}: holds images but is not a synthetic data set this generator wrote"
     )
     assert {path: path.read_bytes() for path in real.rglob("*") if path.is_file()} == before
+
+
+def test_a_weak_pool_holds_the_classes_of_its_painted_masks(tmp_path: Path) -> None:
+    generate(tmp_path / "plain", 6, 2, seed=4, workers=1)
+    generate(tmp_path / "weak", 6, 2, seed=4, workers=1, n_weak=20)
+    csvs, images = _snapshot(tmp_path / "plain")
+    weak_csvs, weak_images = _snapshot(tmp_path / "weak")
+    assert weak_csvs.pop("weak_labels.csv").startswith(b"ImageId,ClassId\n")
+    assert weak_csvs == csvs and images.keys() == weak_images.keys()  # the weak pool changes nothing else
+    labels = read_weak_labels(tmp_path / "weak" / "weak_labels.csv", tmp_path / "weak" / "weak_images")
+    weak_ids = weak_image_ids(4, 20, images)
+    assert sorted(weak_ids) == labels["ImageId"].tolist() and not set(weak_ids) & set(images)
+    held = labels.set_index("ImageId").loc[weak_ids, list(PRESENCE_COLUMNS)].to_numpy()
+    painted = np.array([render_sample(4, "weak", index)[1].reshape(4, -1).any(axis=1) for index in range(20)])
+    assert np.array_equal(held, painted) and held.any(axis=0).all()  # 20 images hold all four classes
+
+
+def test_overwrite_without_a_weak_pool_removes_the_earlier_one(tmp_path: Path) -> None:
+    generate(tmp_path, 3, 1, seed=1, workers=1, n_weak=4)
+    generate(tmp_path, 3, 1, seed=1, workers=1, overwrite=True)
+    assert not (tmp_path / "weak_labels.csv").exists() and not list((tmp_path / "weak_images").iterdir())

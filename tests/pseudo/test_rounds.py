@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 
 from common_blocks.cli import main as cli_main
 from common_blocks.data import rle
@@ -21,13 +20,10 @@ from common_blocks.errors import ConfigError, DataError
 from common_blocks.inference.predictor import EnsemblePredictor, WeightedModel
 from common_blocks.pseudo.rounds import folder_loader, predict_and_select
 from common_blocks.pseudo.selection import SelectionSummary, select
-from common_blocks.run_folder import RunPaths
 from common_blocks.training.config import load_config
 from common_blocks.training.datamodule import SteelDataModule
-from common_blocks.training.module import DefectModule
 from common_blocks.training.runner import train_fold
-from tests.repository import ROOT
-from tests.stand_ins import StandIn, save_untrained
+from tests.stand_ins import StandIn
 
 CLASS_3_BOX = (slice(100, 140), slice(300, 500))
 CPU = torch.device("cpu")
@@ -194,26 +190,26 @@ def pseudo_csv(synthetic_data, tmp_path_factory) -> Path:
     return path
 
 
-def test_pseudo_images_are_in_training_batches_only(synthetic_data, debug_config, pseudo_csv):
-    data = SteelDataModule(_config(debug_config, synthetic_data, f"pseudo.labels={pseudo_csv}"), 0)
-    data.setup("fit")
-    pseudo_ids = set(data.pseudo_table["ImageId"])
-    loader = data.train_dataloader()
-    n_real = len(data.train_table)
-    drawn = [data.pseudo_table["ImageId"][i - n_real] for i in loader.sampler if i >= n_real]
+def test_pseudo_images_are_in_training_batches_only(data, debug_config, pseudo_csv):
+    datamodule = SteelDataModule(_config(debug_config, data, f"pseudo.labels={pseudo_csv}"), 0)
+    datamodule.setup("fit")
+    pseudo_ids = set(datamodule.pseudo_table["ImageId"])
+    loader = datamodule.train_dataloader()
+    n_real = len(datamodule.train_table)
+    drawn = [datamodule.pseudo_table["ImageId"][i - n_real] for i in loader.sampler if i >= n_real]
     assert set(drawn) <= pseudo_ids and len(drawn) == pytest.approx(0.3 * len(loader.sampler), abs=1)
-    assert loader.dataset.datasets[1].images_dir == synthetic_data / "test_images"
-    valid = data.val_dataloader().dataset
-    assert valid.images_dir == synthetic_data / "train_images" and not set(valid.image_ids) & pseudo_ids
+    assert loader.dataset.datasets[1].images_dir == data / "test_images"
+    valid = datamodule.val_dataloader().dataset
+    assert valid.images_dir == data / "train_images" and not set(valid.image_ids) & pseudo_ids
 
 
-def test_empty_pseudo_csv_warns_and_trains_on_real_images(synthetic_data, debug_config, tmp_path):
+def test_empty_pseudo_csv_warns_and_trains_on_real_images(data, debug_config, tmp_path):
     csv = tmp_path / "round1.csv"
-    write_pseudo_labels(_test_truth(synthetic_data).iloc[:0], csv)
-    data = SteelDataModule(_config(debug_config, synthetic_data, f"pseudo.labels={csv}"), 0)
+    write_pseudo_labels(_test_truth(data).iloc[:0], csv)
+    datamodule = SteelDataModule(_config(debug_config, data, f"pseudo.labels={csv}"), 0)
     with pytest.warns(UserWarning, match="no pseudo-labelled image; training on real images only"):
-        data.setup("fit")
-    loader = data.train_dataloader()
+        datamodule.setup("fit")
+    loader = datamodule.train_dataloader()
     assert isinstance(loader.sampler, BalancedSampler)
     assert next(iter(loader))["image"].shape[0] == 4
 
@@ -300,27 +296,6 @@ def test_round_leaves_out_unreadable_images(synthetic_data, tmp_path):
     )
     assert len(predictions) == summary.kept == 8 and "broken.jpg" not in set(predictions["ImageId"])
     assert len(unreadable) == 1 and "broken.jpg" in unreadable[0]
-
-
-@pytest.fixture(scope="module")
-def untrained_ensemble(synthetic_data, tmp_path_factory) -> Path:
-    """An ensemble config over untrained debug checkpoints (segmenter and gate, fold 0); the gate's head
-    is zeroed, so it says 0.5 for every class of every image: unsure by any thresholds."""
-    folder = tmp_path_factory.mktemp("ensemble")
-    refs = {}
-    for role, config in (("member", "debug.yaml"), ("gate", "debug_classifier.yaml")):
-        cfg = load_config(ROOT / "configs" / config, [f"data.data_dir={synthetic_data}"])
-        module = DefectModule(cfg.model_dump(mode="json"), 0)
-        if module.is_classifier:
-            torch.nn.init.zeros_(module.model.get_classifier().weight)
-            torch.nn.init.zeros_(module.model.get_classifier().bias)
-        save_untrained(module, RunPaths.of(folder / "runs", cfg.name, 0).best)
-        refs[role] = {"config": str(ROOT / "configs" / config), "folds": [0]}
-    tree = {"runs_dir": str(folder / "runs"), "data_dir": str(synthetic_data), "members": [refs["member"]],
-            "gate": refs["gate"]}  # fmt: skip
-    path = folder / "ensemble.yaml"
-    path.write_text(yaml.safe_dump(tree))
-    return path
 
 
 def test_round_that_keeps_nothing_warns_and_writes_an_empty_csv(untrained_ensemble, tmp_path, capsys):

@@ -16,6 +16,7 @@ from common_blocks.training.losses import (
     SEGMENTATION_MODES,
     LossTerm,
     build_loss,
+    check_class_weights,
     num_outputs_for_mode,
     probabilities,
     targets_for_mode,
@@ -176,3 +177,65 @@ def test_bce_positive_weights_multiply_each_class_defect_pixels(mask: torch.Tens
 def test_bad_positive_weights_name_the_term(mode: str, pos_weight: list, message: str) -> None:
     with pytest.raises(ConfigError, match=rf"loss\[0\]\.args: .*{message}"):
         build_loss([LossTerm(type="bce", args={"pos_weight": pos_weight})], mode)
+
+
+# --- leaving a class of an image out (pseudo-labels' Ignored classes) ------------------------------
+
+
+CLASS_WEIGHT = torch.tensor([[1.0, 1.0, 0.0, 1.0], [0.0, 1.0, 1.0, 1.0]])  # image 0 class 3, image 1 class 1
+
+
+@pytest.mark.parametrize("terms", [["bce"], ["dice"], ["bce", "dice"]])
+def test_a_wrong_prediction_on_an_ignored_class_changes_nothing(mask, terms):
+    loss = build_loss(
+        [LossTerm(type=name, args={"pos_weight": [2, 2, 1, 1.5]} if name == "bce" else {}) for name in terms],
+        "multilabel",
+    )
+    logits = (mask * 4 - 2).requires_grad_()
+    wrong = logits.detach().clone()
+    wrong[0, 2] = -wrong[0, 2] + 3.0  # the opposite of the truth on both ignored (image, class) pairs
+    wrong[1, 0] = 7.0
+    wrong.requires_grad_()
+    before, after = loss(logits, mask, CLASS_WEIGHT), loss(wrong, mask, CLASS_WEIGHT)
+    assert torch.equal(before, after)
+    before.backward(), after.backward()
+    assert torch.equal(logits.grad, wrong.grad)
+    assert not logits.grad[0, 2].any() and not logits.grad[1, 0].any()
+    assert logits.grad[0, 0].abs().sum() > 0
+    assert not torch.equal(loss(wrong, mask), loss(logits, mask))  # without the weights it counts
+
+
+def test_ignoring_nothing_is_the_plain_loss_and_ignoring_means_the_rest(mask):
+    logits = torch.randn(mask.shape, generator=torch.Generator().manual_seed(1))
+    ones = torch.ones(2, N_CLASSES)
+    for name in ("bce", "dice"):
+        loss = build_loss([LossTerm(type=name)], "multilabel")
+        assert loss(logits, mask, ones).item() == pytest.approx(loss(logits, mask).item(), rel=1e-6)
+    bce = build_loss([LossTerm(type="bce")], "multilabel")
+    kept = F.binary_cross_entropy_with_logits(logits[:, [0, 1, 3]][0], mask[:, [0, 1, 3]][0], reduction="sum")
+    kept += F.binary_cross_entropy_with_logits(logits[1, 1:], mask[1, 1:], reduction="sum")
+    assert bce(logits, mask, CLASS_WEIGHT).item() == pytest.approx(kept.item() / (6 * 16 * 24), rel=1e-6)
+
+
+def test_a_classifier_leaves_the_class_out_too():
+    loss = build_loss([LossTerm(type="bce")], CLASSIFICATION_MODE)
+    target = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 1.0, 0.0]])
+    logits = torch.tensor([[3.0, -3.0, 9.0, 2.0], [-9.0, -1.0, 2.0, -2.0]])
+    changed = logits.clone()
+    changed[0, 2], changed[1, 0] = -9.0, 9.0
+    assert torch.equal(loss(logits, target, CLASS_WEIGHT), loss(changed, target, CLASS_WEIGHT))
+
+
+@pytest.mark.parametrize(
+    ("terms", "mode", "message"),
+    [
+        (["bce", "lovasz"], "multilabel", r"loss\[1\].type: 'lovasz' cannot leave a class out of the loss as X asks"),
+        (["focal"], "multilabel", r"loss\[0\].type: 'focal' cannot leave a class out"),
+        (["bce"], "binary", "X leaves classes out of the loss, which needs mode multilabel, not binary"),
+    ],
+)  # fmt: skip
+def test_losses_that_cannot_leave_a_class_out_are_refused(terms, mode, message):
+    with pytest.raises(ConfigError, match=message) as error:
+        check_class_weights([LossTerm(type=name) for name in terms], mode, "X")
+    assert "\n" not in str(error.value)
+    check_class_weights([LossTerm(type="bce"), LossTerm(type="dice")], "multilabel", "X")
