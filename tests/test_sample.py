@@ -1,6 +1,8 @@
-"""``make sample``'s script end to end at a tiny size on synthetic data: folds with a local test split,
-the sweep (every run, then the OOF search), the local test split predicted and scored, the submission
-and the report. The real sample takes an hour or more; this is about the steps fitting together."""
+"""``make sample``'s script end to end at a tiny size on synthetic data with a weak pool: folds with a
+local test split, the sweep (every run, then the OOF search), the local test split predicted and
+scored, a class-aware pseudo-label round on the weak pool with every run trained again and scored
+against the round before, the submission and the report. The real sample takes hours; this is about
+the steps fitting together."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from tests.repository import DEBUG, DEBUG_GATE, ROOT
 @pytest.mark.subprocess
 def test_the_sample_pipeline_runs_end_to_end_and_scores_the_local_test_split(tmp_path):
     data, runs, report = tmp_path / "my data", tmp_path / "my runs", tmp_path / "my report"
-    generate(data, n_train=12, n_test=2, seed=0, workers=1)
+    generate(data, n_train=12, n_test=2, seed=0, workers=1, n_weak=6)
     ensemble = tmp_path / "ensemble_tiny.yaml"
     ensemble.write_text(
         f"runs_dir: {runs}\ndata_dir: {data}\n"
@@ -37,6 +39,7 @@ def test_the_sample_pipeline_runs_end_to_end_and_scores_the_local_test_split(tmp
     small = {
         "SAMPLE_CONFIG": str(ensemble),
         "SAMPLE_N_FOLDS": "2",
+        "SAMPLE_PSEUDO_ROUNDS": "1",
         "SAMPLE_SET": "trainer.max_epochs=1 augment.crop_height=null augment.crop_width=null",
     }
     result = subprocess.run(
@@ -52,14 +55,21 @@ def test_the_sample_pipeline_runs_end_to_end_and_scores_the_local_test_split(tmp
     folds = read_folds(runs / "folds.csv")
     held_out = set(folds.loc[folds["fold"] == TEST_FOLD, "ImageId"])
     assert len(held_out) == 2  # a fifth of 12, rounded down
-    for config in (DEBUG, DEBUG_GATE):
-        for fold in (0, 1):
-            summary = RunPaths.of(runs, config.stem, fold).summary
-            assert summary.is_file()
-    # the local test split is predicted and scored, and only it
-    predicted = (runs / "local_test.csv").read_text()
-    assert all(image_id in predicted for image_id in held_out)
-    assert "over 2 images" in (runs / "local_test_score.txt").read_text()
-    assert (runs / "local_cv.txt").read_text().count("local CV score ") == 1
+    for round_dir in (runs / "round0", runs / "round1"):
+        for config in (DEBUG, DEBUG_GATE):
+            for fold in (0, 1):
+                assert RunPaths.of(round_dir, config.stem, fold).summary.is_file()
+        # the local test split is predicted and scored, and only it
+        predicted = (round_dir / "local_test.csv").read_text()
+        assert all(image_id in predicted for image_id in held_out)
+        assert (round_dir / "local_cv.txt").read_text().count("local CV score ") == 1
+    assert "over 2 images" in (runs / "round0" / "local_test_score.txt").read_text()
+    # round 1 learnt from the class-aware labels of the weak pool, and is scored against round 0
+    pseudo = (runs / "pseudo" / "round1.csv").read_text().splitlines()
+    assert pseudo[0] == "ImageId,ClassId,EncodedPixels,Ignored"
+    weak_pool = {path.name for path in (data / "weak_images").iterdir()}
+    assert pseudo[1:] and {line.split(",")[0] for line in pseudo[1:]} <= weak_pool
+    against = (runs / "round1" / "local_test_score.txt").read_text().splitlines()[-1]
+    assert against.startswith(f"against {runs / 'round0' / 'local_test.csv'}: ") and "90% interval" in against
     assert (runs / "submission.csv").is_file() and (report / "index.html").is_file()
     assert result.stdout.rstrip().splitlines()[-1].startswith("sample finished in ")
