@@ -10,7 +10,8 @@
 #                 as the masked-only gate (data.samples_per_epoch), so both cost the same
 # Each stage tunes its own post-processing out of fold (its thresholds in RUNS_DIR/stages/STAGE/),
 # predicts the local test split and is scored against the stage before, with the 90% paired-bootstrap
-# interval of the difference. The table goes to RUNS_DIR/stages/stages.md.
+# interval of the difference. The table goes to RUNS_DIR/stages/stages.md. The runs are those of
+# RUNS_DIR/round0, the folds RUNS_DIR/folds.csv, as scripts/sample.sh lays them out.
 #
 # Usage: bash scripts/sample_stages.sh [PYTHON] [DATA_DIR] [RUNS_DIR]
 set -euo pipefail
@@ -19,7 +20,9 @@ data=${2:-../shared/severstal-sample}
 runs=${3:-runs/sample}
 config=${SAMPLE_CONFIG:-configs/ensemble_sample.yaml}
 severstal="$(dirname "$python")/severstal"
-folds="$(cd "$runs" && pwd)/folds.csv"
+runs=$(cd "$runs" && pwd)
+folds="$runs/folds.csv"
+round0="$runs/round0"
 member="configs/cpu_small.yaml"
 all_folds="[0, 1, 2, 3, 4]"
 
@@ -33,12 +36,12 @@ declare -A sets=(
 stages=(one_fold five_folds tta gate gate_weak)
 
 for fold in 0 1 2 3 4; do
-  [ -f "$runs/classifier_lite0_weak/fold$fold/summary.json" ] && continue
+  [ -f "$round0/classifier_lite0_weak/fold$fold/summary.json" ] && continue
   printf '\n== the gate with the weak pool, fold %s\n' "$fold"
   resume=()
-  [ -f "$runs/classifier_lite0_weak/fold$fold/last.ckpt" ] && resume=(--resume)
+  [ -f "$round0/classifier_lite0_weak/fold$fold/last.ckpt" ] && resume=(--resume)
   masked=$(awk -F, -v fold="$fold" 'NR > 1 && $2 != fold && $2 != "test"' "$folds" | wc -l)
-  "$severstal" train --config configs/classifier_lite0.yaml --fold "$fold" --data-dir "$data" --out-dir "$runs" \
+  "$severstal" train --config configs/classifier_lite0.yaml --fold "$fold" --data-dir "$data" --out-dir "$round0" \
     --set name=classifier_lite0_weak --set 'data.weak={}' --set data.samples_per_epoch="$masked" \
     --set data.n_folds=5 --set data.test_fraction=0.2 --set data.folds_file="$folds" "${resume[@]}"
 done
@@ -50,7 +53,7 @@ previous=""
 for stage in "${stages[@]}"; do
   out="$runs/stages/$stage"
   mkdir -p "$out"
-  overrides=(--set runs_dir="$runs" --set postprocess.thresholds_file="$out/thresholds.json" --set leaderboard="$out/leaderboard.csv")
+  overrides=(--set runs_dir="$round0" --set postprocess.thresholds_file="$out/thresholds.json" --set leaderboard="$out/leaderboard.csv")
   IFS='|' read -ra extra <<< "${sets[$stage]}"
   for item in "${extra[@]}"; do [ -n "$item" ] && overrides+=(--set "$item"); done
   printf '\n== %s\n' "$stage"

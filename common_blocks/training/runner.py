@@ -247,14 +247,26 @@ def train_fold(
             print(why, file=sys.stderr)
         for warning in epoch_warnings(cfg):
             print(f"warning: {warning}", file=sys.stderr)
-    # the run's config.yaml and its checkpoints record the precision it trained in
+    # The summary names the config as asked for (`auto` included), which a sweep compares with its own
+    # to see the run finished; the run's config.yaml and its checkpoints record the precision it trained in.
+    requested_digest = cfg.digest()
     cfg = cfg.model_copy(update={"trainer": cfg.trainer.model_copy(update={"precision": precision})})
     paths = RunPaths.of(out_dir, cfg.name, fold)
     # The process that launches the others (DDP) owns the run folder; the others only read it.
     lead = rank_zero_only.rank == 0
     with one_writer(paths.root, RUN_FOLDER_BUSY) if lead else contextlib.nullcontext():
         return _train_fold(
-            cfg, fold, out_dir, paths, lead, accelerator, devices, resume, overwrite, num_nodes
+            cfg,
+            fold,
+            out_dir,
+            paths,
+            lead,
+            accelerator,
+            devices,
+            resume,
+            overwrite,
+            num_nodes,
+            requested_digest,
         )
 
 
@@ -269,6 +281,7 @@ def _train_fold(
     resume: bool,
     overwrite: bool,
     num_nodes: int,
+    requested_digest: str,
 ) -> dict:
     """``train_fold`` once the run folder is this process's (``lead``) or only read (another DDP rank)."""
     if lead:
@@ -351,7 +364,7 @@ def _train_fold(
     summary = {
         "name": cfg.name,
         "fold": fold,
-        "config_digest": cfg.digest(),
+        "config_digest": requested_digest,
         "best_checkpoint": str(best_path.absolute()),
         "epochs": point.epochs_done if fit_over else trainer.current_epoch,
         "n_valid_images": len(datamodule.valid_table),

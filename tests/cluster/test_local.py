@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from common_blocks.cluster.jobs import RunState, TrainJob
+from common_blocks.cluster.jobs import RunState, TrainJob, run_state
 from common_blocks.cluster.local import run_local
 from common_blocks.cluster.plan import PlannedRun, SweepPlan
 from common_blocks.cluster.resources import Resources
@@ -149,3 +149,19 @@ def test_local_sweep_starts_a_stage_from_its_earlier_stage_of_the_same_fold(tmp_
         (end[k].float() - fresh[k].float()).norm() for k in start if start[k].is_floating_point()
     )
     assert distance < from_scratch
+
+
+@pytest.mark.slow
+def test_a_run_trained_with_precision_auto_is_seen_finished(tmp_path, synthetic_data):
+    """``trainer.precision: auto`` trains in what the machine picks, which the run's config.yaml
+    records; its summary names the config as asked for, so a sweep of that config skips the run
+    instead of resuming a finished fit (which has nothing left to train)."""
+    overrides = [f"data.data_dir={synthetic_data}", *QUICK, "trainer.precision=auto"]
+    outcome = run_in_process(
+        "train", "--config", DEBUG, "--fold", "0", "--out-dir", tmp_path / "runs", *sets(*overrides)
+    )
+    assert outcome.code == 0, outcome.stderr[-3000:]
+    cfg = load_config(DEBUG, overrides)
+    paths = RunPaths.of(tmp_path / "runs", "debug", 0)
+    assert load_config(paths.config).trainer.precision in ("32", "bf16-mixed")  # the precision it trained in
+    assert run_state(paths, cfg, 0).action == "finished"
