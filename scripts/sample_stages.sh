@@ -34,46 +34,62 @@ declare -A sets=(
   [gate_weak]="gate={config: classifier_lite0_weak, folds: $all_folds}"
 )
 stages=(one_fold five_folds tta gate gate_weak)
+wanted=" ${SAMPLE_STAGES:-${stages[*]}} "
 
-for fold in 0 1 2 3 4; do
-  [ -f "$round0/classifier_lite0_weak/fold$fold/summary.json" ] && continue
-  printf '\n== the gate with the weak pool, fold %s\n' "$fold"
-  resume=()
-  [ -f "$round0/classifier_lite0_weak/fold$fold/last.ckpt" ] && resume=(--resume)
-  masked=$(awk -F, -v fold="$fold" 'NR > 1 && $2 != fold && $2 != "test"' "$folds" | wc -l)
-  "$severstal" train --config configs/classifier_lite0.yaml --fold "$fold" --data-dir "$data" --out-dir "$round0" \
-    --set name=classifier_lite0_weak --set 'data.weak={}' --set data.samples_per_epoch="$masked" \
-    --set data.n_folds=5 --set data.test_fraction=0.2 --set data.folds_file="$folds" "${resume[@]}"
-done
+train_weak_gate() {
+  for fold in 0 1 2 3 4; do
+    [ -f "$round0/classifier_lite0_weak/fold$fold/summary.json" ] && continue
+    printf '\n== the gate with the weak pool, fold %s\n' "$fold"
+    resume=()
+    [ -f "$round0/classifier_lite0_weak/fold$fold/last.ckpt" ] && resume=(--resume)
+    masked=$(awk -F, -v fold="$fold" 'NR > 1 && $2 != fold && $2 != "test"' "$folds" | wc -l)
+    "$severstal" train --config configs/classifier_lite0.yaml --fold "$fold" --data-dir "$data" --out-dir "$round0" \
+      --set name=classifier_lite0_weak --set 'data.weak={}' --set data.samples_per_epoch="$masked" \
+      --set data.n_folds=5 --set data.test_fraction=0.2 --set data.folds_file="$folds" "${resume[@]}"
+  done
+}
 
+# A stage already measured (its local_test.json written) is kept; SAMPLE_STAGES names the stages to
+# measure now (default all), each against the stage before it in the list above.
 table="$runs/stages/stages.md"
 mkdir -p "$runs/stages"
-rows=()
 previous=""
 for stage in "${stages[@]}"; do
   out="$runs/stages/$stage"
-  mkdir -p "$out"
-  overrides=(--set runs_dir="$round0" --set postprocess.thresholds_file="$out/thresholds.json" --set leaderboard="$out/leaderboard.csv")
-  IFS='|' read -ra extra <<< "${sets[$stage]}"
-  for item in "${extra[@]}"; do [ -n "$item" ] && overrides+=(--set "$item"); done
-  printf '\n== %s\n' "$stage"
-  "$severstal" oof --config "$config" --data-dir "$data" "${overrides[@]}" --json > "$out/oof.json"
-  "$severstal" infer --config "$config" --data-dir "$data" "${overrides[@]}" --local-test "$folds" \
-    --out "$out/local_test.csv"
-  against=()
-  [ -n "$previous" ] && against=(--against "$runs/stages/$previous/local_test.csv")
-  "$severstal" score --submission "$out/local_test.csv" --truth "$data/train.csv" --images "$data/train_images" \
-    --folds "$folds" "${against[@]}" --json > "$out/local_test.json"
-  rows+=("$(jq -r --arg stage "$stage" --slurpfile oof "$out/oof.json" '
-    [$stage, ($oof[0].score * 10000 | round / 10000 | tostring), (.score * 10000 | round / 10000 | tostring),
-     (.positive_dice * 10000 | round / 10000 | tostring), (.false_positive_pairs | tostring),
-     (if .against then "\(.against.difference * 10000 | round / 10000) [\(.against.low * 10000 | round / 10000), \(.against.high * 10000 | round / 10000)]" else "" end)]
-    | "| " + join(" | ") + " |"' "$out/local_test.json")")
+  if [ ! -f "$out/local_test.json" ] && [[ $wanted == *" $stage "* ]]; then
+    [ "$stage" = gate_weak ] && train_weak_gate
+    mkdir -p "$out"
+    overrides=(--set runs_dir="$round0" --set postprocess.thresholds_file="$out/thresholds.json" --set leaderboard="$out/leaderboard.csv")
+    IFS='|' read -ra extra <<< "${sets[$stage]}"
+    for item in "${extra[@]}"; do [ -n "$item" ] && overrides+=(--set "$item"); done
+    printf '\n== %s\n' "$stage"
+    "$severstal" oof --config "$config" --data-dir "$data" "${overrides[@]}" --json > "$out/oof.json"
+    "$severstal" infer --config "$config" --data-dir "$data" "${overrides[@]}" --local-test "$folds" \
+      --out "$out/local_test.csv"
+    against=()
+    [ -n "$previous" ] && against=(--against "$runs/stages/$previous/local_test.csv")
+    "$severstal" score --submission "$out/local_test.csv" --truth "$data/train.csv" --images "$data/train_images" \
+      --folds "$folds" "${against[@]}" --json > "$out/local_test.json.partial"
+    mv "$out/local_test.json.partial" "$out/local_test.json"
+  fi
   previous=$stage
 done
+
+rows=()
+for stage in "${stages[@]}"; do
+  out="$runs/stages/$stage"
+  [ -f "$out/local_test.json" ] || continue
+  rows+=("$(jq -r --arg stage "$stage" --slurpfile oof "$out/oof.json" '
+    def r: . * 10000 | round / 10000;
+    [$stage, ($oof[0].score | r | tostring), ($oof[0].n_images | tostring), (.score | r | tostring),
+     (.per_class | [.[] | r | tostring] | join(" / ")), (.positive_dice | r | tostring),
+     (.false_positive_pairs | tostring),
+     (if .against then "\(.against.difference | r) [\(.against.low | r), \(.against.high | r)]" else "" end)]
+    | "| " + join(" | ") + " |"' "$out/local_test.json")")
+done
 {
-  echo "| stage | OOF CV (tuned) | local test | positive-pair dice | false-positive pairs | vs the stage before, 90% interval |"
-  echo "| --- | --- | --- | --- | --- | --- |"
+  echo "| stage | OOF CV (tuned) | OOF images | local test | per class 1 / 2 / 3 / 4 | positive-pair dice | false-positive pairs | vs the stage before, 90% interval |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
   printf '%s\n' "${rows[@]}"
 } > "$table"
 cat "$table"
