@@ -303,7 +303,7 @@ def test_round_that_keeps_nothing_warns_and_writes_an_empty_csv(untrained_ensemb
               "--workers", "0"])  # fmt: skip
     out, err = capsys.readouterr()
     report = json.loads((tmp_path / "round1_summary.json").read_text())
-    assert "kept 0 of 8 test images" in out and err.startswith("warning: round 1 kept no test image")
+    assert "kept 0 of 8 test images" in out and err.startswith("warning: round 1 kept no image")
     assert (tmp_path / "round1.csv").read_text().strip() == "ImageId,ClassId,EncodedPixels"
     assert report["images_considered"] == report["rejected_unsure"] == 8 and report["images_kept"] == 0
     assert report["mean_confidence"] == pytest.approx(0.5)  # every probability is 0.5
