@@ -17,14 +17,22 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import Field, field_validator, model_validator
 
-from common_blocks.config_io import YAML_SUFFIXES, Section, config_name, load_config_file
+from common_blocks.config_io import YAML_SUFFIXES, Section, config_name, listed, load_config_file
+from common_blocks.data.augment_config import AugmentConfig
 from common_blocks.data.formats import N_CLASSES
-from common_blocks.data.transforms import AugmentConfig
 from common_blocks.evaluation.search_grid import DEFAULT_MIN_SIZES, DEFAULT_THRESHOLDS
 from common_blocks.run_folder import RunPaths
-from common_blocks.training.losses import LossTerm
-from common_blocks.training.models import ModelConfig
-from common_blocks.training.optim import OptimizerConfig, SchedulerConfig
+from common_blocks.training.config_sections import (
+    CLASSIFICATION_MODE,
+    LOSS_MODES,
+    MODEL_TASKS,
+    SEGMENTATION_MODES,
+    TASKS,
+    LossTerm,
+    ModelConfig,
+    OptimizerConfig,
+    SchedulerConfig,
+)
 
 ClassId = Annotated[int, Field(ge=1, le=N_CLASSES)]
 MAX_RARE_FACTOR = 1000
@@ -210,10 +218,8 @@ class TrainConfig(Section):
         description="run name: outputs go to `OUT_DIR/name/foldK`",
         json_schema_extra={"shown_default": "file stem"},
     )
-    task: Literal["segmentation", "classification"] = Field(
-        "segmentation", description="`segmentation` or `classification` (the image-level gate)"
-    )
-    mode: Literal["multilabel", "binary", "multiclass"] = Field(
+    task: Literal[TASKS] = Field("segmentation", description=f"{listed(TASKS)} (the image-level gate)")
+    mode: Literal[SEGMENTATION_MODES] = Field(
         "multilabel",
         description="segmentation: `multilabel` (4 sigmoid channels), `binary` (one class-agnostic mask; the "
         "class comes from the gate), `multiclass` (softmax over background + 4; overlapping classes: the "
@@ -248,6 +254,11 @@ class TrainConfig(Section):
     )
 
     @property
+    def task_mode(self) -> str:
+        """The networks' output mode: ``mode`` for a segmenter, ``classification`` for the gate."""
+        return CLASSIFICATION_MODE if self.task == "classification" else self.mode
+
+    @property
     def parent_stage(self) -> Path | None:
         """The earlier stage's training config, when ``init_from`` names one."""
         return Path(self.init_from) if self.init_from and self.init_from.endswith(YAML_SUFFIXES) else None
@@ -264,6 +275,17 @@ class TrainConfig(Section):
     def _consistent(self) -> TrainConfig:
         if not self.loss:
             raise ValueError("loss needs at least one term")
+        if MODEL_TASKS[self.model.type] != self.task:
+            raise ValueError(
+                f"model.type: {self.model.type} is a {MODEL_TASKS[self.model.type]} network, not one for "
+                f"task '{self.task}'"
+            )
+        for index, term in enumerate(self.loss):
+            if self.task_mode not in LOSS_MODES[term.type]:
+                raise ValueError(
+                    f"loss.{index}.type: loss '{term.type}' does not support mode '{self.task_mode}' (it "
+                    f"supports {', '.join(LOSS_MODES[term.type])})"
+                )
         if self.trainer.monitor == "tuned_score" and not (
             self.validation.tuned_score and self.task == "segmentation"
         ):

@@ -247,6 +247,15 @@ def test_cut_jpeg_in_a_subprocess(data, tmp_path):
         ("augment.blackout=1.5", "augment.blackout: Input should be less than or equal to 1 (got 1.5)"),
         ("class_head={loss_weight: -1}", "class_head.loss_weight: Input should be greater than 0"),
         ("model.args.class_head={}", "model.args.class_head: the class head is the pipeline's own key"),
+        ("model.type=FNP", "model.type: Input should be 'FPN', 'Unet' or 'Classifier' (got 'FNP')"),
+        (
+            "loss=[{type: dise}]",
+            "loss.0.type: Input should be 'bce', 'soft_bce', 'focal', 'dice' or 'lovasz'",
+        ),
+        (
+            "task=classification",
+            "model.type: Unet is a segmentation network, not one for task 'classification'",
+        ),
     ],
 )
 def test_training_config_types_are_strict(tmp_path, override, fragment):
@@ -264,11 +273,22 @@ def test_training_config_types_are_strict(tmp_path, override, fragment):
         ),
         ("members=[{config: debug, folds: [0.0]}]", "members.0.folds.0: Input should be a valid integer"),
         ("search.min_areas=[0, '100']", "search.min_areas.1: Input should be a valid integer"),
+        ("tta=[none, hflp]", "tta.1: Input should be 'none', 'hflip' or 'vflip' (got 'hflp')"),
     ],
 )
 def test_ensemble_config_types_are_strict(data, tmp_path, override, fragment):
     ensemble = ensemble_yaml(tmp_path / "ensemble.yaml", data, tmp_path)
     expect_one_error(tmp_path, ["oof", "--config", ensemble, "--set", override], str(ensemble), fragment)
+
+
+def test_a_member_config_with_a_loss_its_mode_cannot_use_stops_the_sweep_before_any_job(data, tmp_path):
+    member = tmp_path / "member.yaml"
+    member.write_text(DEBUG.read_text().replace("task: segmentation", "task: classification"))
+    ensemble = ensemble_yaml(tmp_path / "ensemble.yaml", data, tmp_path, member=str(member))
+    argv = ["sweep", "--config", ensemble, "--executor", "local", "--out-dir", tmp_path / "runs"]
+    expect_one_error(tmp_path, argv, str(member), "model.type: Unet is a segmentation network")
+    member.write_text(DEBUG.read_text().replace("{type: dice", "{type: lovasz-hinge"))
+    expect_one_error(tmp_path, argv, str(member), "loss.1.type: Input should be 'bce', 'soft_bce'")
 
 
 def test_strict_configs_still_take_paths_lists_ints_for_floats_and_exponents(tmp_path):

@@ -46,9 +46,28 @@ def test_precision_32_is_read_quoted_or_not(debug_config, value):
         (["data.grayscale=true", "model.args.in_channels=3"], "model.args.in_channels must be 1"),
         (["class_head={loss_weight: 0}"], "class_head.loss_weight: Input should be greater than 0"),
         (["class_head={pooling: mean}"], "class_head.pooling: Input should be 'avg' or 'max'"),
-        (["task=classification", "class_head={}"], "class_head: a head on a segmenter"),
+        (
+            ["task=classification", "model.type=Classifier", "loss=[{type: bce}]", "class_head={}"],
+            "class_head: a head on a segmenter",
+        ),
         (["model.args.class_head={}"], "model.args.class_head: the class head is the pipeline's own key"),
         (["model.args.class_head={loss_weight: 0.2}"], "set it at the top level"),
+        (["model.type=Nope"], "model.type: Input should be 'FPN', 'Unet' or 'Classifier' (got 'Nope')"),
+        (
+            ["loss=[{type: dise}]"],
+            "loss.0.type: Input should be 'bce', 'soft_bce', 'focal', 'dice' or 'lovasz'",
+        ),
+        (["optimizer.type=sgd"], "optimizer.type: Input should be 'adam', 'adamw' or 'radam'"),
+        (
+            ["task=classification"],
+            "model.type: Unet is a segmentation network, not one for task 'classification'",
+        ),
+        (
+            ["task=classification", "model.type=Classifier", "loss=[{type: bce}, {type: lovasz}]"],
+            "loss.1.type: loss 'lovasz' does not support mode 'classification' (it supports multilabel, binary, "
+            "multiclass)",
+        ),
+        (["model.type=Classifier"], "model.type: Classifier is a classification network, not one for task"),
     ],
 )
 def test_bad_values_name_the_key_path(debug_config, overrides, message):
