@@ -59,13 +59,14 @@ import pandas as pd
 import torch
 
 from benchmarks.common import REAL_SAMPLE
+from common_blocks.backend_names import RUNTIMES, cpu_has_bf16
 from common_blocks.data import datasets, rle
 from common_blocks.data.datasets import SegmentationDataset
 from common_blocks.data.formats import list_images
 from common_blocks.data.synthetic import generate
-from common_blocks.deploy.backend_choice import ExportedRuntime, cpu_has_bf16
+from common_blocks.deploy.backend_choice import ExportedRuntime
 from common_blocks.deploy.export import export_ensemble, open_export
-from common_blocks.deploy.onnx_runtimes import RUNTIME_PRECISIONS, installed_runtimes
+from common_blocks.deploy.onnx_runtimes import installed_runtimes
 from common_blocks.evaluation.postprocess import ClassPostprocess, PostprocessConfig
 from common_blocks.inference import predictor as predictor_module
 from common_blocks.inference import submission
@@ -405,7 +406,7 @@ def backend_predictors(
         )
         for backend in ("torch", *installed_runtimes())
         for precision in precisions
-        if backend == "torch" or precision in RUNTIME_PRECISIONS[backend]
+        if backend == "torch" or precision in RUNTIMES[backend].precisions
     }
 
 

@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import Field, field_validator, model_validator
 
+from common_blocks.backend_names import LIGHTNING_PRECISIONS, PRECISIONS
 from common_blocks.config_io import YAML_SUFFIXES, Section, config_name, listed, load_config_file
 from common_blocks.data.augment_config import AugmentConfig
 from common_blocks.data.formats import N_CLASSES
@@ -98,11 +99,12 @@ class TrainerConfig(Section):
     accelerator: Literal["auto", "cpu", "gpu"] = Field(
         "auto", description="`auto`, `cpu`, `gpu` (an error where no GPU is visible)"
     )
-    precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = Field(
+    precision: Literal[("auto", *PRECISIONS)] = Field(
         "auto",
-        description="`auto` (`bf16-mixed` on a CPU with `avx512_bf16` or `amx_bf16` and on a GPU that supports "
-        'bf16, `"32"` elsewhere; printed at the start, and the run\'s `config.yaml` and checkpoints record the '
-        'choice), `"32"`, `"bf16-mixed"`, `"16-mixed"` (GPU only)',
+        description="`auto` (`bf16` on a CPU with `avx512_bf16` or `amx_bf16` and on a GPU that supports "
+        "bf16, `fp32` elsewhere; printed at the start, and the run's `config.yaml` and checkpoints record the "
+        f"choice), {listed(PRECISIONS)} (`fp16` on a GPU only), as `--precision` names them; Lightning's "
+        f"{listed(LIGHTNING_PRECISIONS.values())} (and `32` unquoted) are read as these",
     )
     accumulate_grad_batches: int = Field(
         1, ge=1, description="gradient accumulation: batches per optimiser step"
@@ -110,10 +112,14 @@ class TrainerConfig(Section):
 
     @field_validator("precision", mode="before")
     @classmethod
-    def _precision_as_text(cls, value: object) -> object:
-        """``precision: 32`` unquoted (YAML and ``--set`` read a number) means ``"32"``, as in Lightning;
-        only the integer: ``32.0`` is a float where an integer is meant, refused as everywhere else."""
-        return "32" if type(value) is int and value == 32 else value
+    def _precision_in_our_words(cls, value: object) -> object:
+        """Lightning's spellings, which earlier configs and checkpoints hold, as the command line's
+        (``precision: 32`` unquoted is a number in YAML and ``--set``); only the integer: ``32.0`` is a
+        float where an integer is meant, refused as everywhere else."""
+        if type(value) is int and value == 32:
+            return "fp32"
+        lightning = {spelling: ours for ours, spelling in LIGHTNING_PRECISIONS.items()}
+        return lightning.get(value, value) if isinstance(value, str) else value
 
     gradient_clip_val: float | None = Field(
         None, gt=0, description="clip the gradients' norm to this value; null = no clipping"

@@ -24,9 +24,13 @@ def test_overrides_are_read_as_yaml(debug_config):
     assert cfg.model.args["encoder_depth"] == 4
 
 
-@pytest.mark.parametrize("value", ["32", '"32"'])
-def test_precision_32_is_read_quoted_or_not(debug_config, value):
-    assert load_config(debug_config, [f"trainer.precision={value}"]).trainer.precision == "32"
+@pytest.mark.parametrize(
+    ("value", "ours"),
+    [("32", "fp32"), ('"32"', "fp32"), ("bf16-mixed", "bf16"), ("16-mixed", "fp16"), ("bf16", "bf16")],
+)
+def test_precision_reads_lightning_spellings_as_the_command_lines(debug_config, value, ours):
+    """Earlier configs and checkpoints say ``32`` or ``bf16-mixed``: they load, in the one vocabulary."""
+    assert load_config(debug_config, [f"trainer.precision={value}"]).trainer.precision == ours
 
 
 @pytest.mark.parametrize(
@@ -41,7 +45,7 @@ def test_precision_32_is_read_quoted_or_not(debug_config, value):
         (["max_epochs"], "expected key.path=value"),
         (
             ["trainer.precision=16"],
-            "trainer.precision: Input should be 'auto', '32', 'bf16-mixed' or '16-mixed'",
+            "trainer.precision: Input should be 'auto', 'fp32', 'fp16' or 'bf16'",
         ),
         (["data.grayscale=true", "model.args.in_channels=3"], "model.args.in_channels must be 1"),
         (["class_head={loss_weight: 0}"], "class_head.loss_weight: Input should be greater than 0"),
