@@ -21,18 +21,16 @@ from common_blocks.config_io import YAML_SUFFIXES, Section, config_name, listed,
 from common_blocks.errors import ConfigError, DataError
 from common_blocks.evaluation.postprocess import ClassPostprocess, PostprocessConfig
 from common_blocks.evaluation.search_grid import (
+    DEFAULT_GATE_FACTORS,
     DEFAULT_GATES,
     DEFAULT_MIN_AREAS,
-    min_size_grid,
-    threshold_grid,
-)
-from common_blocks.evaluation.threshold_search import (
-    DEFAULT_GATE_FACTORS,
-    SearchResult,
     gate_factor_grid,
     gate_grid,
     min_area_grid,
+    min_size_grid,
+    threshold_grid,
 )
+from common_blocks.evaluation.threshold_search import SearchResult
 from common_blocks.run_folder import RunPaths
 
 # Each test-time augmentation: the image dimensions it flips (none, width, height of (B, C, H, W)).
