@@ -53,12 +53,6 @@ def verdict(gate_probs: np.ndarray, masks: np.ndarray, p_high: float, p_low: flo
     return "kept" if np.array_equal(positive, _present(masks)) else "disagree"
 
 
-def select(gate_probs: np.ndarray, masks: np.ndarray, p_high: float = 0.95, p_low: float = 0.05) -> bool:
-    """Whether a test image's predicted masks are trusted as labels (see the module docstring)."""
-    check_thresholds(p_high, p_low)
-    return verdict(gate_probs, masks, p_high, p_low) == "kept"
-
-
 def confidence(gate_probs: np.ndarray) -> float:
     """How sure the gate is about the image: its least confident class, min over classes of max(p, 1-p)."""
     gate = _gate(gate_probs)

@@ -31,13 +31,14 @@ from common_blocks.deploy import backend_choice, export, onnx_runtimes
 from common_blocks.deploy.backend_choice import choose_backend
 from common_blocks.deploy.export import MANIFEST, TOLERANCE, open_export, sha256_of
 from common_blocks.errors import ConfigError
-from common_blocks.evaluation.postprocess import ClassPostprocess, PostprocessConfig, postprocess_image
+from common_blocks.evaluation.postprocess import ClassPostprocess, PostprocessConfig
 from common_blocks.evaluation.scorer import score_submission
 from common_blocks.inference.ensemble_config import load_ensemble_config
 from common_blocks.inference.predictor import AUTOCAST_DTYPES, build_predictor
 from common_blocks.inference.submission import ReadTolerantDataset
 from tests.cli_contract import assert_one_error_line, assert_unchanged, run, run_in_process, snapshot
 from tests.debug_runs import debug_ensemble_file, write_untrained
+from tests.references import postprocess_image
 from tests.repository import DEBUG
 
 pytestmark = pytest.mark.slow  # every test here trains, loads or runs a model
