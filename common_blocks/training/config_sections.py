@@ -49,7 +49,8 @@ def _names_by_group(table: dict[str, Any], group_name: dict[Any, str]) -> str:
 
 
 class LossTerm(BaseModel):
-    """One term of the loss: ``type`` is a key of ``LOSSES``, ``args`` go to the loss class."""
+    """One term of the loss: ``type`` is a name of ``LOSS_MODES`` (built by ``losses.LOSSES``), ``args`` go to
+    the loss class."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -78,7 +79,8 @@ class LossTerm(BaseModel):
 
 
 class ModelConfig(BaseModel):
-    """A network: ``type`` is a key of ``MODELS``, ``args`` go to its factory."""
+    """A network: ``type`` is a name of ``MODEL_TASKS`` (built by ``models.MODELS``), ``args`` go to its
+    factory."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -125,7 +127,8 @@ class ModelConfig(BaseModel):
 
 
 class OptimizerConfig(BaseModel):
-    """``type`` is a key of ``OPTIMIZERS``; the decoder is everything that is not the encoder."""
+    """``type`` is a name of ``OPTIMIZER_NAMES`` (``optim.OPTIMIZERS``); the decoder is everything that is
+    not the encoder."""
 
     model_config = ConfigDict(extra="forbid")
 
