@@ -175,7 +175,7 @@ class SearchResultFile(BaseModel):
         grid = info.data.get("grid")
         expected = (N_CLASSES, *grid.shape()) if grid is not None else value.shape
         if value.shape != expected:
-            raise _problem(f"a score table of shape {value.shape}, expected {expected} (classes x the grid)")
+            raise _problem(f"shape {value.shape}, expected {expected} (the classes by the grid)")
         return value
 
 
