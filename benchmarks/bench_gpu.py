@@ -10,10 +10,10 @@ figures are in the JSON and in one line per stage on stdout):
 1. ``data``: a synthetic full-size (256x1600) data set in the Kaggle layout (``synthetic.generate``).
 2. ``loader``: the training DataLoader alone (workers, pinned memory, persistent workers), images/s, so
    that the pipeline's figure can be told apart from the loader's.
-3. ``train_32``, ``train_bf16-mixed``, ``train_16-mixed``: FPN + se_resnext50_32x4d
+3. ``train_fp32``, ``train_bf16``, ``train_fp16``: FPN + se_resnext50_32x4d
    (``configs/fpn_se_resnext50.yaml``, random init: ``encoder_weights: null``, nothing downloads) with
    channels-last, each precision twice: the model step alone (forward, loss, backward, optimiser step
-   under the precision's autocast and, for 16-mixed, gradient scaling, on batches preloaded onto the
+   under the precision's autocast and, for fp16, gradient scaling, on batches preloaded onto the
    device) and the whole pipeline (``runner.build_trainer`` + ``Trainer.fit`` over ``SteelDataModule``'s
    loader), in images/s after ``--warmup`` steps that are not timed, with ``torch.cuda.synchronize()``
    at both ends of the timed steps; peak GPU memory of each (``torch.cuda.max_memory_allocated``).
@@ -24,7 +24,7 @@ figures are in the JSON and in one line per stage on stdout):
    absolute probability difference against fp32 and the share of pixels whose 0.5 decision differs.
 
 ``--smoke`` runs the same stages on the CPU with ``configs/debug.yaml``, a few images and steps:
-precisions 32 and bf16-mixed (bf16 only where the CPU has bf16 instructions; 16-mixed is GPU-only, so
+precisions fp32 and bf16 (bf16 only where the CPU has bf16 instructions; fp16 is GPU-only, so
 recorded as skipped), the predictor in fp32 and bf16. Its figures check the script, not a machine.
 
 Writes one JSON (``--out``): ``environment``, ``settings``, ``stages`` (each with ``status``: ``ok``
@@ -60,8 +60,9 @@ import lightning as L
 import pandas as pd
 
 from benchmarks.common import peak_rss_mib
-from benchmarks.train_timing import MIB, PREDICT_PRECISIONS, TRAIN_PRECISIONS, BatchTimer, Device, step_alone
+from benchmarks.train_timing import MIB, TIMED_PRECISIONS, BatchTimer, Device, step_alone
 from common_blocks.arguments import NON_NEGATIVE, POSITIVE, integer_at_least
+from common_blocks.backend_names import cpu_has_bf16
 from common_blocks.data.datasets import SegmentationDataset
 from common_blocks.data.formats import list_images
 from common_blocks.data.synthetic import generate
@@ -74,7 +75,6 @@ from common_blocks.strict_json import strict_json
 from common_blocks.training.config import TrainConfig, load_config
 from common_blocks.training.datamodule import SteelDataModule
 from common_blocks.training.module import DefectModule
-from common_blocks.training.precision import cpu_has_bf16
 from common_blocks.training.runner import build_trainer, lightning_warnings_that_do_not_apply, resolve_devices
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,7 +195,7 @@ class Stages:
         self.results: dict[str, dict[str, Any]] = {}
 
     def skip(self, name: str, reason: str) -> None:
-        """A stage this device cannot run (16-mixed on a CPU, say)."""
+        """A stage this device cannot run (fp16 on a CPU, say)."""
         self.results[name] = {"status": "skipped", "reason": reason}
         print(f"{name}: skipped ({reason})", flush=True)
 
@@ -267,7 +267,7 @@ def data_module(cfg: TrainConfig) -> SteelDataModule:
 
 def loader_alone(args: argparse.Namespace, data_dir: Path, device: Device) -> dict[str, Any]:
     """Images/s of the training loader by itself (each batch copied to the device, as Lightning does)."""
-    cfg = train_config(args, data_dir, "32")
+    cfg = train_config(args, data_dir, "fp32")
     loader = data_module(cfg).train_dataloader()
     images, started = 0, 0.0
     for index, batch in enumerate(loader):
@@ -351,7 +351,7 @@ class PredictorBench:
 
     def __init__(self, args: argparse.Namespace, data_dir: Path, work: Path, device: Device) -> None:
         self.args, self.device = args, device
-        cfg = train_config(args, data_dir, "32")
+        cfg = train_config(args, data_dir, "fp32")
         self.runs = work / "runs"
         ids = list_images(data_dir / "test_images")
         dataset = SegmentationDataset(
@@ -510,12 +510,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         have_data = stages.run("data", make_data)
         if not have_data:
-            later = ["loader", *(f"train_{p}" for p in TRAIN_PRECISIONS), "predict_setup"]
-            for name in [*later, *(f"predict_{p}" for p in PREDICT_PRECISIONS)]:
+            later = ["loader", *(f"train_{p}" for p in TIMED_PRECISIONS), "predict_setup"]
+            for name in [*later, *(f"predict_{p}" for p in TIMED_PRECISIONS)]:
                 stages.not_run(name, "the data stage failed")
         else:
             stages.run("loader", lambda: loader_alone(args, data_dir, device))
-            for precision, skipped in device.train_precisions().items():
+            for precision, skipped in device.precisions().items():
                 name = f"train_{precision}"
                 if skipped:
                     stages.skip(name, skipped)
@@ -528,10 +528,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 return {"images": bench[0].n_images, "checkpoint_mib": bench[0].checkpoint_mib}
 
             if not stages.run("predict_setup", predictor_setup):
-                for precision in PREDICT_PRECISIONS:
+                for precision in TIMED_PRECISIONS:
                     stages.not_run(f"predict_{precision}", "predict_setup failed")
             else:
-                for precision, skipped in device.predict_precisions().items():
+                for precision, skipped in device.precisions().items():
                     name = f"predict_{precision}"
                     if skipped:
                         stages.skip(name, skipped)

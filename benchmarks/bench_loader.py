@@ -31,10 +31,11 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 
 from benchmarks.common import REAL_SAMPLE
+from common_blocks.data.augment_config import AugmentConfig
 from common_blocks.data.datasets import SegmentationDataset, mask_to_tensor, to_tensor
 from common_blocks.data.formats import read_labels
 from common_blocks.data.images import read_image
-from common_blocks.data.transforms import AugmentConfig, build_train_transform
+from common_blocks.data.transforms import build_train_transform
 
 TARGET_PER_WORKER = 150.0
 BATCH_SIZE = 8

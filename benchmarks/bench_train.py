@@ -1,6 +1,6 @@
 """Training throughput: the full pipeline (loader + Lightning step) against the model step alone.
 
-    python -m benchmarks.bench_train --config configs/cpu_small.yaml [--steps 20] [--set trainer.precision=bf16-mixed]
+    python -m benchmarks.bench_train --config configs/cpu_small.yaml [--steps 20] [--set trainer.precision=bf16]
     python -m benchmarks.bench_train --config configs/fpn_se_resnext50.yaml --steps 4 --batch-size 4
 
 Both run in one process on the same model and batch size, on the real sample's fold-0 training
@@ -31,10 +31,10 @@ from benchmarks.train_timing import (
     step_alone,
     step_gflop_per_image,
 )
+from common_blocks.backend_names import cpu_has_bf16
 from common_blocks.run_folder import RunPaths
 from common_blocks.training.datamodule import SteelDataModule
 from common_blocks.training.module import DefectModule
-from common_blocks.training.precision import cpu_has_bf16
 from common_blocks.training.runner import build_trainer
 
 

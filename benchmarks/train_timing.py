@@ -18,13 +18,13 @@ import lightning as L
 
 # isort: on
 from benchmarks.common import REAL_SAMPLE
+from common_blocks.backend_names import no_cpu_bf16_reason
+from common_blocks.inference.predictor import AUTOCAST_DTYPES
 from common_blocks.training.config import TrainConfig, load_config
 from common_blocks.training.module import DefectModule
-from common_blocks.training.precision import cpu_has_bf16, resolve_precision
+from common_blocks.training.precision import resolve_precision
 
-TRAIN_PRECISIONS = ("32", "bf16-mixed", "16-mixed")
-PREDICT_PRECISIONS = ("fp32", "bf16", "fp16")
-AUTOCAST_DTYPES = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+TIMED_PRECISIONS = ("fp32", "bf16", "fp16")  # training and prediction, in this order
 MIB = 2**20
 
 
@@ -60,18 +60,11 @@ class Device:
             for key, value in batch.items()
         }
 
-    def train_precisions(self) -> dict[str, str | None]:
-        """Each training precision and why it is skipped here (None: it runs)."""
+    def precisions(self) -> dict[str, str | None]:
+        """Each precision of ``TIMED_PRECISIONS`` and why it is skipped here (None: it runs)."""
         if self.cuda:
-            return dict.fromkeys(TRAIN_PRECISIONS)
-        bf16 = None if cpu_has_bf16() else "this CPU has no bf16 instructions (AVX512-BF16 / AMX)"
-        return {"32": None, "bf16-mixed": bf16, "16-mixed": "16-mixed is GPU-only"}
-
-    def predict_precisions(self) -> dict[str, str | None]:
-        if self.cuda:
-            return dict.fromkeys(PREDICT_PRECISIONS)
-        bf16 = None if cpu_has_bf16() else "this CPU has no bf16 instructions (AVX512-BF16 / AMX)"
-        return {"fp32": None, "bf16": bf16, "fp16": "fp16 autocast is GPU-only"}
+            return dict.fromkeys(TIMED_PRECISIONS)
+        return {"fp32": None, "bf16": no_cpu_bf16_reason(), "fp16": "fp16 is GPU-only"}
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,13 +88,13 @@ def cpu_config(args: argparse.Namespace, folder: Path, overrides: list[str]) -> 
 def step_alone(module: DefectModule, batches: list[dict], warmup: int, steps: int, device: Device) -> dict:
     """Forward, loss, backward and optimiser step on batches already on the device, as Lightning's
     precision plugin runs them: autocast to the precision's dtype around forward and loss, and for
-    16-mixed a gradient scaler. ``warmup`` untimed steps first."""
+    fp16 a gradient scaler. ``warmup`` untimed steps first."""
     precision = module.cfg.trainer.precision
     dtype = AUTOCAST_DTYPES[precision]
     module.to(device.torch).train()
     optimizer = module.configure_optimizers()
     optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
-    scaler = torch.amp.GradScaler(device.torch.type) if precision == "16-mixed" else None
+    scaler = torch.amp.GradScaler(device.torch.type) if precision == "fp16" else None
 
     def step(batch: dict[str, Any]) -> torch.Tensor:
         with torch.autocast(device.torch.type, dtype=dtype or torch.float32, enabled=dtype is not None):

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,6 +35,12 @@ class Section(BaseModel):
 
 
 SchemaT = TypeVar("SchemaT", bound=BaseModel)
+
+
+def listed(names: Iterable[str]) -> str:
+    """Registered names as a field's description shows them (``"`a`, `b`"``): descriptions name what
+    the registries hold, never a copy of them."""
+    return ", ".join(f"`{name}`" for name in names)
 
 
 class _Loader(yaml.SafeLoader):

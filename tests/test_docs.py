@@ -9,8 +9,8 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from common_blocks.inference import config_reference
 from common_blocks.inference.ensemble_config import EnsembleConfig
+from common_blocks.reports import config_reference
 from common_blocks.training.config import TrainConfig
 from tests.repository import ROOT
 
@@ -108,7 +108,7 @@ def test_the_config_page_names_every_config_key_and_no_other(heading, schema):
 def test_the_config_page_is_generated_from_the_schemas():
     """docs/config.md is the generator's output: a key's meaning is its ``Field(description=...)``."""
     assert CONFIG_PAGE.read_text(encoding="utf-8") == config_reference.render(), (
-        "docs/config.md is out of date: run `python -m common_blocks.inference.config_reference`"
+        "docs/config.md is out of date: run `python -m common_blocks.reports.config_reference`"
     )
 
 

@@ -1,9 +1,11 @@
 """The package's shape: imports run one way between sub-packages, no library module or benchmark
-imports the command line, and no private name crosses modules."""
+imports the command line, no private name crosses modules, and the config schemas load without torch."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,3 +58,35 @@ def test_benchmarks_use_the_library_not_the_command_line(path):
     """Benchmarks parse their own arguments with ``common_blocks.arguments`` and write JSON with
     ``common_blocks.strict_json``; the command line is not a library."""
     assert not [module for module, _ in _imports(path) if _is_cli(module)]
+
+
+def _schema_modules() -> list[str]:
+    """Every library module that declares a pydantic model (a subclass of ``BaseModel`` or of the
+    config ``Section``): the config schemas and their sections."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        classes = [node for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.ClassDef)]
+        bases = {getattr(base, "id", getattr(base, "attr", None)) for node in classes for base in node.bases}
+        if bases & {"BaseModel", "Section"}:
+            found.append(".".join(path.relative_to(ROOT).with_suffix("").parts))
+    return found
+
+
+@pytest.mark.subprocess
+def test_config_schemas_import_no_torch():
+    """A config loads, and a bad name in it is an error, before torch (seconds) is imported: the
+    schemas and every module they reach stay free of it. Each is imported in turn in a fresh process,
+    which names the first one that brings torch in."""
+    schemas = _schema_modules()
+    assert {"common_blocks.training.config", "common_blocks.inference.ensemble_config"} <= set(schemas)
+    code = (
+        "import importlib, sys\n"
+        f"for name in {schemas!r}:\n"
+        "    importlib.import_module(name)\n"
+        "    if 'torch' in sys.modules:\n"
+        "        sys.exit(f'{name} imports torch')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr

@@ -20,10 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common_blocks.backend_names import BACKENDS
+from common_blocks.backend_names import BACKENDS, RUNTIMES, no_cpu_bf16_reason
 from common_blocks.deploy.export import Export, export_ensemble, open_export
 from common_blocks.deploy.onnx_runtimes import (
-    RUNTIME_PRECISIONS,
     check_runtime_precision,
     compile_network,
     import_runtime,
@@ -32,14 +31,13 @@ from common_blocks.deploy.onnx_runtimes import (
 from common_blocks.errors import ConfigError, DataError
 from common_blocks.inference.ensemble_config import EnsembleConfig
 from common_blocks.inference.predictor import Network, check_precision
-from common_blocks.training.precision import CPU_BF16_FLAGS, cpu_has_bf16
 
 
 def _fastest(precision: str, device: torch.device) -> tuple[str, str]:
     """``auto``'s choice and why: torch on CUDA, else the fastest installed runtime that runs ``precision``."""
     if device.type == "cuda":
         return "torch", "a CUDA device"
-    runners = [name for name, precisions in RUNTIME_PRECISIONS.items() if precision in precisions]
+    runners = [name for name, runtime in RUNTIMES.items() if precision in runtime.precisions]
     if not runners:
         return "torch", f"no ONNX runtime runs {precision} on a CPU"
     for name in installed_runtimes():
@@ -65,17 +63,15 @@ def choose_backend(backend: str, precision: str, exported: Path | None = None) -
     if backend == "torch" and exported is not None:
         raise ConfigError(
             "--exported: the torch backend runs the checkpoints; exported networks need --backend "
-            f"{' or '.join(RUNTIME_PRECISIONS)}"
+            f"{' or '.join(RUNTIMES)}"
         )
     if exported is not None and not exported.is_dir():
         raise DataError(f"{exported}: no such folder (--exported takes a folder severstal export wrote)")
     if backend != "torch":
         import_runtime(backend)
-    if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
-        raise ConfigError(
-            f"--precision bf16: this CPU has no bf16 instructions (neither {' nor '.join(CPU_BF16_FLAGS)} "
-            "in /proc/cpuinfo flags); use --precision fp32"
-        )
+    no_bf16 = no_cpu_bf16_reason() if precision == "bf16" and device.type == "cpu" else None
+    if no_bf16 is not None:
+        raise ConfigError(f"--precision bf16: {no_bf16}; use --precision fp32")
     return backend
 
 

@@ -1,4 +1,5 @@
-"""The ONNX runtimes that run exported networks on the CPU: OpenVINO and ONNX Runtime.
+"""The ONNX runtimes that run exported networks on the CPU (``backend_names.RUNTIMES``): OpenVINO and
+ONNX Runtime, and their compilers.
 
 Both are optional extras (``pip install '.[openvino]'``, ``'.[onnxruntime]'``), imported only when a
 command uses one; a missing one is a one-line error naming the install command. Each compiles one
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from common_blocks.backend_names import RUNTIME_PRECISIONS
+from common_blocks.backend_names import RUNTIMES
 from common_blocks.errors import ConfigError, DataError
 
 OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16"}  # INFERENCE_PRECISION_HINT; unset, AMX CPUs pick bf16
@@ -40,9 +41,9 @@ def import_runtime(name: str) -> ModuleType:
 
 
 def installed_runtimes() -> list[str]:
-    """The runtimes that import here, fastest first."""
+    """The runtimes that import here, fastest first (by rank)."""
     installed = []
-    for name in RUNTIME_PRECISIONS:
+    for name in sorted(RUNTIMES, key=lambda runtime: RUNTIMES[runtime].rank):
         try:
             import_runtime(name)
         except ConfigError:
@@ -61,7 +62,8 @@ def openvino_core() -> Any:
     return import_runtime("openvino").Core()
 
 
-def _openvino(path: Path, precision: str) -> NumpyNetwork:
+def compile_openvino(path: Path, precision: str) -> NumpyNetwork:
+    """``path`` compiled by OpenVINO for the CPU in ``precision``, on torch's threads."""
     core = openvino_core()
     # the ONNX front end alone: a file it cannot parse is not handed on to the other front ends
     onnx = importlib.import_module("openvino.frontend").FrontEndManager().load_by_framework("onnx")
@@ -78,7 +80,8 @@ def _openvino(path: Path, precision: str) -> NumpyNetwork:
     return lambda images: request.infer({0: images})[0]
 
 
-def _onnxruntime(path: Path, precision: str) -> NumpyNetwork:
+def compile_onnxruntime(path: Path, precision: str) -> NumpyNetwork:
+    """``path`` as an ONNX Runtime CPU session on torch's threads (fp32 only)."""
     onnxruntime = import_runtime("onnxruntime")
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
@@ -93,18 +96,19 @@ def _onnxruntime(path: Path, precision: str) -> NumpyNetwork:
     return lambda images: session.run(None, {name: images})[0]
 
 
-_COMPILERS: dict[str, Callable[[Path, str], NumpyNetwork]] = {
-    "openvino": _openvino,
-    "onnxruntime": _onnxruntime,
-}
+def compiler(runtime: str) -> Callable[[Path, str], NumpyNetwork]:
+    """The compiler ``RUNTIMES`` names for ``runtime``, imported now."""
+    module, _, name = RUNTIMES[runtime].compiler.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def check_runtime_precision(runtime: str, precision: str) -> None:
     """A ConfigError when ``runtime`` does not run ``precision`` on the CPU."""
-    if precision not in RUNTIME_PRECISIONS[runtime]:
-        others = [name for name, precisions in RUNTIME_PRECISIONS.items() if precision in precisions]
+    runs = RUNTIMES[runtime].precisions
+    if precision not in runs:
+        others = [name for name, other in RUNTIMES.items() if precision in other.precisions]
         raise ConfigError(
-            f"--backend {runtime} runs {' and '.join(RUNTIME_PRECISIONS[runtime])} only, not "
+            f"--backend {runtime} runs {' and '.join(runs)} only, not "
             f"--precision {precision}; use --backend {' or '.join([*others, 'torch'])} for {precision}"
         )
 
@@ -114,7 +118,7 @@ def compile_network(runtime: str, path: Path, precision: str) -> NumpyNetwork:
     parse or compile is one DataError naming it and the runtime (their messages run to pages)."""
     check_runtime_precision(runtime, precision)
     try:
-        return _COMPILERS[runtime](path, precision)
+        return compiler(runtime)(path, precision)
     except (ConfigError, MemoryError):
         raise
     except Exception as error:  # each runtime raises its own types (InvalidProtobuf, GeneralFailure, ...)

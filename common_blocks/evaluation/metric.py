@@ -91,15 +91,6 @@ def dice_from_areas(intersection: np.ndarray, pred_area: np.ndarray, truth_area:
         return np.where(total == 0, 1.0, 2.0 * intersection / np.maximum(total, 1))
 
 
-def mask_dice(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Dice of binary masks over their last two axes (..., H, W) -> (...)."""
-    pred = pred.astype(bool)
-    truth = truth.astype(bool)
-    return dice_from_areas(
-        (pred & truth).sum(axis=(-2, -1)), pred.sum(axis=(-2, -1)), truth.sum(axis=(-2, -1))
-    )
-
-
 @numba.njit(cache=True, nogil=True)
 def _run_intersection(a_starts, a_lengths, b_starts, b_lengths) -> int:
     i = 0

@@ -11,13 +11,11 @@ inference gets.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from common_blocks.data.formats import CLASS_IDS, N_CLASSES
+from common_blocks.data.formats import CLASS_IDS
 
 
 class ClassPostprocess(BaseModel):
@@ -124,20 +122,3 @@ def postprocess_mask(prob: np.ndarray, cfg: ClassPostprocess, gate_prob: float |
     if cv2.countNonZero(mask) < required:
         return empty
     return mask
-
-
-def postprocess_image(
-    probs: np.ndarray, config: PostprocessConfig, gate_probs: Sequence[float] | np.ndarray | None = None
-) -> np.ndarray:
-    """Apply each class's post-processing to (4, H, W) probabilities; (4, H, W) uint8 0/1."""
-    _check_probs(probs, 3)
-    if probs.shape[0] != N_CLASSES:
-        raise ValueError(f"expected {N_CLASSES} class maps, got shape {probs.shape}")
-    if gate_probs is not None and len(gate_probs) != N_CLASSES:
-        raise ValueError(f"expected {N_CLASSES} gate probabilities, got {len(gate_probs)}")
-    return np.stack(
-        [
-            postprocess_mask(prob, cfg, None if gate_probs is None else float(gate_probs[k]))
-            for k, (prob, cfg) in enumerate(zip(probs, config.classes, strict=True))
-        ]
-    )

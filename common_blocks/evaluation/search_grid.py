@@ -8,6 +8,7 @@ ensemble configs, ``image_stats``, ``oof_stats`` and ``threshold_search``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,6 +22,8 @@ DEFAULT_MIN_AREAS = (0, 200, 400, 600, 800, 1000, 1500, 2000, 3000, 4000, 6000, 
 DEFAULT_GATES = (0.0, 0.3, 0.4, 0.5, 0.6)
 NO_FILL = (False,) * N_CLASSES
 MAX_LEVELS = 255  # threshold levels are counted in uint8
+HARD_GATE = math.inf  # the gate factor of the hard gate; None in configs and files
+DEFAULT_GATE_FACTORS = (None,)
 
 
 def one_line(values: object, limit: int = 80) -> str:
@@ -68,3 +71,26 @@ def fill_flags(values: Sequence[bool]) -> tuple[bool, bool, bool, bool]:
     if len(flags) != N_CLASSES:
         raise ConfigError(f"fill_holes: expected {N_CLASSES} flags (one per class), got {len(flags)}")
     return flags
+
+
+def min_area_grid(values: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Minimum mask areas in pixels; 0 never drops a mask."""
+    return as_grid(values, "min_areas", np.int64, 0, np.iinfo(np.uint32).max)
+
+
+def gate_grid(values: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Gate thresholds on the classifier probability; 0 never drops a mask."""
+    return as_grid(values, "gates", np.float64, 0.0, 1.0)
+
+
+def gate_factor_grid(values: Sequence[float | None] | np.ndarray) -> np.ndarray:
+    """Gate factors, increasing, each >= 1, the hard gate (None or infinity) at most once and last."""
+    values = list(values)
+    hard = [value is None or value == HARD_GATE for value in values]
+    if not values or sum(hard) > 1 or (any(hard) and not hard[-1]):
+        raise ConfigError(
+            f"gate_factors: expected increasing numbers >= 1, then optionally null (the hard gate), got {values}"
+        )
+    finite = values[:-1] if hard[-1] else values
+    grid = as_grid(finite, "gate_factors", np.float64, 1.0, 1e9) if finite else np.zeros(0)
+    return np.append(grid, HARD_GATE) if hard[-1] else grid

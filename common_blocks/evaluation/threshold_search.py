@@ -16,34 +16,28 @@ Ties go to the earliest grid values, in the priority threshold, min_size, min_ar
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
-from pydantic import ValidationError
 
-from common_blocks.config_io import describe_issue, validate_strict
 from common_blocks.data.formats import CLASS_IDS
 from common_blocks.errors import ConfigError, DataError
 from common_blocks.evaluation.metric import PairSums, dice_from_areas, pair_sums
 from common_blocks.evaluation.oof_stats import N_CLASSES, OofStats
 from common_blocks.evaluation.postprocess import ClassPostprocess, PostprocessConfig
 from common_blocks.evaluation.search_grid import (
+    DEFAULT_GATE_FACTORS,
     DEFAULT_GATES,
     DEFAULT_MIN_AREAS,
-    as_grid,
-    min_size_grid,
-    threshold_grid,
+    HARD_GATE,
+    gate_factor_grid,
+    gate_grid,
+    min_area_grid,
 )
-from common_blocks.files import atomic_output, read_input
-
-RESULT_FORMAT_VERSION = 2  # 2 added the gate factors; files of version 1 read as the hard gate
-HARD_GATE = math.inf  # the gate factor of the hard gate; None in configs and files
-DEFAULT_GATE_FACTORS = (None,)
+from common_blocks.evaluation.search_result_file import RESULT_FORMAT_VERSION, read_search_result
+from common_blocks.files import atomic_output
 
 
 @dataclass(eq=False)
@@ -82,74 +76,6 @@ class SearchResult:
             "scores": self.scores.tolist(),
         }
 
-    @classmethod
-    def from_dict(cls, data: Any) -> SearchResult:
-        """Inverse of ``to_dict``; a malformed dict raises DataError naming the bad key, on one line.
-
-        Values are strict: numbers are numbers (no strings or booleans), NaN is no score, scores lie
-        in [0, 1], and the post-processing validates as ``PostprocessConfig`` does in a config file.
-        """
-        if not isinstance(data, dict):
-            raise DataError(f"not a search result (expected a JSON object, got {type(data).__name__})")
-        missing = [key for key in _RESULT_KEYS if key not in data]
-        if missing:
-            raise DataError(f"not a search result (missing {', '.join(missing)})")
-        version = data["format_version"]
-        if not _is_integer(version) or version not in (1, RESULT_FORMAT_VERSION):
-            raise DataError(
-                f"search result format version {version!r}, this code reads {RESULT_FORMAT_VERSION}"
-            )
-        try:
-            config = validate_strict(PostprocessConfig, data["config"])
-        except ValidationError as error:
-            raise DataError(f"not a search result: config.{describe_issue(error)}") from None
-        except (TypeError, ValueError) as error:
-            raise DataError(f"not a search result: config: {error}") from None
-        n_images = data["n_images"]
-        if not _is_integer(n_images) or n_images < 1:
-            raise DataError(f"not a search result: n_images: expected a whole number >= 1, got {n_images!r}")
-        grid = data["grid"]
-        if not isinstance(grid, dict):
-            raise DataError(f"not a search result: grid: expected a JSON object, got {type(grid).__name__}")
-        axes = {}
-        for name, make_grid in _GRIDS.items():
-            if name not in grid:
-                raise DataError(f"not a search result: grid.{name} missing")
-            values = _scores(grid[name], f"grid.{name}", low=-np.inf, high=np.inf)
-            try:
-                axes[name] = make_grid(values)
-            except ConfigError as error:
-                raise DataError(f"not a search result: grid.{error}") from None
-        factors = grid.get("gate_factors", [None]) if version == 1 else grid.get("gate_factors")
-        if not isinstance(factors, list) or not all(f is None or _plain_numbers(f) for f in factors):
-            raise DataError("not a search result: grid.gate_factors: expected a list of numbers and nulls")
-        try:
-            axes["gate_factors"] = gate_factor_grid(factors)
-        except ConfigError as error:
-            raise DataError(f"not a search result: grid.{error}") from None
-        scores = _scores(data["scores"], "scores")
-        if version == 1:
-            scores = scores[..., None]
-        score = _scores(data["score"], "score")
-        if score.ndim:
-            raise DataError("not a search result: score: expected one number")
-        result = cls(
-            config=config,
-            class_scores=_scores(data["class_scores"], "class_scores"),
-            score=float(score),
-            n_images=int(n_images),
-            scores=scores,
-            **axes,
-        )
-        grids = (result.thresholds, result.min_sizes, result.min_areas, result.gates, result.gate_factors)
-        expected = (N_CLASSES, *(g.size for g in grids))
-        if result.scores.shape != expected or result.class_scores.shape != (N_CLASSES,):
-            raise DataError(
-                f"search result: score table of shape {result.scores.shape} and class scores of shape "
-                f"{result.class_scores.shape}, expected {expected} and {(N_CLASSES,)}"
-            )
-        return result
-
     def save(self, path: str | os.PathLike) -> None:
         """Write as JSON, atomically."""
         with atomic_output(path) as temporary:
@@ -157,97 +83,27 @@ class SearchResult:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SearchResult:
-        """Read a file written by ``save``; a missing, foreign or malformed file raises DataError
-        naming it (and the bad key), on one line."""
-        path = Path(path)
-        text = read_input(path, DataError, "search result not found")
-        try:
-            data = json.loads(text.decode("utf-8"))
-        except UnicodeDecodeError as error:
-            raise DataError(
-                f"{path}: not JSON (not UTF-8 text: byte 0x{error.object[error.start]:02x})"
-            ) from None
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path}: not JSON ({error})") from None
-        except RecursionError:
-            raise DataError(f"{path}: not JSON (nested too deeply)") from None
-        try:
-            return cls.from_dict(data)
-        except DataError as error:
-            raise DataError(f"{path}: {error}") from None
-
-
-_RESULT_KEYS = ("format_version", "score", "class_scores", "n_images", "config", "grid", "scores")
-
-
-def _is_integer(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _plain_numbers(value: Any) -> bool:
-    """Whether ``value`` is a number or (nested) lists of numbers, booleans and strings excluded."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, list):
-            stack.extend(item)
-        elif isinstance(item, bool) or not isinstance(item, (int, float)):
-            return False
-    return True
-
-
-def _scores(value: Any, key: str, low: float = 0.0, high: float = 1.0) -> np.ndarray:
-    """A number or a rectangular table of them as float64, every one finite and in [low, high]."""
-    if not _plain_numbers(value):
-        raise DataError(f"not a search result: {key}: expected numbers")
-    try:
-        array = np.asarray(value, dtype=np.float64)
-    except ValueError:
-        raise DataError(f"not a search result: {key}: expected a rectangular table of numbers") from None
-    bad = ~np.isfinite(array) | (array < low) | (array > high)
-    if bad.any():
-        shown = float(array[bad].flat[0])
-        where = "" if array.ndim == 0 else f" at {list(map(int, np.argwhere(bad)[0]))}"
-        raise DataError(
-            f"not a search result: {key}: {shown!r}{where} is not a finite number in [{low:g}, {high:g}]"
+        """Read a file written by ``save`` (``search_result_file``); a missing, foreign or malformed
+        file raises DataError naming it (and the bad key), on one line."""
+        file = read_search_result(path)
+        grid = file.grid
+        return cls(
+            config=file.config,
+            class_scores=file.class_scores,
+            score=float(file.score),
+            n_images=file.n_images,
+            thresholds=grid.thresholds,
+            min_sizes=grid.min_sizes,
+            min_areas=grid.min_areas,
+            gates=grid.gates,
+            gate_factors=grid.gate_factors,
+            scores=file.scores,
         )
-    return array
-
-
-def min_area_grid(values: Sequence[int] | np.ndarray) -> np.ndarray:
-    """Minimum mask areas in pixels; 0 never drops a mask."""
-    return as_grid(values, "min_areas", np.int64, 0, np.iinfo(np.uint32).max)
-
-
-def gate_grid(values: Sequence[float] | np.ndarray) -> np.ndarray:
-    """Gate thresholds on the classifier probability; 0 never drops a mask."""
-    return as_grid(values, "gates", np.float64, 0.0, 1.0)
-
-
-def gate_factor_grid(values: Sequence[float | None] | np.ndarray) -> np.ndarray:
-    """Gate factors, increasing, each >= 1, the hard gate (None or infinity) at most once and last."""
-    values = list(values)
-    hard = [value is None or value == HARD_GATE for value in values]
-    if not values or sum(hard) > 1 or (any(hard) and not hard[-1]):
-        raise ConfigError(
-            f"gate_factors: expected increasing numbers >= 1, then optionally null (the hard gate), got {values}"
-        )
-    finite = values[:-1] if hard[-1] else values
-    grid = as_grid(finite, "gate_factors", np.float64, 1.0, 1e9) if finite else np.zeros(0)
-    return np.append(grid, HARD_GATE) if hard[-1] else grid
 
 
 def _factors_as_config(factors: np.ndarray) -> list[float | None]:
     """Gate factors as configs and files write them: None for the hard gate."""
     return [None if factor == HARD_GATE else float(factor) for factor in factors]
-
-
-_GRIDS = {
-    "thresholds": threshold_grid,
-    "min_sizes": min_size_grid,
-    "min_areas": min_area_grid,
-    "gates": gate_grid,
-}
 
 
 def _kept(area: np.ndarray, gate: np.ndarray, min_area: float, min_gate: float, factor: float) -> np.ndarray:

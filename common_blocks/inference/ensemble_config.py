@@ -17,25 +17,25 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from common_blocks.config_io import YAML_SUFFIXES, Section, config_name, load_config_file
+from common_blocks.config_io import YAML_SUFFIXES, Section, config_name, listed, load_config_file
 from common_blocks.errors import ConfigError, DataError
 from common_blocks.evaluation.postprocess import ClassPostprocess, PostprocessConfig
 from common_blocks.evaluation.search_grid import (
+    DEFAULT_GATE_FACTORS,
     DEFAULT_GATES,
     DEFAULT_MIN_AREAS,
-    min_size_grid,
-    threshold_grid,
-)
-from common_blocks.evaluation.threshold_search import (
-    DEFAULT_GATE_FACTORS,
-    SearchResult,
     gate_factor_grid,
     gate_grid,
     min_area_grid,
+    min_size_grid,
+    threshold_grid,
 )
-from common_blocks.training.runner import RunPaths
+from common_blocks.evaluation.threshold_search import SearchResult
+from common_blocks.run_folder import RunPaths
 
-TtaName = Literal["none", "hflip", "vflip"]
+# Each test-time augmentation: the image dimensions it flips (none, width, height of (B, C, H, W)).
+TTA_FLIPS: dict[str, tuple[int, ...]] = {"none": (), "hflip": (-1,), "vflip": (-2,)}
+TtaName = Literal[tuple(TTA_FLIPS)]
 
 
 class RunRef(Section):
@@ -166,7 +166,7 @@ class EnsembleConfig(Section):
     tta: list[TtaName] = Field(
         default_factory=lambda: ["none"],
         min_length=1,
-        description="subset of `none`, `hflip`, `vflip`; flipped predictions are flipped back before "
+        description=f"subset of {listed(TTA_FLIPS)}; flipped predictions are flipped back before "
         "averaging; a member's flips are averaged at its network's resolution (`data.scale`) and resized to "
         "256x1600 once",
     )

@@ -25,11 +25,10 @@ from common_blocks.data.formats import N_CLASSES
 from common_blocks.errors import ConfigError
 from common_blocks.evaluation.postprocess import PostprocessConfig, postprocess_mask
 from common_blocks.inference.ensemble_checkpoints import check_compatible, checkpoints_of, load_runs
-from common_blocks.inference.ensemble_config import EnsembleConfig
+from common_blocks.inference.ensemble_config import TTA_FLIPS, EnsembleConfig
 from common_blocks.training.losses import CLASSIFICATION_MODE, MULTILABEL_MODE, probabilities
 from common_blocks.training.module import DefectModule
 
-TTA_FLIPS: dict[str, tuple[int, ...]] = {"none": (), "hflip": (-1,), "vflip": (-2,)}
 # The networks' arithmetic, whichever backend runs them: fp32, fp16 (CUDA only) or bf16 (CUDA, or a
 # CPU with bf16 instructions); the torch backend runs the reduced ones as autocast to these dtypes.
 # the autocast dtype of each of backend_names.PRECISIONS

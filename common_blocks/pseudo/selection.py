@@ -60,12 +60,6 @@ def verdict(gate_probs: np.ndarray, masks: np.ndarray, p_high: float, p_low: flo
     return "kept" if np.array_equal(positive, _present(masks)) else "disagree"
 
 
-def select(gate_probs: np.ndarray, masks: np.ndarray, p_high: float = 0.95, p_low: float = 0.05) -> bool:
-    """Whether a test image's predicted masks are trusted as labels (see the module docstring)."""
-    check_thresholds(p_high, p_low)
-    return verdict(gate_probs, masks, p_high, p_low) == "kept"
-
-
 def sure_classes(gate_probs: np.ndarray, masks: np.ndarray, labels: np.ndarray, p_high: float) -> np.ndarray:
     """(4,) bool, for an image whose classes are known (``labels``): which the round can label, every
     class the image does not hold (an empty mask) and those it holds where the gate is above ``p_high``

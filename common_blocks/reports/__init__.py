@@ -1,2 +1,2 @@
 """What a person looks at: mask overlays, figures, the dataset overview, the out-of-fold HTML report
-and the single-image prediction overlay. May import every other sub-package."""
+the single-image prediction overlay, and the config reference page (``docs/config.md``). May import every other sub-package."""

@@ -20,6 +20,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from common_blocks.backend_names import LIGHTNING_PRECISIONS
 from common_blocks.files import atomic_output
 from common_blocks.run_folder import RunPaths
 
@@ -150,7 +151,7 @@ class TopKWeights(L.Callback):
         module.load_state_dict(averaged)
         loader = trainer.datamodule.train_dataloader()
         with contextlib.ExitStack() as stack:
-            if trainer.precision == "bf16-mixed":
+            if trainer.precision == LIGHTNING_PRECISIONS["bf16"]:
                 stack.enter_context(torch.autocast(module.device.type, dtype=torch.bfloat16))
             batches = (
                 batch["image"].to(module.device) for batch, _ in zip(loader, range(self.reestimate_batches))

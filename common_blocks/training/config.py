@@ -17,14 +17,23 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import Field, field_validator, model_validator
 
-from common_blocks.config_io import YAML_SUFFIXES, Section, config_name, load_config_file
+from common_blocks.backend_names import LIGHTNING_PRECISIONS, PRECISIONS
+from common_blocks.config_io import YAML_SUFFIXES, Section, config_name, listed, load_config_file
+from common_blocks.data.augment_config import AugmentConfig
 from common_blocks.data.formats import N_CLASSES
-from common_blocks.data.transforms import AugmentConfig
 from common_blocks.evaluation.search_grid import DEFAULT_MIN_SIZES, DEFAULT_THRESHOLDS
 from common_blocks.run_folder import RunPaths
-from common_blocks.training.losses import LossTerm
-from common_blocks.training.models import ModelConfig
-from common_blocks.training.optim import OptimizerConfig, SchedulerConfig
+from common_blocks.training.config_sections import (
+    CLASSIFICATION_MODE,
+    LOSS_MODES,
+    MODEL_TASKS,
+    SEGMENTATION_MODES,
+    TASKS,
+    LossTerm,
+    ModelConfig,
+    OptimizerConfig,
+    SchedulerConfig,
+)
 
 ClassId = Annotated[int, Field(ge=1, le=N_CLASSES)]
 MAX_RARE_FACTOR = 1000
@@ -121,11 +130,12 @@ class TrainerConfig(Section):
     accelerator: Literal["auto", "cpu", "gpu"] = Field(
         "auto", description="`auto`, `cpu`, `gpu` (an error where no GPU is visible)"
     )
-    precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = Field(
+    precision: Literal[("auto", *PRECISIONS)] = Field(
         "auto",
-        description="`auto` (`bf16-mixed` on a CPU with `avx512_bf16` or `amx_bf16` and on a GPU that supports "
-        'bf16, `"32"` elsewhere; printed at the start, and the run\'s `config.yaml` and checkpoints record the '
-        'choice), `"32"`, `"bf16-mixed"`, `"16-mixed"` (GPU only)',
+        description="`auto` (`bf16` on a CPU with `avx512_bf16` or `amx_bf16` and on a GPU that supports "
+        "bf16, `fp32` elsewhere; printed at the start, and the run's `config.yaml` and checkpoints record the "
+        f"choice), {listed(PRECISIONS)} (`fp16` on a GPU only), as `--precision` names them; Lightning's "
+        f"{listed(LIGHTNING_PRECISIONS.values())} (and `32` unquoted) are read as these",
     )
     accumulate_grad_batches: int = Field(
         1, ge=1, description="gradient accumulation: batches per optimiser step"
@@ -133,10 +143,14 @@ class TrainerConfig(Section):
 
     @field_validator("precision", mode="before")
     @classmethod
-    def _precision_as_text(cls, value: object) -> object:
-        """``precision: 32`` unquoted (YAML and ``--set`` read a number) means ``"32"``, as in Lightning;
-        only the integer: ``32.0`` is a float where an integer is meant, refused as everywhere else."""
-        return "32" if type(value) is int and value == 32 else value
+    def _precision_in_our_words(cls, value: object) -> object:
+        """Lightning's spellings, which earlier configs and checkpoints hold, as the command line's
+        (``precision: 32`` unquoted is a number in YAML and ``--set``); only the integer: ``32.0`` is a
+        float where an integer is meant, refused as everywhere else."""
+        if type(value) is int and value == 32:
+            return "fp32"
+        lightning = {spelling: ours for ours, spelling in LIGHTNING_PRECISIONS.items()}
+        return lightning.get(value, value) if isinstance(value, str) else value
 
     gradient_clip_val: float | None = Field(
         None, gt=0, description="clip the gradients' norm to this value; null = no clipping"
@@ -247,10 +261,8 @@ class TrainConfig(Section):
         description="run name: outputs go to `OUT_DIR/name/foldK`",
         json_schema_extra={"shown_default": "file stem"},
     )
-    task: Literal["segmentation", "classification"] = Field(
-        "segmentation", description="`segmentation` or `classification` (the image-level gate)"
-    )
-    mode: Literal["multilabel", "binary", "multiclass"] = Field(
+    task: Literal[TASKS] = Field("segmentation", description=f"{listed(TASKS)} (the image-level gate)")
+    mode: Literal[SEGMENTATION_MODES] = Field(
         "multilabel",
         description="segmentation: `multilabel` (4 sigmoid channels), `binary` (one class-agnostic mask; the "
         "class comes from the gate), `multiclass` (softmax over background + 4; overlapping classes: the "
@@ -285,6 +297,11 @@ class TrainConfig(Section):
     )
 
     @property
+    def task_mode(self) -> str:
+        """The networks' output mode: ``mode`` for a segmenter, ``classification`` for the gate."""
+        return CLASSIFICATION_MODE if self.task == "classification" else self.mode
+
+    @property
     def parent_stage(self) -> Path | None:
         """The earlier stage's training config, when ``init_from`` names one."""
         return Path(self.init_from) if self.init_from and self.init_from.endswith(YAML_SUFFIXES) else None
@@ -301,6 +318,17 @@ class TrainConfig(Section):
     def _consistent(self) -> TrainConfig:
         if not self.loss:
             raise ValueError("loss needs at least one term")
+        if MODEL_TASKS[self.model.type] != self.task:
+            raise ValueError(
+                f"model.type: {self.model.type} is a {MODEL_TASKS[self.model.type]} network, not one for "
+                f"task '{self.task}'"
+            )
+        for index, term in enumerate(self.loss):
+            if self.task_mode not in LOSS_MODES[term.type]:
+                raise ValueError(
+                    f"loss.{index}.type: loss '{term.type}' does not support mode '{self.task_mode}' (it "
+                    f"supports {', '.join(LOSS_MODES[term.type])})"
+                )
         if self.trainer.monitor == "tuned_score" and not (
             self.validation.tuned_score and self.task == "segmentation"
         ):

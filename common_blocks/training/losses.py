@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from segmentation_models_pytorch.losses import (
     BINARY_MODE,
     MULTICLASS_MODE,
@@ -30,46 +29,19 @@ from torch import Tensor, nn
 
 from common_blocks.data.formats import N_CLASSES
 from common_blocks.errors import ConfigError
+from common_blocks.training.config_sections import (
+    CLASSIFICATION_MODE,
+    MODES,
+    LossName,
+    LossTerm,
+)
 
-CLASSIFICATION_MODE = "classification"
-SEGMENTATION_MODES = (MULTILABEL_MODE, BINARY_MODE, MULTICLASS_MODE)
-MODES = (*SEGMENTATION_MODES, CLASSIFICATION_MODE)
 _NUM_OUTPUTS = {
     MULTILABEL_MODE: N_CLASSES,
     BINARY_MODE: 1,
     MULTICLASS_MODE: N_CLASSES + 1,
     CLASSIFICATION_MODE: N_CLASSES,
 }
-
-
-class LossTerm(BaseModel):
-    """One term of the loss: ``type`` is a key of ``LOSSES``, ``args`` go to the loss class."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    type: str = Field(
-        description="`bce`, `soft_bce`, `focal` (all tasks), `dice`, `lovasz` (per-image Lovasz hinge; "
-        "segmentation)"
-    )
-    weight: float = Field(1.0, description="the term's weight in the sum")
-    args: dict[str, Any] = Field(
-        {},
-        description="keyword arguments of the term's loss class (smp's or torch's)",
-        json_schema_extra={
-            "documented_args": {
-                "pos_weight": {
-                    "default": None,
-                    "description": "`bce`: one weight per output for its defect pixels, e.g. `[2, 2, 1, 1.5]` "
-                    "(1st place); not in `multiclass` mode",
-                },
-                "smooth_factor": {"default": 0.0, "description": "`soft_bce`: label smoothing"},
-                "per_image": {
-                    "default": True,
-                    "description": "`lovasz`: the loss per image, averaged (false: over the whole batch)",
-                },
-            }
-        },
-    )
 
 
 def _check_mode(mode: str) -> None:
@@ -172,13 +144,14 @@ def check_class_weights(terms: list[LossTerm], mode: str, source: str) -> None:
             )
 
 
-# Each loss: a factory ``(mode, **args) -> nn.Module`` and the modes it supports.
-LOSSES: dict[str, tuple[Callable[..., nn.Module], tuple[str, ...]]] = {
-    "bce": (_bce, MODES),
-    "soft_bce": (_soft_bce, MODES),
-    "focal": (_focal, MODES),
-    "dice": (_dice, SEGMENTATION_MODES),
-    "lovasz": (_lovasz, SEGMENTATION_MODES),
+# Each loss of ``config_sections.LOSS_MODES``: a factory ``(mode, **args) -> nn.Module`` (the config
+# has checked that the mode is one the loss supports).
+LOSSES: dict[LossName, Callable[..., nn.Module]] = {
+    "bce": _bce,
+    "soft_bce": _soft_bce,
+    "focal": _focal,
+    "dice": _dice,
+    "lovasz": _lovasz,
 }
 
 
@@ -221,16 +194,10 @@ def build_loss(terms: list[LossTerm], mode: str, key: str = "loss") -> WeightedL
     weights: dict[str, float] = {}
     types: dict[str, str] = {}
     for index, term in enumerate(terms):
-        path = f"{key}[{index}]"
-        if term.type not in LOSSES:
-            raise ConfigError(f"{path}.type: unknown loss '{term.type}' (registered: {', '.join(LOSSES)})")
-        factory, modes = LOSSES[term.type]
-        if mode not in modes:
-            raise ConfigError(f"{path}.type: loss '{term.type}' does not support mode '{mode}'")
         try:
-            module = factory(mode, **term.args)
+            module = LOSSES[term.type](mode, **term.args)
         except (TypeError, ValueError) as error:
-            raise ConfigError(f"{path}.args: {error}") from error
+            raise ConfigError(f"{key}[{index}].args: {error}") from error
         name = term.type if term.type not in modules else f"{term.type}_{index + 1}"
         modules[name], weights[name], types[name] = module, term.weight, term.type
     return WeightedLoss(modules, weights, types)

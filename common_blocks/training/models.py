@@ -18,13 +18,12 @@ from typing import Any
 
 import segmentation_models_pytorch as smp
 import timm
-from pydantic import BaseModel, ConfigDict, Field
 from segmentation_models_pytorch.encoders import get_encoder_names
 from torch import nn
 
 from common_blocks.errors import ConfigError
+from common_blocks.training.config_sections import DEFAULT_ENCODER, IMAGENET, ModelConfig, ModelName
 from common_blocks.training.weights import (
-    IMAGENET,
     TIMM_ENCODER_PREFIX,
     classifier_target,
     encoder_target,
@@ -33,52 +32,8 @@ from common_blocks.training.weights import (
     resolve_source,
 )
 
-DEFAULT_ENCODER = "resnet34"
 # Arguments of the smp models that the pipeline owns: logits (no activation), a single output.
 _PIPELINE_OWNED_ARGS = frozenset({"classes", "activation", "aux_params"})
-
-
-class ModelConfig(BaseModel):
-    """A network: ``type`` is a key of ``MODELS``, ``args`` go to its factory."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    type: str = Field(description="`FPN`, `Unet` (smp) or `Classifier` (timm)")
-    args: dict[str, Any] = Field(
-        {},
-        description="keyword arguments of the network, passed to smp/timm; names are checked against the class",
-        # the arguments the pipeline itself reads or relies on (docs/config.md lists them)
-        json_schema_extra={
-            "documented_args": {
-                "encoder_name": {
-                    "default": DEFAULT_ENCODER,
-                    "description": "any smp encoder, a `tu-` timm encoder, or a timm model for the Classifier",
-                },
-                "encoder_weights": {
-                    "default": IMAGENET,
-                    "description": "`imagenet` (downloads from the hub), null, `package:DIST` (an installed "
-                    "package that ships weights, offline), or a local `.pth`/`.pt`/`.bin`/`.safetensors` file in "
-                    'the encoder\'s own layout or another known one (see "Pretrained weights offline" in '
-                    "[commands.md](commands.md))",
-                },
-                "in_channels": {
-                    "default": 3,
-                    "description": "input channels; `data.grayscale: true` sets 1",
-                },
-                "decoder_channels": {
-                    "default": [256, 128, 64, 32, 16],
-                    "description": "Unet: the channels of its five decoder stages (the last ones run at the "
-                    "model's full resolution; `[64, 32, 16, 16, 8]` trained `cpu_small` 1.3x faster and lost "
-                    "classes 1-2, docs/results/training-speed.md)",
-                },
-                "decoder_attention_type": {
-                    "default": None,
-                    "description": "`scse` (Unet only; smp's FPN has none)",
-                },
-                "dropout": {"default": 0.0, "description": "Classifier only: dropout before its head"},
-            }
-        },
-    )
 
 
 def _weights_source(weights: Any, key: str) -> str | Path | None:
@@ -190,7 +145,8 @@ def build_classifier(
     return model
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
+# Each network of ``config_sections.MODEL_TASKS``: its builder.
+MODELS: dict[ModelName, Callable[..., nn.Module]] = {
     "FPN": _segmentation_factory(smp.FPN),
     "Unet": _segmentation_factory(smp.Unet),
     "Classifier": build_classifier,
@@ -203,8 +159,6 @@ def build_model(
     """The network of ``cfg`` with ``num_outputs`` logit channels; ``key`` is the config path in errors.
     ``class_head`` (a segmentation model's image-level head: ``classes``, ``pooling``, ``dropout``)
     makes it return (mask logits, image-level logits)."""
-    if cfg.type not in MODELS:
-        raise ConfigError(f"{key}.type: unknown model '{cfg.type}' (registered: {', '.join(MODELS)})")
     if class_head is None:
         return MODELS[cfg.type](num_outputs, key, **cfg.args)
     if cfg.type == "Classifier":

@@ -6,71 +6,22 @@ A pretrained encoder is fine-tuned with a smaller learning rate than the freshly
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, ReduceLROnPlateau, SequentialLR
 
 from common_blocks.errors import ConfigError
+from common_blocks.training.config_sections import OptimizerConfig, OptimizerName, SchedulerConfig
 
-OPTIMIZERS: dict[str, type[Optimizer]] = {
+# Each optimiser of ``config_sections.OPTIMIZER_NAMES``: its torch class.
+OPTIMIZERS: dict[OptimizerName, type[Optimizer]] = {
     "adam": torch.optim.Adam,
     "adamw": torch.optim.AdamW,
     "radam": torch.optim.RAdam,
 }
-OptimizerName = Literal[tuple(OPTIMIZERS)]  # the config accepts exactly the registered names
-
-
-class OptimizerConfig(BaseModel):
-    """``type`` is a key of ``OPTIMIZERS``; the decoder is everything that is not the encoder."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    type: OptimizerName = Field("adam", description="`adam`, `adamw`, `radam`")
-    encoder_lr: float = Field(
-        1e-4, gt=0, description="learning rate of the encoder (classifier: the backbone)"
-    )
-    decoder_lr: float = Field(1e-3, gt=0, description="learning rate of the decoder (classifier: the head)")
-    weight_decay: float = Field(0.0, ge=0, description="the optimiser's weight decay")
-    freeze_encoder_epochs: int = Field(
-        0,
-        ge=0,
-        description="the encoder's weights stay fixed (its batch norm learns) for the first N epochs, so a "
-        "pretrained or earlier-stage encoder is not disturbed while the new decoder is random (8th place); "
-        "with DDP set `trainer.find_unused_parameters: true`",
-    )
-
-
-class SchedulerConfig(BaseModel):
-    """Epoch-wise schedule: ``plateau`` on the validation score, ``cosine`` (with optional linear warmup) or ``none``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    type: Literal["plateau", "cosine", "none"] = Field(
-        "plateau", description="`plateau` (on the score `trainer.monitor` names), `cosine`, `none`"
-    )
-    warmup_epochs: int = Field(
-        0,
-        ge=0,
-        description="cosine only: linear warm-up from 1/(N+1) of each rate over N epochs (torch's `LinearLR` "
-        "then `CosineAnnealingLR` in a `SequentialLR`)",
-    )
-    patience: int = Field(2, ge=0, description="plateau: epochs without improvement before the rates drop")
-    factor: float = Field(0.5, gt=0, lt=1, description="plateau: the factor the rates are multiplied by")
-    min_lr: float = Field(
-        1e-6,
-        ge=0,
-        description="the plateau floor and the cosine end (must be below both learning rates for cosine)",
-    )
-
-    @model_validator(mode="after")
-    def _warmup_needs_cosine(self) -> SchedulerConfig:
-        if self.warmup_epochs and self.type != "cosine":
-            raise ValueError(f"warmup_epochs works only with type 'cosine', not '{self.type}'")
-        return self
 
 
 def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:

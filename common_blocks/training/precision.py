@@ -1,33 +1,16 @@
 """Which numeric precision a run trains in: ``trainer.precision: auto`` picks bf16 where the hardware
-computes it natively and 32-bit elsewhere, where bf16 would be emulated and slower than fp32.
+computes it natively and fp32 elsewhere, where bf16 would be emulated and slower than fp32.
 
-``cpu_has_bf16`` is the one test of the CPU (the exported backends and the benchmarks ask it too).
+The CPU's answer comes from ``backend_names.cpu_has_bf16``, the one test of the CPU.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
+from common_blocks.backend_names import CPU_BF16_FLAGS, cpu_has_bf16
+
 AUTO = "auto"
-CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-
-
-def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether the CPU has bf16 instructions (its ``flags`` list ``avx512_bf16`` or ``amx_bf16``);
-    elsewhere bf16 would be emulated, slower than fp32."""
-    try:
-        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-    flags = {
-        flag
-        for line in text.splitlines()
-        if line.startswith("flags")
-        for flag in line.partition(":")[2].split()
-    }
-    return any(flag in flags for flag in CPU_BF16_FLAGS)
 
 
 def resolve_precision(precision: str, accelerator: str) -> tuple[str, str | None]:
@@ -41,5 +24,5 @@ def resolve_precision(precision: str, accelerator: str) -> tuple[str, str | None
     else:
         native = cpu_has_bf16()
         where = f"the CPU {'has' if native else 'has no'} bf16 instructions ({' / '.join(CPU_BF16_FLAGS)})"
-    chosen = "bf16-mixed" if native else "32"
+    chosen = "bf16" if native else "fp32"
     return chosen, f"trainer.precision auto: {chosen} ({where})"

@@ -24,6 +24,7 @@ from lightning.pytorch.profilers import Profiler
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from common_blocks.backend_names import LIGHTNING_PRECISIONS
 from common_blocks.config_io import apply_overrides, validate_tree
 from common_blocks.errors import ConfigError, PipelineError
 from common_blocks.evaluation.metric import ScoreSummary
@@ -68,8 +69,8 @@ def resolve_devices(cfg: TrainConfig, devices: int) -> tuple[str, int]:
     accelerator = cfg.trainer.accelerator
     if accelerator == "gpu" and not has_gpu:
         raise ConfigError("trainer.accelerator is 'gpu' but no CUDA device is visible; use 'auto' or 'cpu'")
-    if cfg.trainer.precision == "16-mixed" and not has_gpu:
-        raise ConfigError("trainer.precision '16-mixed' needs a CUDA device; use '32' or 'bf16-mixed' on CPU")
+    if cfg.trainer.precision == "fp16" and not has_gpu:
+        raise ConfigError("trainer.precision 'fp16' needs a CUDA device; use 'fp32' or 'bf16' on CPU")
     if accelerator == "auto":
         accelerator = "gpu" if has_gpu else "cpu"
     if accelerator == "gpu" and devices > torch.cuda.device_count():
@@ -154,7 +155,7 @@ def build_trainer(
         strategy=DDPStrategy(find_unused_parameters=cfg.trainer.find_unused_parameters)
         if devices * num_nodes > 1
         else "auto",
-        precision=cfg.trainer.precision,
+        precision=LIGHTNING_PRECISIONS[cfg.trainer.precision],
         max_epochs=cfg.trainer.max_epochs,
         accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
         gradient_clip_val=cfg.trainer.gradient_clip_val,

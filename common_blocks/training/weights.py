@@ -33,8 +33,8 @@ from timm.models import adapt_input_conv
 from torch import nn
 
 from common_blocks.errors import ConfigError
+from common_blocks.training.config_sections import IMAGENET
 
-IMAGENET = "imagenet"
 PACKAGE_PREFIX = "package:"
 TIMM_ENCODER_PREFIX = "tu-"
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")

@@ -30,13 +30,13 @@ from tests.stand_ins import StandIn
 CPU_STAGES = {
     "data": ("img_s",),
     "loader": ("img_s",),
-    "train_32": ("step_alone_img_s", "pipeline_img_s", "pipeline_over_step", "step_alone_last_loss"),
-    "train_bf16-mixed": ("step_alone_img_s", "pipeline_img_s", "pipeline_over_step", "step_alone_last_loss"),
+    "train_fp32": ("step_alone_img_s", "pipeline_img_s", "pipeline_over_step", "step_alone_last_loss"),
+    "train_bf16": ("step_alone_img_s", "pipeline_img_s", "pipeline_over_step", "step_alone_last_loss"),
     "predict_setup": ("images",),
     "predict_fp32": ("img_s", "max_abs_diff_vs_fp32"),
     "predict_bf16": ("img_s", "max_abs_diff_vs_fp32", "mean_abs_diff_vs_fp32", "decisions_changed"),
 }
-GPU_ONLY = ("train_16-mixed", "predict_fp16")
+GPU_ONLY = ("train_fp16", "predict_fp16")
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_smoke_run_measures_every_stage(smoke):
         assert _number(stage["seconds"])
         for key in keys:
             assert _number(stage[key]) and stage[key] >= 0, (name, key, stage)
-    for name in ("train_32", "train_bf16-mixed"):
+    for name in ("train_fp32", "train_bf16"):
         if stages[name]["status"] == "ok":
             assert stages[name]["step_alone_img_s"] > 0 and stages[name]["pipeline_img_s"] > 0
             assert stages[name]["step_alone_peak_gpu_mib"] is None  # no GPU: no GPU memory figure

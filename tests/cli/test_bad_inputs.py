@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common_blocks.config_io import apply_overrides
+from common_blocks.config_io import apply_overrides, validate_strict
 from common_blocks.data.folds import read_folds, write_folds
 from common_blocks.data.formats import CLASS_IDS, read_labels
 from common_blocks.data.synthetic import generate
 from common_blocks.errors import ConfigError, DataError
 from common_blocks.evaluation.postprocess import PostprocessConfig
 from common_blocks.evaluation.search_grid import threshold_grid
-from common_blocks.evaluation.threshold_search import SearchResult
+from common_blocks.evaluation.search_result_file import SearchResultFile
 from common_blocks.training.config import load_config
 from tests.cli_contract import assert_one_error_line, assert_unchanged, run, run_in_process, snapshot
 from tests.repository import DEBUG, DEBUG_GATE
@@ -227,12 +227,12 @@ def test_cut_jpeg_in_a_subprocess(data, tmp_path):
         ("augment.crop_height=256.0", "augment.crop_height: Input should be a valid integer"),
         ("optimizer.weight_decay=.nan", "optimizer.weight_decay: expected a finite number, got nan"),
         (
-            "trainer.precision=bf16",
-            "trainer.precision: Input should be 'auto', '32', 'bf16-mixed' or '16-mixed'",
+            "trainer.precision=bf32",
+            "trainer.precision: Input should be 'auto', 'fp32', 'fp16' or 'bf16'",
         ),
         (
             "trainer.precision=32.0",
-            "trainer.precision: Input should be 'auto', '32', 'bf16-mixed' or '16-mixed' (got 32.0)",
+            "trainer.precision: Input should be 'auto', 'fp32', 'fp16' or 'bf16' (got 32.0)",
         ),
         ("data.sampler=rarest", "data.sampler: Input should be 'balanced', 'random' or 'rare'"),
         ("data.rare_classes=[0]", "data.rare_classes.0: Input should be greater than or equal to 1"),
@@ -247,6 +247,15 @@ def test_cut_jpeg_in_a_subprocess(data, tmp_path):
         ("augment.blackout=1.5", "augment.blackout: Input should be less than or equal to 1 (got 1.5)"),
         ("class_head={loss_weight: -1}", "class_head.loss_weight: Input should be greater than 0"),
         ("model.args.class_head={}", "model.args.class_head: the class head is the pipeline's own key"),
+        ("model.type=FNP", "model.type: Input should be 'FPN', 'Unet' or 'Classifier' (got 'FNP')"),
+        (
+            "loss=[{type: dise}]",
+            "loss.0.type: Input should be 'bce', 'soft_bce', 'focal', 'dice' or 'lovasz'",
+        ),
+        (
+            "task=classification",
+            "model.type: Unet is a segmentation network, not one for task 'classification'",
+        ),
     ],
 )
 def test_training_config_types_are_strict(tmp_path, override, fragment):
@@ -264,11 +273,22 @@ def test_training_config_types_are_strict(tmp_path, override, fragment):
         ),
         ("members=[{config: debug, folds: [0.0]}]", "members.0.folds.0: Input should be a valid integer"),
         ("search.min_areas=[0, '100']", "search.min_areas.1: Input should be a valid integer"),
+        ("tta=[none, hflp]", "tta.1: Input should be 'none', 'hflip' or 'vflip' (got 'hflp')"),
     ],
 )
 def test_ensemble_config_types_are_strict(data, tmp_path, override, fragment):
     ensemble = ensemble_yaml(tmp_path / "ensemble.yaml", data, tmp_path)
     expect_one_error(tmp_path, ["oof", "--config", ensemble, "--set", override], str(ensemble), fragment)
+
+
+def test_a_member_config_with_a_loss_its_mode_cannot_use_stops_the_sweep_before_any_job(data, tmp_path):
+    member = tmp_path / "member.yaml"
+    member.write_text(DEBUG.read_text().replace("task: segmentation", "task: classification"))
+    ensemble = ensemble_yaml(tmp_path / "ensemble.yaml", data, tmp_path, member=str(member))
+    argv = ["sweep", "--config", ensemble, "--executor", "local", "--out-dir", tmp_path / "runs"]
+    expect_one_error(tmp_path, argv, str(member), "model.type: Unet is a segmentation network")
+    member.write_text(DEBUG.read_text().replace("{type: dice", "{type: lovasz-hinge"))
+    expect_one_error(tmp_path, argv, str(member), "loss.1.type: Input should be 'bce', 'soft_bce'")
 
 
 def test_strict_configs_still_take_paths_lists_ints_for_floats_and_exponents(tmp_path):
@@ -283,7 +303,7 @@ def test_strict_configs_still_take_paths_lists_ints_for_floats_and_exponents(tmp
             "optimizer.decoder_lr=3E-3",
             "trainer.limit_train_batches=2",
             "pseudo.labels=pseudo/round1.csv",
-            "trainer.precision=32",  # Lightning's integer 32, as "32"
+            "trainer.precision=32",  # Lightning's integer 32, as fp32
         ],
     )
     assert cfg.data.data_dir == tmp_path and cfg.oof.thresholds == (0.4, 0.5) and cfg.oof.min_sizes == (0, 10)
@@ -291,8 +311,8 @@ def test_strict_configs_still_take_paths_lists_ints_for_floats_and_exponents(tmp
     assert cfg.optimizer.encoder_lr == 1e-4 and cfg.optimizer.decoder_lr == 3e-3
     assert cfg.trainer.limit_train_batches == 2 and cfg.pseudo.labels == Path("pseudo/round1.csv")
     assert (
-        cfg.trainer.precision == "32"
-        and load_config(DEBUG, ["trainer.precision='32'"]).trainer.precision == "32"
+        cfg.trainer.precision == "fp32"
+        and load_config(DEBUG, ["trainer.precision='32'"]).trainer.precision == "fp32"
     )
     assert apply_overrides({}, ["x=1e5", "y=1_000", "z=e5"]) == {"x": 1e5, "y": 1000, "z": "e5"}
 
@@ -426,7 +446,7 @@ BAD_RESULTS = {
     "threshold_above_one": (("config", "classes", 2, "threshold"), 1.5, "config.classes.2.threshold"),
     "string_min_size": (("config", "classes", 1, "min_size"), "50", "config.classes.1.min_size"),
     "bool_gate": (("config", "classes", 3, "gate"), True, "config.classes.3.gate"),
-    "extra_key": (("config", "classes", 0, "thershold"), 0.5, "unknown key classes.0.thershold"),
+    "extra_key": (("config", "classes", 0, "thershold"), 0.5, "unknown key config.classes.0.thershold"),
     "nan_score": (("score",), float("nan"), "score: nan is not a finite number in [0, 1]"),
     "class_score_above_one": (("class_scores", 1), 2.0, "class_scores: 2.0 at [1]"),
     "nan_in_the_table": (("scores", 3), [[[[float("nan")]]]], "scores: nan at [3, 0, 0, 0, 0]"),
@@ -447,7 +467,7 @@ CASES_1_AND_2 = {
 
 @pytest.mark.parametrize("version, path, value, fragment", CASES_1_AND_2.values(), ids=CASES_1_AND_2)
 def test_malformed_thresholds_json(data, tmp_path, version, path, value, fragment):
-    SearchResult.from_dict(valid_search_result(version))  # the unspoiled file is fine
+    validate_strict(SearchResultFile, valid_search_result(version))  # the unspoiled file is fine
     thresholds = tmp_path / "thresholds.json"
     thresholds.write_text(json.dumps(spoiled(path, value, version)))
     ensemble = ensemble_yaml(

@@ -163,5 +163,5 @@ def test_a_run_trained_with_precision_auto_is_seen_finished(tmp_path, synthetic_
     assert outcome.code == 0, outcome.stderr[-3000:]
     cfg = load_config(DEBUG, overrides)
     paths = RunPaths.of(tmp_path / "runs", "debug", 0)
-    assert load_config(paths.config).trainer.precision in ("32", "bf16-mixed")  # the precision it trained in
+    assert load_config(paths.config).trainer.precision in ("fp32", "bf16")  # the precision it trained in
     assert run_state(paths, cfg, 0).action == "finished"

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from common_blocks.data import datasets, images, rle
+from common_blocks.data.augment_config import AugmentConfig
 from common_blocks.data.datasets import (
     GREY_MEAN,
     GREY_STD,
@@ -22,7 +23,7 @@ from common_blocks.data.datasets import (
 )
 from common_blocks.data.formats import RLE_COLUMNS, class_presence, read_labels
 from common_blocks.data.images import read_image
-from common_blocks.data.transforms import AugmentConfig, build_train_transform
+from common_blocks.data.transforms import build_train_transform
 from common_blocks.errors import DataError
 
 HEIGHT, WIDTH = rle.IMAGE_SHAPE

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from common_blocks.data.augment_config import AugmentConfig
 from common_blocks.data.rle import IMAGE_SHAPE
 from common_blocks.data.transforms import (
-    AugmentConfig,
     DefectBlackout,
     DefectCrop,
     build_train_transform,

@@ -23,21 +23,22 @@ import pytest
 import torch
 import yaml
 
-from common_blocks import cli
-from common_blocks.backend_names import BACKENDS, PRECISIONS
+from common_blocks import backend_names, cli
+from common_blocks.backend_names import BACKENDS, PRECISIONS, cpu_has_bf16
 from common_blocks.data import rle
 from common_blocks.data.formats import list_images
 from common_blocks.deploy import backend_choice, export, onnx_runtimes
-from common_blocks.deploy.backend_choice import choose_backend, cpu_has_bf16
+from common_blocks.deploy.backend_choice import choose_backend
 from common_blocks.deploy.export import MANIFEST, TOLERANCE, open_export, sha256_of
 from common_blocks.errors import ConfigError
-from common_blocks.evaluation.postprocess import ClassPostprocess, PostprocessConfig, postprocess_image
+from common_blocks.evaluation.postprocess import ClassPostprocess, PostprocessConfig
 from common_blocks.evaluation.scorer import score_submission
 from common_blocks.inference.ensemble_config import load_ensemble_config
 from common_blocks.inference.predictor import AUTOCAST_DTYPES, build_predictor
 from common_blocks.inference.submission import ReadTolerantDataset
 from tests.cli_contract import assert_one_error_line, assert_unchanged, run, run_in_process, snapshot
 from tests.debug_runs import debug_ensemble_file, write_untrained
+from tests.references import postprocess_image
 from tests.repository import DEBUG
 
 pytestmark = pytest.mark.slow  # every test here trains, loads or runs a model
@@ -87,10 +88,13 @@ def torch_submission(tmp_path_factory, config) -> Path:
 
 
 def test_every_backend_and_precision_has_its_implementation():
-    """backend_names is the one list: the runtimes compile each ONNX backend, autocast knows each precision."""
-    assert set(BACKENDS) == {"auto", "torch", *onnx_runtimes._COMPILERS} and set(AUTOCAST_DTYPES) == set(
-        PRECISIONS
-    )
+    """backend_names is the one table: each runtime's compiler imports, its ranks order ``auto``, its
+    precisions are known ones, and autocast knows each precision."""
+    table = backend_names.RUNTIMES
+    assert ("auto", "torch", *table) == BACKENDS and set(AUTOCAST_DTYPES) == set(PRECISIONS)
+    for name, runtime in table.items():
+        assert callable(onnx_runtimes.compiler(name)) and set(runtime.precisions) <= set(PRECISIONS)
+    assert len({runtime.rank for runtime in table.values()}) == len(table)
     options = {action.dest: action.choices for action in cli.build_parser(commands=["infer"])._actions}
     assert tuple(options["backend"]) == BACKENDS and tuple(options["precision"]) == PRECISIONS
 
@@ -289,7 +293,7 @@ def test_auto_picks_the_fastest_installed_and_says_which(monkeypatch, capsys):
     )
     monkeypatch.setitem(sys.modules, "openvino", None)
     assert choose_backend("auto", "fp32") == "onnxruntime"
-    monkeypatch.setattr(backend_choice, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(backend_names, "cpu_has_bf16", lambda: True)
     assert choose_backend("auto", "bf16") == "torch"  # onnxruntime runs fp32 only
     assert "no ONNX runtime for bf16 is installed" in capsys.readouterr().err
 
@@ -391,7 +395,7 @@ def test_bf16_needs_a_cpu_with_bf16_instructions(tmp_path, monkeypatch):
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx512f amx_bf16 amx_tile\n")
     assert cpu_has_bf16(cpuinfo) and not cpu_has_bf16(tmp_path / "absent")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(backend_choice, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(backend_names, "cpu_has_bf16", lambda: False)
     with pytest.raises(ConfigError, match="--precision bf16: this CPU has no bf16 instructions"):
         choose_backend("torch", "bf16")
     assert choose_backend("torch", "fp32") == "torch"

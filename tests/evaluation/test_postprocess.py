@@ -9,7 +9,6 @@ from common_blocks.evaluation.postprocess import (
     PostprocessConfig,
     binary_mask,
     fill_mask_holes,
-    postprocess_image,
     postprocess_mask,
 )
 
@@ -85,27 +84,7 @@ def test_gate_drops_the_mask_below_its_threshold_only():
     assert postprocess_mask(prob, cfg, gate_prob=np.float32(0.3)).sum() == 0
 
 
-def test_postprocess_image_applies_each_class_config():
-    rng = np.random.default_rng(1)
-    probs = rng.random((4, 16, 24), dtype=np.float32)
-    classes = (
-        ClassPostprocess(threshold=0.3),
-        ClassPostprocess(threshold=0.5, min_size=3),
-        ClassPostprocess(threshold=0.7, fill_holes=True),
-        ClassPostprocess(threshold=0.5, gate=0.6),
-    )
-    config = PostprocessConfig(classes=classes)
-    gates = np.array([0.9, 0.9, 0.9, 0.2], np.float32)
-    masks = postprocess_image(probs, config, gates)
-    assert masks.shape == probs.shape and masks.dtype == np.uint8
-    for k, cfg in enumerate(classes):
-        assert np.array_equal(masks[k], postprocess_mask(probs[k], cfg, float(gates[k])))
-    assert masks[3].sum() == 0
-    assert np.array_equal(postprocess_image(probs, config)[3], postprocess_mask(probs[3], classes[3]))
-    with pytest.raises(ValueError):
-        postprocess_image(probs[:3], config)
-    with pytest.raises(ValueError):
-        postprocess_image(probs, config, gates[:3])
+def test_postprocess_mask_refuses_what_is_not_a_probability_map():
     with pytest.raises(ValueError):
         postprocess_mask(np.zeros((4, 4), np.uint8), ClassPostprocess())
 

@@ -7,15 +7,15 @@ import pytest
 
 from common_blocks.errors import ConfigError, DataError
 from common_blocks.evaluation.image_stats import image_stats
-from common_blocks.evaluation.metric import mask_dice, summarize
+from common_blocks.evaluation.metric import summarize
 from common_blocks.evaluation.oof_stats import OofStats, OofStatsBuilder
 from common_blocks.evaluation.postprocess import (
     ClassPostprocess,
     PostprocessConfig,
-    postprocess_image,
     postprocess_mask,
 )
 from common_blocks.evaluation.threshold_search import SearchResult, evaluate, search
+from tests.references import mask_dice, postprocess_image
 
 SHAPE = (32, 64)
 THRESHOLDS = (0.3, 0.5, 0.7)

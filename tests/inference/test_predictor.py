@@ -14,7 +14,7 @@ from common_blocks.data import rle
 from common_blocks.data.formats import CLASS_IDS, RLE_COLUMNS, read_image_ids, read_label_rows, read_labels
 from common_blocks.errors import ConfigError
 from common_blocks.evaluation.oof_stats import OofStats
-from common_blocks.evaluation.postprocess import ClassPostprocess, PostprocessConfig, postprocess_image
+from common_blocks.evaluation.postprocess import ClassPostprocess, PostprocessConfig
 from common_blocks.inference.options import PredictOptions
 from common_blocks.inference.predictor import (
     EMPTY_RLES,
@@ -36,6 +36,7 @@ from common_blocks.training.datamodule import labelled_folds
 from common_blocks.training.module import DefectModule
 from tests.cli_contract import Outcome, run_in_process
 from tests.debug_runs import debug_ensemble, write_untrained
+from tests.references import postprocess_image
 from tests.repository import DEBUG, DEBUG_GATE, ENSEMBLE
 from tests.stand_ins import StandIn
 

@@ -19,7 +19,7 @@ from common_blocks.data.samplers import BalancedSampler, MixedSampler, pseudo_co
 from common_blocks.errors import ConfigError, DataError
 from common_blocks.inference.predictor import EnsemblePredictor, WeightedModel
 from common_blocks.pseudo.rounds import folder_loader, predict_and_select
-from common_blocks.pseudo.selection import SelectionSummary, select
+from common_blocks.pseudo.selection import SelectionSummary
 from common_blocks.training.config import load_config
 from common_blocks.training.datamodule import SteelDataModule
 from common_blocks.training.runner import train_fold
@@ -55,16 +55,16 @@ def masks(*present: int) -> np.ndarray:
     ],
 )
 def test_selection_keeps_confident_agreeing_images_only(gate, present, kept):
-    assert select(np.array(gate), masks(*present)) is kept
+    assert SelectionSummary().add(np.array(gate), masks(*present)) is kept
 
 
 def test_selection_thresholds_are_parameters_and_validated():
-    assert select(np.array([0.85, 0.1, 0.1, 0.1]), masks(1), p_high=0.8, p_low=0.2)
-    assert not select(np.array([0.85, 0.1, 0.1, 0.1]), masks(1))
+    assert SelectionSummary(p_high=0.8, p_low=0.2).add(np.array([0.85, 0.1, 0.1, 0.1]), masks(1))
+    assert not SelectionSummary().add(np.array([0.85, 0.1, 0.1, 0.1]), masks(1))
     with pytest.raises(ConfigError, match="p_low < p_high"):
-        select(np.zeros(4), masks(), p_high=0.3, p_low=0.6)
+        SelectionSummary(p_high=0.3, p_low=0.6)
     with pytest.raises(ValueError, match="4 gate probabilities"):
-        select(np.zeros(3), masks())
+        SelectionSummary().add(np.zeros(3), masks())
 
 
 def test_summary_counts_kept_images_classes_and_rejections():

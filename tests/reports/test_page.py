@@ -4,12 +4,13 @@ import pytest
 
 from common_blocks.data.formats import read_labels
 from common_blocks.errors import ConfigError
-from common_blocks.evaluation.metric import mask_dice, summarize
+from common_blocks.evaluation.metric import summarize
 from common_blocks.evaluation.oof_stats import OofStatsBuilder
-from common_blocks.evaluation.postprocess import ClassPostprocess, PostprocessConfig, postprocess_image
+from common_blocks.evaluation.postprocess import ClassPostprocess, PostprocessConfig
 from common_blocks.evaluation.threshold_search import evaluate, pair_outcomes, search
 from common_blocks.reports.figures import confusion_by_class_count, label_masks
 from common_blocks.reports.page import WorstImage, build_report, worst_images
+from tests.references import mask_dice, postprocess_image
 from tests.reports.fake_runs import linked_files, make_runs
 
 N_IMAGES = 10

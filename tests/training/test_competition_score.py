@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from common_blocks.evaluation.metric import mask_dice, pair_sums, summarize
+from common_blocks.evaluation.metric import pair_sums, summarize
 from common_blocks.training.competition_score import CompetitionScore
+from tests.references import mask_dice
 
 
 def test_masks_in_two_batches_score_as_the_metric_on_all_images():

@@ -24,9 +24,13 @@ def test_overrides_are_read_as_yaml(debug_config):
     assert cfg.model.args["encoder_depth"] == 4
 
 
-@pytest.mark.parametrize("value", ["32", '"32"'])
-def test_precision_32_is_read_quoted_or_not(debug_config, value):
-    assert load_config(debug_config, [f"trainer.precision={value}"]).trainer.precision == "32"
+@pytest.mark.parametrize(
+    ("value", "ours"),
+    [("32", "fp32"), ('"32"', "fp32"), ("bf16-mixed", "bf16"), ("16-mixed", "fp16"), ("bf16", "bf16")],
+)
+def test_precision_reads_lightning_spellings_as_the_command_lines(debug_config, value, ours):
+    """Earlier configs and checkpoints say ``32`` or ``bf16-mixed``: they load, in the one vocabulary."""
+    assert load_config(debug_config, [f"trainer.precision={value}"]).trainer.precision == ours
 
 
 @pytest.mark.parametrize(
@@ -41,14 +45,33 @@ def test_precision_32_is_read_quoted_or_not(debug_config, value):
         (["max_epochs"], "expected key.path=value"),
         (
             ["trainer.precision=16"],
-            "trainer.precision: Input should be 'auto', '32', 'bf16-mixed' or '16-mixed'",
+            "trainer.precision: Input should be 'auto', 'fp32', 'fp16' or 'bf16'",
         ),
         (["data.grayscale=true", "model.args.in_channels=3"], "model.args.in_channels must be 1"),
         (["class_head={loss_weight: 0}"], "class_head.loss_weight: Input should be greater than 0"),
         (["class_head={pooling: mean}"], "class_head.pooling: Input should be 'avg' or 'max'"),
-        (["task=classification", "class_head={}"], "class_head: a head on a segmenter"),
+        (
+            ["task=classification", "model.type=Classifier", "loss=[{type: bce}]", "class_head={}"],
+            "class_head: a head on a segmenter",
+        ),
         (["model.args.class_head={}"], "model.args.class_head: the class head is the pipeline's own key"),
         (["model.args.class_head={loss_weight: 0.2}"], "set it at the top level"),
+        (["model.type=Nope"], "model.type: Input should be 'FPN', 'Unet' or 'Classifier' (got 'Nope')"),
+        (
+            ["loss=[{type: dise}]"],
+            "loss.0.type: Input should be 'bce', 'soft_bce', 'focal', 'dice' or 'lovasz'",
+        ),
+        (["optimizer.type=sgd"], "optimizer.type: Input should be 'adam', 'adamw' or 'radam'"),
+        (
+            ["task=classification"],
+            "model.type: Unet is a segmentation network, not one for task 'classification'",
+        ),
+        (
+            ["task=classification", "model.type=Classifier", "loss=[{type: bce}, {type: lovasz}]"],
+            "loss.1.type: loss 'lovasz' does not support mode 'classification' (it supports multilabel, binary, "
+            "multiclass)",
+        ),
+        (["model.type=Classifier"], "model.type: Classifier is a classification network, not one for task"),
     ],
 )
 def test_bad_values_name_the_key_path(debug_config, overrides, message):

@@ -8,14 +8,25 @@ from pydantic import ValidationError
 from torch import nn
 
 from common_blocks.errors import ConfigError
-from common_blocks.training.models import ModelConfig, build_model
-from common_blocks.training.optim import (
+from common_blocks.training.config_sections import (
+    MODEL_TASKS,
+    OPTIMIZER_NAMES,
+    ModelConfig,
     OptimizerConfig,
     SchedulerConfig,
+)
+from common_blocks.training.models import MODELS, build_model
+from common_blocks.training.optim import (
+    OPTIMIZERS,
     build_optimizer,
     build_scheduler,
     split_parameters,
 )
+
+
+def test_every_named_optimizer_and_network_has_its_builder():
+    assert list(OPTIMIZERS) == list(OPTIMIZER_NAMES)
+    assert list(MODELS) == list(MODEL_TASKS)
 
 
 class EncoderDecoder(nn.Module):

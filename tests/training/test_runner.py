@@ -296,11 +296,11 @@ def test_multi_scale_crops_give_each_training_batch_one_of_the_widths(synthetic_
         )
 
 
-@pytest.mark.parametrize("has_bf16, chosen", [(True, "bf16-mixed"), (False, "32")])
+@pytest.mark.parametrize("has_bf16, chosen", [(True, "bf16"), (False, "fp32")])
 def test_precision_auto_is_decided_once_said_and_recorded(
     synthetic_data, debug_config, tmp_path, monkeypatch, capsys, has_bf16, chosen
 ):
-    """``trainer.precision: auto`` trains in bf16-mixed where the CPU has bf16 instructions and in 32
+    """``trainer.precision: auto`` trains in bf16 where the CPU has bf16 instructions and in fp32
     elsewhere; the choice is printed at the start and is what the run's config.yaml and checkpoint say."""
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: has_bf16)
     cfg = _config(debug_config, synthetic_data, "trainer.precision=auto", "data.max_images=8")

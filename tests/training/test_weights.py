@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from common_blocks.errors import ConfigError
-from common_blocks.training.models import ModelConfig, build_model
+from common_blocks.training.config_sections import ModelConfig
+from common_blocks.training.models import build_model
 from common_blocks.training.weights import WEIGHT_PACKAGES, convert, package_weights, read_state_dict
 from tests.cli_contract import assert_one_error_line, run_in_process
 

@@ -11,7 +11,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from common_blocks.errors import ConfigError
-from common_blocks.training.models import ModelConfig, build_model
+from common_blocks.training.config_sections import ModelConfig
+from common_blocks.training.models import build_model
 from common_blocks.training.optim import split_parameters
 
 HEIGHT, WIDTH = 64, 128
@@ -119,10 +120,6 @@ class ModelTestBase:
     def test_unknown_encoder_raises(self) -> None:
         with pytest.raises(ConfigError, match=r"model\.args\.encoder_name: unknown .*'no_such_net'"):
             self.build(encoder_name="no_such_net")
-
-    def test_unknown_type_lists_registered_names(self) -> None:
-        with pytest.raises(ConfigError, match=rf"model\.type: unknown model 'Nope'.*{self.model_type}"):
-            build_model(ModelConfig(type="Nope"), self.num_outputs)
 
     def test_heavy_encoder_builds(self) -> None:
         model = self.build(encoder_name=self.heavy_encoder)

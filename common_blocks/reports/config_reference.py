@@ -6,10 +6,9 @@ free ``args`` mapping the pipeline itself reads are declared beside the field, i
 ``json_schema_extra={"documented_args": {name: {"default", "description"}}}``; a default that is not
 a value (a name defaulting to the file's stem) is ``json_schema_extra={"shown_default": text}``.
 
-``python -m common_blocks.inference.config_reference`` writes the page; ``--check`` exits 1 when it
-differs (``tests/test_docs.py`` runs the same check). The module lives in ``inference`` because it
-reads both the training config and the ensemble config, and only ``inference`` and above may import
-both.
+``python -m common_blocks.reports.config_reference`` writes the page; ``--check`` exits 1 when it
+differs (``tests/test_docs.py`` runs the same check). It is a page for people, so it lives with the
+other things a person reads (``reports``), above both schemas it reads.
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ from common_blocks.inference.ensemble_config import EnsembleConfig
 from common_blocks.training.config import TrainConfig
 
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "config.md"
-COMMAND = "python -m common_blocks.inference.config_reference"
+COMMAND = "python -m common_blocks.reports.config_reference"
 
 INTRO = """\
 A config is YAML; `--set key.path=value` overrides any key (the value is read as YAML), and
