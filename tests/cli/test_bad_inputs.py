@@ -731,14 +731,15 @@ def test_pseudo_labels_are_not_written_into_the_images(data, tmp_path, weak_pool
             ["data.weak: image-level labels train the classifier gate (task: classification)"],
         ),
         (
-            ["task=classification", "data.weak={}", "augment.crop_height=256", "augment.crop_width=256"],
+            ["data.weak={}", "augment.crop_height=256", "augment.crop_width=256"],
             ["data.weak: image-level labels describe the whole image, not a crop"],
         ),
         (["data.weak={imgs: x}"], ["data.weak.imgs"]),
     ],
 )
 def test_weak_config_errors_are_one_line(tmp_path, overrides, fragments):
-    expect_one_error(tmp_path, train_argv(DEBUG, tmp_path, *overrides), *fragments)
+    config = DEBUG if overrides == ["data.weak={}"] else DEBUG_GATE  # the first: data.weak on a segmenter
+    expect_one_error(tmp_path, train_argv(config, tmp_path, *overrides), *fragments)
 
 
 @pytest.mark.parametrize(
