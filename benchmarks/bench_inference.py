@@ -76,6 +76,7 @@ from common_blocks.inference.submission import make_submission
 from common_blocks.run_folder import RunPaths
 from common_blocks.training.config import load_config
 from common_blocks.training.module import DefectModule
+from common_blocks.training.network import DefectNetwork
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_RATIO = 0.85
@@ -458,7 +459,7 @@ STAGES: dict[str, tuple[tuple[object, str], ...]] = {
     "decode": ((datasets, "read_image"),),
     "normalise": ((datasets, "to_tensor"),),
     "network": ((EnsemblePredictor, "network_logits"),),
-    "resize": ((DefectModule, "to_input_size"),),
+    "resize": ((DefectNetwork, "to_input_size"),),
     "post-process": ((predictor_module, "postprocess_mask"),),
     "RLE": ((rle, "encode"),),
     "check + CSV": ((submission, "check_predictions"), (submission, "write_submission")),

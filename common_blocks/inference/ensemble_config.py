@@ -33,7 +33,7 @@ from common_blocks.evaluation.threshold_search import (
     gate_grid,
     min_area_grid,
 )
-from common_blocks.training.runner import RunPaths
+from common_blocks.run_folder import RunPaths
 
 TtaName = Literal["none", "hflip", "vflip"]
 

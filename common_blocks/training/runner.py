@@ -368,7 +368,7 @@ def _train_fold(
 def evaluate_checkpoint(checkpoint: str | os.PathLike, overrides: Sequence[str] = ()) -> ScoreSummary:
     """The validation score of a checkpoint on its own fold, in this single process; ``overrides``
     (``key.path=value``) change its saved config for this evaluation (``data.data_dir``, say)."""
-    module = load_checkpoint(checkpoint)
+    module = load_checkpoint(checkpoint, kind=DefectModule)
     tree = apply_overrides(module.cfg.model_dump(mode="json"), list(overrides))
     cfg = validate_tree(TrainConfig, tree, f"{checkpoint} with --set")
     trainer = L.Trainer(
