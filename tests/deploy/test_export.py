@@ -253,7 +253,7 @@ def test_a_submission_from_an_export_loads_no_lightning(exported, config, torch_
         for line in result.stderr.splitlines()
         if line.startswith("import time:")
     }
-    assert {"torch", "onnxruntime", "common_blocks.inference.predictor"} <= imported
+    assert {"torch", "common_blocks.inference.predictor"} <= imported
     assert not sorted(m for m in imported if m.startswith(("lightning", "pytorch_lightning", "torchmetrics")))
     assert score_submission(out, torch_submission).score >= SAME_SUBMISSION
 
