@@ -29,14 +29,14 @@ from common_blocks.data import datasets, rle
 from common_blocks.inference import predictor as predictor_module
 from common_blocks.inference import submission
 from common_blocks.inference.predictor import EnsemblePredictor
-from common_blocks.training.module import DefectModule
+from common_blocks.training.network import DefectNetwork
 
 # The stages: (module, attribute) of the functions whose calls make each stage, none inside another.
 STAGES: dict[str, tuple[tuple[object, str], ...]] = {
     "decode": ((datasets, "read_image"),),
     "normalise": ((datasets, "to_tensor"),),
     "network": ((EnsemblePredictor, "network_logits"),),
-    "resize": ((DefectModule, "to_input_size"),),
+    "resize": ((DefectNetwork, "to_input_size"),),
     "post-process": ((predictor_module, "postprocess_mask"),),
     "RLE": ((rle, "encode"),),
     "check + CSV": ((submission, "check_predictions"), (submission, "write_submission")),

@@ -42,7 +42,7 @@ from common_blocks.pseudo.rounds import (
 from common_blocks.pseudo.selection import SelectionSummary
 from common_blocks.run_folder import RunPaths
 from common_blocks.training.config import load_config
-from common_blocks.training.datamodule import labelled_folds, write_missing_folds
+from common_blocks.training.folds_file import labelled_folds, write_missing_folds
 from common_blocks.training.runner import train_fold
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -44,6 +44,7 @@ from common_blocks.run_folder import VAL_SCORE, VAL_TUNED_SCORE, RunPaths
 from common_blocks.training.averaging import average_state_dicts, reestimate_batch_norm
 from common_blocks.training.checkpoints import load_checkpoint
 from common_blocks.training.datamodule import SteelDataModule
+from common_blocks.training.module import DefectModule
 
 _FIELDS = ("image_ids", "folds", "area", "intersection", "truth_area", "gate")
 
@@ -139,7 +140,7 @@ def measure(root: Path, top_k: int, splits: int) -> pd.DataFrame:
     metrics = pd.read_csv(paths.metrics).dropna(subset=[VAL_SCORE])
     epochs = {int(path.stem.removeprefix("epoch")): path for path in paths.top_k.glob("epoch*.pt")}
     metrics = metrics[metrics["epoch"].isin(epochs)].drop_duplicates("epoch").set_index("epoch")
-    module = load_checkpoint(paths.best)
+    module = load_checkpoint(paths.best, kind=DefectModule)
     datamodule = SteelDataModule(module.cfg, module.fold)
     datamodule.setup("fit")
     weights = {epoch: torch.load(path, weights_only=True)["state_dict"] for epoch, path in epochs.items()}

@@ -40,7 +40,7 @@ def debug_config() -> Path:
 def data(synthetic_data: Path) -> Path:
     """The synthetic data with the debug config's folds file, as training writes it."""
     from common_blocks.training.config import load_config
-    from common_blocks.training.datamodule import write_missing_folds
+    from common_blocks.training.folds_file import write_missing_folds
 
     write_missing_folds(load_config(DEBUG, [f"data.data_dir={synthetic_data}"]))
     return synthetic_data

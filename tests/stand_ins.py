@@ -1,4 +1,4 @@
-"""Test helpers: stand-in networks with the interface of ``DefectModule`` that inference uses, and
+"""Test helpers: stand-in networks with the interface of ``DefectNetwork`` that inference uses, and
 untrained checkpoints written the way training writes them."""
 
 import os
@@ -6,7 +6,7 @@ import os
 import torch
 from torch import nn
 
-from common_blocks.training.losses import CLASSIFICATION_MODE
+from common_blocks.training.modes import CLASSIFICATION_MODE
 
 
 class StandIn(nn.Module):
@@ -23,7 +23,7 @@ class StandIn(nn.Module):
 
     @property
     def can_gate(self) -> bool:
-        """A classification stand-in is a gate, as a classifier's ``DefectModule`` is."""
+        """A classification stand-in is a gate, as a classifier's ``DefectNetwork`` is."""
         return self.task_mode == CLASSIFICATION_MODE
 
     @property

@@ -1,5 +1,6 @@
 """The package's shape: imports run one way between sub-packages, no library module or benchmark
-imports the command line, no private name crosses modules, and the config schemas load without torch."""
+imports the command line, no private name crosses modules, the config schemas load without torch,
+and prediction needs no Lightning."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from tests.repository import ROOT
 
 LAYERS = ("data", "evaluation", "training", "inference", "deploy", "cluster", "pseudo", "reports")
 PACKAGE = ROOT / "common_blocks"
+# Training's framework: prediction (inference, deploy) runs the plain network without it, and the
+# offline bundle does not ship it.
+TRAINING_FRAMEWORK = frozenset({"lightning", "pytorch_lightning", "lightning_utilities", "torchmetrics"})
 
 
 def _imports(path: Path) -> list[tuple[str, list[str]]]:
@@ -25,6 +29,45 @@ def _imports(path: Path) -> list[tuple[str, list[str]]]:
         elif isinstance(node, ast.Import):
             found += [(alias.name, []) for alias in node.names if alias.name.startswith("common_blocks")]
     return found
+
+
+def _source(module: str) -> Path | None:
+    """The file of a ``common_blocks`` module or package; None for a name that is neither (a class, a
+    function imported from a module)."""
+    path = ROOT.joinpath(*module.split("."))
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _loaded_by(module: str) -> dict[str, str]:
+    """Each outside package that importing ``module`` may load, with the ``common_blocks`` module that
+    imports it: the imports anywhere in its file (a function's import runs when it is called) and in
+    the files of the ``common_blocks`` modules and packages among them, transitively."""
+    outside: dict[str, str] = {}
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        path = _source(name)
+        if name in seen or path is None:
+            continue
+        seen.add(name)
+        todo += [".".join(name.split(".")[:end]) for end in range(1, name.count(".") + 1)]  # its packages
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+            else:
+                continue
+            for imported in names:
+                if imported.split(".")[0] == "common_blocks":
+                    todo.append(imported)
+                else:
+                    outside.setdefault(imported.split(".")[0], name)
+    return outside
 
 
 def _layer(module: str) -> str | None:
@@ -90,3 +133,17 @@ def test_config_schemas_import_no_torch():
         [sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=ROOT
     )
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted([*(PACKAGE / "inference").rglob("*.py"), *(PACKAGE / "deploy").rglob("*.py")]),
+    ids=lambda p: str(p.relative_to(PACKAGE)),
+)
+def test_inference_and_deploy_do_not_import_lightning(path):
+    """Prediction, the export and the bundle run the plain network (``training.network``): no module
+    of theirs loads Lightning or torchmetrics, through any ``common_blocks`` module it imports."""
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    found = {name: by for name, by in _loaded_by(module).items() if name in TRAINING_FRAMEWORK}
+    assert not found, ", ".join(f"{by} imports {name}" for name, by in found.items())

@@ -32,7 +32,7 @@ from common_blocks.inference.options import PredictOptions
 from common_blocks.one_writer import one_writer
 from common_blocks.run_folder import RUN_FOLDER_BUSY, RunPaths
 from common_blocks.training.config import TrainConfig, load_config
-from common_blocks.training.datamodule import check_fold, labelled_folds, write_missing_folds
+from common_blocks.training.folds_file import check_fold, labelled_folds, write_missing_folds
 from common_blocks.training.run_folder_transaction import SetAside
 
 

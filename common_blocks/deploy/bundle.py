@@ -55,12 +55,9 @@ KAGGLE_SUBMISSION = PurePosixPath("/kaggle/working/submission.csv")
 # What inference needs beyond Kaggle's Python image. The image has torch, torchvision, numpy, pandas,
 # opencv, albumentations, timm (with huggingface-hub and safetensors), pyyaml, tqdm, matplotlib and
 # numba; it lacks these, or may have them older than the pipeline needs. The one list to change.
+# Lightning and torchmetrics are training's: inference runs the plain network without them.
 DEPENDENCY_WHEELS: tuple[str, ...] = (
     "segmentation-models-pytorch",  # 0.6: not in the image
-    "lightning",  # 2.6 and its parts: not in the image
-    "pytorch-lightning",
-    "lightning-utilities",
-    "torchmetrics",
     "pydantic",  # 2.x with its exact pydantic-core; the image's may be older
     "pydantic-core",
     "annotated-types",

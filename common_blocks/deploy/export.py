@@ -1,7 +1,7 @@
 """``severstal export``: every network of an ensemble as ONNX, checked against PyTorch, with a manifest.
 
 Each fold checkpoint of each member and of the gate becomes ``NAME/foldK/best.onnx`` (its path under
-the runs folder, ``.onnx`` for ``.ckpt``): the graph of ``DefectModule.model_logits``, i.e. the resize
+the runs folder, ``.onnx`` for ``.ckpt``): the graph of ``DefectNetwork.model_logits``, i.e. the resize
 to ``data.scale``, the replicate padding to a multiple of 32, the network and the crop back, from a
 normalised float32 (B, C, 256, 1600) batch (any B) to the logits at the network's resolution. All that
 follows (TTA flips, activation, averaging, the resize to 256x1600, the gate, post-processing, RLE)
@@ -42,8 +42,8 @@ from common_blocks.files import check_apart
 from common_blocks.inference.ensemble_config import EnsembleConfig
 from common_blocks.inference.predictor import WeightedModel, build_predictor
 from common_blocks.output_folders import check_replaceable, replaced_folder
-from common_blocks.training.losses import probabilities
-from common_blocks.training.module import DefectModule
+from common_blocks.training.modes import probabilities
+from common_blocks.training.network import DefectNetwork
 
 MANIFEST = "manifest.json"
 FORMAT = "severstal-onnx-export/1"
@@ -84,7 +84,7 @@ class _ModelLogits(nn.Module):
         return self.module.model_logits(images)
 
 
-def export_network(module: DefectModule, path: Path) -> None:
+def export_network(module: DefectNetwork, path: Path) -> None:
     """Trace ``module.model_logits`` on a (1, C, 256, 1600) batch into ``path`` (ONNX, batch dynamic).
 
     The TorchScript exporter (``dynamo=False``) needs no onnxscript; its warnings (deprecation, and

@@ -16,8 +16,8 @@ import torch
 from common_blocks.errors import ConfigError, DataError
 from common_blocks.inference.ensemble_config import EnsembleConfig, RunRef
 from common_blocks.training.checkpoints import load_checkpoint
-from common_blocks.training.losses import BINARY_MODE, CLASSIFICATION_MODE
-from common_blocks.training.module import DefectModule
+from common_blocks.training.modes import BINARY_MODE, CLASSIFICATION_MODE
+from common_blocks.training.network import DefectNetwork
 
 
 def checkpoints_of(cfg: EnsembleConfig, ref: RunRef, folds: list[int] | None) -> list[Path]:
@@ -27,7 +27,7 @@ def checkpoints_of(cfg: EnsembleConfig, ref: RunRef, folds: list[int] | None) ->
 
 def load_slot(
     path: Path, ref: RunRef, fold: int, device: str | torch.device = "cpu", channels_last: bool | None = None
-) -> DefectModule:
+) -> DefectNetwork:
     """The checkpoint in ``ref``'s slot for ``fold``, refused when it records another fold or run: a
     checkpoint scored out of fold on images it trained on would inflate the local CV silently."""
     module = load_checkpoint(path, device, channels_last=channels_last)
@@ -43,7 +43,7 @@ def load_slot(
 
 def load_runs(
     cfg: EnsembleConfig, ref: RunRef, folds: list[int] | None, device: torch.device
-) -> list[DefectModule]:
+) -> list[DefectNetwork]:
     """``ref``'s checkpoints of ``folds`` (all its folds when None), each loaded by ``load_slot``."""
     return [
         load_slot(ref.checkpoint_path(cfg.runs_dir, fold), ref, fold, device, channels_last=True)
@@ -52,7 +52,7 @@ def load_runs(
     ]
 
 
-def _by_kind(loaded: dict[Path, DefectModule], kind) -> str:
+def _by_kind(loaded: dict[Path, DefectNetwork], kind) -> str:
     """``kind: file, file; kind: file`` of the loaded checkpoints, grouped by ``kind(module)``."""
     groups: dict[str, list[str]] = {}
     for path, module in loaded.items():
@@ -62,8 +62,8 @@ def _by_kind(loaded: dict[Path, DefectModule], kind) -> str:
 
 def check_compatible(
     cfg: EnsembleConfig,
-    members: list[list[DefectModule]],
-    gates: list[DefectModule],
+    members: list[list[DefectNetwork]],
+    gates: list[DefectNetwork],
     folds: list[int] | None = None,
 ) -> None:
     """Members of one segmentation mode, a classifier gate, and one kind of input for all; an error

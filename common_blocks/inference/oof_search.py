@@ -30,7 +30,7 @@ from common_blocks.inference.predictor import EnsemblePredictor, Runtime, build_
 from common_blocks.inference.submission import ReadTolerantDataset, image_loader
 from common_blocks.one_writer import one_writer
 from common_blocks.training.config import TrainConfig
-from common_blocks.training.datamodule import labelled_folds
+from common_blocks.training.folds_file import labelled_folds
 
 
 def common_folds(cfg: EnsembleConfig) -> list[int]:

@@ -26,15 +26,15 @@ from common_blocks.errors import ConfigError
 from common_blocks.evaluation.postprocess import PostprocessConfig, postprocess_mask
 from common_blocks.inference.ensemble_checkpoints import check_compatible, checkpoints_of, load_runs
 from common_blocks.inference.ensemble_config import TTA_FLIPS, EnsembleConfig
-from common_blocks.training.losses import CLASSIFICATION_MODE, MULTILABEL_MODE, probabilities
-from common_blocks.training.module import DefectModule
+from common_blocks.training.modes import CLASSIFICATION_MODE, MULTILABEL_MODE, probabilities
+from common_blocks.training.network import DefectNetwork
 
 # The networks' arithmetic, whichever backend runs them: fp32, fp16 (CUDA only) or bf16 (CUDA, or a
 # CPU with bf16 instructions); the torch backend runs the reduced ones as autocast to these dtypes.
 # the autocast dtype of each of backend_names.PRECISIONS
 AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 # A network as a backend runs it: a normalised float32 (B, C, H, W) CPU batch -> its logits at the
-# network's own resolution (``data.scale``), as ``DefectModule.model_logits`` gives them.
+# network's own resolution (``data.scale``), as ``DefectNetwork.model_logits`` gives them.
 Network = Callable[[torch.Tensor], torch.Tensor]
 EMPTY_RLES = ("",) * N_CLASSES
 # Added to a plane's bound (``EnsemblePredictor.planes``) to cover float32 rounding in the resize and the
@@ -65,9 +65,9 @@ class Runtime(Protocol):
 
 @dataclass(frozen=True)
 class WeightedModel:
-    """A network, its ``task_mode`` (see ``losses``), and its weight in the average.
+    """A network, its ``task_mode`` (see ``modes``), and its weight in the average.
 
-    Used as ``DefectModule`` is: ``model_logits(images)`` gives logits at the network's resolution
+    Used as ``DefectNetwork`` is: ``model_logits(images)`` gives logits at the network's resolution
     (a gate's are (B, 4)) and ``to_input_size(logits, images)`` resizes them to the images'.
     ``compiled`` is the same network as a ``Runtime`` runs it; without one the module runs in torch.
     ``checkpoint`` is the file it was loaded from, when it was.
@@ -320,7 +320,7 @@ class EnsemblePredictor:
 
 
 def activate_(logits: torch.Tensor, mode: str) -> torch.Tensor:
-    """``losses.probabilities``, overwriting ``logits`` where the mode allows it (multilabel)."""
+    """``modes.probabilities``, overwriting ``logits`` where the mode allows it (multilabel)."""
     return logits.sigmoid_() if mode == MULTILABEL_MODE else probabilities(logits, mode)
 
 
@@ -350,7 +350,7 @@ def build_predictor(
     gates = load_runs(cfg, cfg.gate, folds, device) if cfg.gate else []
     check_compatible(cfg, members, gates, folds)
 
-    def weighted(module: DefectModule, path: Path, weight: float, gate: bool = False) -> WeightedModel:
+    def weighted(module: DefectNetwork, path: Path, weight: float, gate: bool = False) -> WeightedModel:
         # a class head's gate pass is the encoder and the head: it runs in torch (exports are of model_logits)
         compiled = (
             None if runtime is None or (gate and module.has_class_head) else runtime.load(path, precision)

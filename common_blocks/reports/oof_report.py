@@ -20,9 +20,9 @@ from common_blocks.inference.oof_search import training_data
 from common_blocks.inference.predictor import build_predictor
 from common_blocks.inference.submission import ReadTolerantDataset
 from common_blocks.reports.page import WorstImage, build_report, worst_images
+from common_blocks.run_folder import RunPaths
 from common_blocks.training.config import load_config
-from common_blocks.training.datamodule import labelled_folds
-from common_blocks.training.runner import RunPaths
+from common_blocks.training.folds_file import labelled_folds
 
 
 def _require(path: Path) -> Path:

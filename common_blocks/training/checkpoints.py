@@ -1,5 +1,7 @@
 """The one way to read a trained checkpoint: every reader (checkpoint scoring, inference, OOF,
-pseudo-labels, reports) rebuilds the module from the config inside it, offline.
+pseudo-labels, reports, export, the bundle) rebuilds the network from the config inside it, offline:
+prediction the plain ``network.DefectNetwork``, without Lightning; scoring a checkpoint on its fold
+the training module (``load_checkpoint(..., kind=DefectModule)``).
 
 The encoder is built without its pretrained ``encoder_weights``: the checkpoint's state dict replaces
 them, and an offline machine (a Kaggle kernel, a server without the hub) can neither download
@@ -12,23 +14,28 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from common_blocks.errors import PipelineError
-from common_blocks.training.module import DefectModule
+from common_blocks.training.network import DefectNetwork
 
 _ZIP_MAGIC = b"PK\x03\x04"  # how every torch.save file since torch 1.6 begins
 # What torch.load and load_state_dict raise for a truncated, foreign or mismatched file.
 _UNREADABLE = (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError)
+Network = TypeVar("Network", bound=DefectNetwork)
 
 
 def load_checkpoint(
-    path: str | os.PathLike, device: str | torch.device = "cpu", channels_last: bool | None = None
-) -> DefectModule:
-    """The trained module of ``path`` in eval mode on ``device``; ``channels_last`` overrides the
-    config's ``trainer.channels_last`` (inference always uses it: faster on CPU and GPU).
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    channels_last: bool | None = None,
+    kind: type[Network] = DefectNetwork,
+) -> Network:
+    """The trained network of ``path`` in eval mode on ``device``, as a ``kind`` (the plain network, or
+    a subclass: the training module); ``channels_last`` overrides the config's
+    ``trainer.channels_last`` (inference always uses it: faster on CPU and GPU).
 
     A missing, truncated, empty or foreign file is a PipelineError naming it.
     """
@@ -39,8 +46,8 @@ def load_checkpoint(
         config = hparams["config"]
         if channels_last is not None:
             config["trainer"]["channels_last"] = channels_last
-        module = DefectModule(config, hparams.get("fold"), pretrained=False)
-        module.load_state_dict(checkpoint["state_dict"])
+        module = kind(config, hparams.get("fold"), pretrained=False)
+        module.load_state_dict(module.weights_in(checkpoint["state_dict"]))
     except PipelineError as error:
         raise PipelineError(f"{path}: {error}") from None
     except _UNREADABLE as error:
@@ -154,7 +161,7 @@ def read_resume_point(path: str | os.PathLike, max_epochs: int, fit_may_be_over:
     return ResumePoint(path, epoch, global_step, epochs_done, first_logged_step, state_dict)
 
 
-def check_weights_fit(point: ResumePoint, module: DefectModule) -> None:
+def check_weights_fit(point: ResumePoint, module: DefectNetwork) -> None:
     """A PipelineError naming the checkpoint when its weights do not fit ``module`` (the run's config
     builds another model than the one it was trained with)."""
     load_fitting_weights(point.path, point.state_dict, module, "cannot resume from it")
@@ -172,7 +179,7 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def load_fitting_weights(
-    path: Path, state_dict: dict[str, torch.Tensor], module: DefectModule, consequence: str
+    path: Path, state_dict: dict[str, torch.Tensor], module: DefectNetwork, consequence: str
 ) -> None:
     """Load ``state_dict`` (from ``path``) into ``module`` with strictly matching names and shapes; a
     one-line PipelineError naming the file and ending in ``consequence`` otherwise."""

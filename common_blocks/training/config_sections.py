@@ -16,7 +16,11 @@ from common_blocks.config_io import listed
 
 TASKS = ("segmentation", "classification")
 # The networks' output modes: smp's segmentation modes and the image-level gate's.
-SEGMENTATION_MODES = ("multilabel", "binary", "multiclass")
+# smp's names of its segmentation modes (segmentation_models_pytorch.losses), which its losses take
+MULTILABEL_MODE = "multilabel"
+BINARY_MODE = "binary"
+MULTICLASS_MODE = "multiclass"
+SEGMENTATION_MODES = (MULTILABEL_MODE, BINARY_MODE, MULTICLASS_MODE)
 CLASSIFICATION_MODE = "classification"
 MODES = (*SEGMENTATION_MODES, CLASSIFICATION_MODE)
 

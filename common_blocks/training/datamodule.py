@@ -15,12 +15,10 @@ import torch.distributed as dist
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
 
 from common_blocks.data.datasets import ClassificationDataset, ImageLabelDataset, SegmentationDataset
-from common_blocks.data.folds import TEST_FOLD, read_folds, write_folds
 from common_blocks.data.formats import (
     IGNORED_COLUMNS,
     PRESENCE_COLUMNS,
     class_presence,
-    read_labels,
     read_pseudo_labels,
     read_weak_labels,
 )
@@ -34,56 +32,9 @@ from common_blocks.data.samplers import (
 from common_blocks.data.transforms import build_train_transform
 from common_blocks.errors import DataError
 from common_blocks.training.config import DataConfig, PseudoConfig, TrainConfig
-from common_blocks.training.losses import CLASSIFICATION_MODE, check_class_weights
-
-
-def folds_path(cfg: TrainConfig) -> Path:
-    """The folds file: ``data.folds_file``, relative to ``data.data_dir`` unless absolute."""
-    return Path(cfg.data.data_dir) / cfg.data.folds_file
-
-
-def _labels(cfg: TrainConfig) -> pd.DataFrame:
-    data_dir = Path(cfg.data.data_dir)
-    if not data_dir.is_dir():
-        raise DataError(f"{data_dir}: data directory not found (set --data-dir or data.data_dir)")
-    return read_labels(data_dir / "train.csv", data_dir / "train_images")
-
-
-def write_missing_folds(cfg: TrainConfig) -> None:
-    """Write the stratified folds file when it does not exist yet (once, before any rank reads it)."""
-    path = folds_path(cfg)
-    if path.is_file():
-        return
-    table = _labels(cfg)
-    if not os.access(path.parent, os.W_OK):
-        raise DataError(
-            f"{path} does not exist and {path.parent} is read-only; "
-            "set data.folds_file to a writable path (e.g. --set data.folds_file=$PWD/data/folds.csv)"
-        )
-    write_folds(table, cfg.data.n_folds, cfg.data.fold_seed, path, cfg.data.test_fraction)
-
-
-def labelled_folds(cfg: TrainConfig) -> pd.DataFrame:
-    """The label table with a ``fold`` column from the folds file, which must exist and have
-    ``data.n_folds`` folds; the images of its local test split are left out (nothing trains,
-    validates or tunes on them)."""
-    table = _labels(cfg)
-    path = folds_path(cfg)
-    if not path.is_file():
-        raise DataError(f"{path}: folds file not found (train.py writes it; or run `severstal folds`)")
-    folds = read_folds(path, table["ImageId"], n_folds=cfg.data.n_folds)
-    folds = folds[folds["fold"] != TEST_FOLD]
-    table = table[table["ImageId"].isin(folds["ImageId"])].reset_index(drop=True)
-    n_folds = folds["fold"].nunique()
-    if n_folds != cfg.data.n_folds:
-        raise DataError(
-            f"{path} has {n_folds} folds but data.n_folds is {cfg.data.n_folds}; "
-            "delete the file to re-split, or set data.folds_file to another name"
-        )
-    table = table.merge(folds, on="ImageId", how="left", validate="one_to_one")
-    if cfg.data.max_images is not None:
-        table = table.iloc[: cfg.data.max_images].reset_index(drop=True)
-    return table
+from common_blocks.training.folds_file import check_fold, labelled_folds, write_missing_folds
+from common_blocks.training.losses import check_class_weights
+from common_blocks.training.modes import CLASSIFICATION_MODE
 
 
 def load_pseudo_table(cfg: PseudoConfig, images_dir: str | os.PathLike) -> pd.DataFrame | None:
@@ -121,12 +72,6 @@ def load_weak_table(cfg: DataConfig, labelled: pd.Series) -> pd.DataFrame | None
             "image-level labels must come from images outside train_images, or a validation fold would train on it"
         )
     return table
-
-
-def check_fold(table: pd.DataFrame, fold: int) -> None:
-    present = sorted(table["fold"].unique())
-    if fold not in present:
-        raise DataError(f"fold {fold} is out of range: the folds file has folds {present[0]}..{present[-1]}")
 
 
 def _rank_and_world() -> tuple[int, int]:

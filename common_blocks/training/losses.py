@@ -1,11 +1,7 @@
-"""Losses as weighted sums of registered terms, and the targets / probabilities each task mode uses.
+"""Losses as weighted sums of registered terms, and the target each task mode's loss compares with.
 
-Modes: the smp segmentation modes ``"multilabel"`` (4 sigmoid channels), ``"binary"`` (1 sigmoid
-channel: defect or not, the class then comes from the classifier gate) and ``"multiclass"`` (5 softmax
-channels, 0 = background), plus ``"classification"`` (image-level ``(B, 4)`` logits, float targets).
-
-In multiclass targets a pixel carries one class; where the dataset's class masks overlap, the higher
-class id wins.
+The task modes (what the logits mean, their probabilities) live in ``modes``. In multiclass
+targets a pixel carries one class; where the dataset's class masks overlap, the higher class id wins.
 """
 
 from __future__ import annotations
@@ -16,9 +12,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from segmentation_models_pytorch.losses import (
-    BINARY_MODE,
-    MULTICLASS_MODE,
-    MULTILABEL_MODE,
     DiceLoss,
     FocalLoss,
     LovaszLoss,
@@ -27,32 +20,16 @@ from segmentation_models_pytorch.losses import (
 )
 from torch import Tensor, nn
 
-from common_blocks.data.formats import N_CLASSES
 from common_blocks.errors import ConfigError
-from common_blocks.training.config_sections import (
+from common_blocks.training.config_sections import LossName, LossTerm
+from common_blocks.training.modes import (
+    BINARY_MODE,
     CLASSIFICATION_MODE,
-    MODES,
-    LossName,
-    LossTerm,
+    MULTICLASS_MODE,
+    MULTILABEL_MODE,
+    NUM_OUTPUTS,
+    check_mode,
 )
-
-_NUM_OUTPUTS = {
-    MULTILABEL_MODE: N_CLASSES,
-    BINARY_MODE: 1,
-    MULTICLASS_MODE: N_CLASSES + 1,
-    CLASSIFICATION_MODE: N_CLASSES,
-}
-
-
-def _check_mode(mode: str) -> None:
-    if mode not in MODES:
-        raise ConfigError(f"mode: unknown mode '{mode}' (expected one of: {', '.join(MODES)})")
-
-
-def num_outputs_for_mode(mode: str) -> int:
-    """Logit channels a network needs for ``mode`` (4 multilabel, 1 binary, 5 multiclass, 4 classification)."""
-    _check_mode(mode)
-    return _NUM_OUTPUTS[mode]
 
 
 def _smp_mode(mode: str) -> str:
@@ -68,7 +45,7 @@ def _bce(mode: str, pos_weight: list[float] | None = None, **args: Any) -> nn.Mo
             raise ValueError("pos_weight applies to sigmoid modes; multiclass cross-entropy takes 'weight'")
         return nn.CrossEntropyLoss(**args)
     if pos_weight is not None:
-        outputs = _NUM_OUTPUTS[mode]
+        outputs = NUM_OUTPUTS[mode]
         if not isinstance(pos_weight, list) or len(pos_weight) != outputs:
             raise ValueError(
                 f"pos_weight: expected a list of {outputs} numbers (one per output), got {pos_weight!r}"
@@ -187,7 +164,7 @@ def build_loss(terms: list[LossTerm], mode: str, key: str = "loss") -> WeightedL
 
     Terms are named by type; a repeated type gets its 1-based position appended (``dice``, ``dice_3``).
     """
-    _check_mode(mode)
+    check_mode(mode)
     if not terms:
         raise ConfigError(f"{key}: needs at least one loss term")
     modules: dict[str, nn.Module] = {}
@@ -210,7 +187,7 @@ def targets_for_mode(mask: Tensor, mode: str) -> Tensor:
     with 0 = background and the highest present class id where classes overlap; classification:
     ``(B, 4)`` presence of each class.
     """
-    _check_mode(mode)
+    check_mode(mode)
     if mode == MULTILABEL_MODE:
         return mask
     if mode == BINARY_MODE:
@@ -219,16 +196,3 @@ def targets_for_mode(mask: Tensor, mode: str) -> Tensor:
         return mask.amax(dim=(2, 3))
     class_ids = torch.arange(1, mask.shape[1] + 1, device=mask.device).view(1, -1, 1, 1)
     return ((mask > 0.5) * class_ids).amax(dim=1)
-
-
-def probabilities(logits: Tensor, mode: str) -> Tensor:
-    """Per-class probabilities ``(B, 4, H, W)`` (``(B, 4)`` for classification) from ``mode``'s logits.
-
-    Binary mode repeats its defect probability over the 4 classes: the classifier gate picks the class.
-    Multiclass drops the background channel of the softmax.
-    """
-    _check_mode(mode)
-    if mode == MULTICLASS_MODE:
-        return logits.softmax(dim=1)[:, 1:]
-    probability = logits.sigmoid()
-    return probability.repeat(1, N_CLASSES, 1, 1) if mode == BINARY_MODE else probability

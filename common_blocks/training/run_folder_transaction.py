@@ -1,10 +1,12 @@
 """A run folder written whole or not at all, with ``--resume`` checked before anything changes.
 
-``prepare_run_dir`` says where a resumed run continues, refusing before it touches the folder; a
-fresh run over an earlier one (``--overwrite``) sets that run aside (``SetAside``) until its own first
-checkpoint, and ``RunProgress`` puts it back if the new run fails or is interrupted before that;
-``stale_temporaries`` are what a killed write left. ``runner.train_fold`` drives these around its
-Trainer; ``cluster.plan`` settles what a killed run left with the same ``SetAside``.
+``prepare_run_dir`` says where a resumed run continues, refusing before it touches the folder;
+``run_folder_transaction`` is the rest, around the training: a fresh run over an earlier one
+(``--overwrite``) sets that run aside (``SetAside``) until its own first checkpoint, and
+``RunProgress`` puts it back if the new run fails or is interrupted before that; the temporaries a
+killed write left (``stale_temporaries``) go; Ctrl-C becomes ``Interrupted`` naming what to resume
+from, and the SIGINT handler Lightning leaves ignored is put back. ``runner.train_fold`` trains inside
+it; ``cluster.plan`` settles what a killed run left with the same ``SetAside``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -172,3 +177,41 @@ def missing_folders(path: Path) -> list[Path]:
             break
         missing.append(folder)
     return missing
+
+
+@contextlib.contextmanager
+def run_folder_transaction(paths: RunPaths, point: ResumePoint | None, lead: bool) -> Iterator[RunProgress]:
+    """The run folder of a run resumed from ``point`` (None: a fresh run), changed whole or not at all
+    by the training inside; yields the ``RunProgress`` that the Trainer tells of each checkpoint.
+
+    ``lead``: this process owns the folder (another DDP rank only reads it and changes nothing). It
+    makes the folder, sets a fresh run's predecessor aside and removes stale temporaries; when the
+    training fails before the first checkpoint, puts the folder back as it was. Ctrl-C is raised as
+    ``Interrupted`` naming the checkpoint to resume from; Lightning leaves SIGINT ignored after it,
+    so the handler from before is put back once the folder is settled.
+    """
+    sigint = signal.getsignal(signal.SIGINT)
+    created = missing_folders(paths.root) if lead else []
+    set_aside, had_earlier_run = None, False
+    if lead:
+        paths.root.mkdir(parents=True, exist_ok=True)
+        if point is None:
+            set_aside = SetAside(paths)
+            had_earlier_run = set_aside.move_aside()
+    progress = RunProgress(paths, set_aside, created)
+    try:
+        if lead:
+            for temporary in stale_temporaries(paths):
+                temporary.unlink(missing_ok=True)
+        yield progress
+    except KeyboardInterrupt:
+        if lead:
+            progress.failed()
+        raise progress.interrupted(point, had_earlier_run) from None
+    except BaseException:
+        if lead:
+            progress.failed()
+        raise
+    finally:
+        if sigint is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, sigint)

@@ -6,9 +6,7 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import sys
-import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -41,6 +39,7 @@ from common_blocks.training.callbacks import (
     Throughput,
 )
 from common_blocks.training.checkpoints import (
+    ResumePoint,
     check_weights_fit,
     load_checkpoint,
     load_fitting_weights,
@@ -50,13 +49,7 @@ from common_blocks.training.config import TrainConfig
 from common_blocks.training.datamodule import SteelDataModule
 from common_blocks.training.module import DefectModule
 from common_blocks.training.precision import resolve_precision
-from common_blocks.training.run_folder_transaction import (
-    RunProgress,
-    SetAside,
-    missing_folders,
-    prepare_run_dir,
-    stale_temporaries,
-)
+from common_blocks.training.run_folder_transaction import SetAside, prepare_run_dir, run_folder_transaction
 
 # Lightning's start-up chatter (accelerator availability, tips) says nothing a user acts on.
 for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
@@ -284,36 +277,15 @@ def _train_fold(
     num_nodes: int,
     requested_digest: str,
 ) -> dict:
-    """``train_fold`` once the run folder is this process's (``lead``) or only read (another DDP rank)."""
+    """``train_fold`` once the run folder is this process's (``lead``) or only read (another DDP rank):
+    everything checked, then fit and evaluate inside the run folder's transaction, then the summary."""
     if lead:
         SetAside(paths).recover()  # an earlier process killed between setting aside and its first checkpoint
     datamodule = SteelDataModule(cfg, fold)
     point = prepare_run_dir(paths, resume, overwrite, cfg.trainer.max_epochs) if lead or resume else None
-    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
-    # A resumed run takes every weight from last.ckpt, a later stage from the earlier stage's
-    # checkpoint: no pretrained encoder to fetch.
-    init = cfg.init_checkpoint(out_dir, fold) if point is None else None
-    module = DefectModule(cfg.model_dump(mode="json"), fold, pretrained=point is None and init is None)
-    if point is not None:
-        check_weights_fit(point, module)
-    if init is not None:
-        try:
-            load_fitting_weights(init, read_weights(init), module, "cannot start from it")
-        except PipelineError as error:
-            raise PipelineError(f"init_from: {error}") from None
-    sigint = signal.getsignal(signal.SIGINT)
-    created = missing_folders(paths.root) if lead else []
-    set_aside, had_earlier_run = None, False
-    if lead:
-        paths.root.mkdir(parents=True, exist_ok=True)
-        if point is None:
-            set_aside = SetAside(paths)
-            had_earlier_run = set_aside.move_aside()
-    progress = RunProgress(paths, set_aside, created)
-    try:
+    module = _starting_module(cfg, fold, out_dir, point)
+    with run_folder_transaction(paths, point, lead) as progress:
         if lead:
-            for temporary in stale_temporaries(paths):
-                temporary.unlink(missing_ok=True)
             with atomic_output(paths.config, "the run's config") as temporary:
                 temporary.write_text(cfg.to_yaml())
         trainer, _ = build_trainer(
@@ -325,64 +297,100 @@ def _train_fold(
             after_save=progress.checkpoint_written,
             num_nodes=num_nodes,
         )
-        fit_over = point is not None and point.epochs_done >= cfg.trainer.max_epochs
         with lightning_warnings_that_do_not_apply():
-            if not fit_over:
-                _interruptible(
-                    trainer,
-                    trainer.fit,
-                    module,
-                    datamodule=datamodule,
-                    ckpt_path=None if point is None else point.path,
-                )
+            epochs = _fit(trainer, module, datamodule, point, cfg.trainer.max_epochs)
             progress.fitted = True
-            # The best checkpoint of this folder, never a path restored from a checkpoint.
-            best_path = paths.best if paths.best.is_file() else paths.last
-            scores = {}
-            for path in (best_path, paths.averaged):
-                if path == best_path or path.is_file():
-                    _interruptible(
-                        trainer,
-                        trainer.validate,
-                        module,
-                        datamodule=datamodule,
-                        ckpt_path=path,
-                        verbose=False,
-                    )
-                    scores[path] = {**module.last_summary.to_dict(), "tuned_score": module.last_tuned_score}
-    except KeyboardInterrupt:
-        if lead:
-            progress.failed()
-        raise progress.interrupted(point, had_earlier_run) from None
-    except BaseException:
-        if lead:
-            progress.failed()
-        raise
-    finally:
-        # Lightning leaves SIGINT ignored after Ctrl-C; put back once the folder is settled.
-        if sigint is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, sigint)
-    summary = {
-        "name": cfg.name,
-        "fold": fold,
-        "config_digest": requested_digest,
-        "best_checkpoint": str(best_path.absolute()),
-        "epochs": point.epochs_done if fit_over else trainer.current_epoch,
-        "n_valid_images": len(datamodule.valid_table),
-        **scores[best_path],
-    }
-    if paths.averaged in scores:
-        summary["averaged"] = {"checkpoint": str(paths.averaged.absolute()), **scores[paths.averaged]}
+            scores = _evaluate(trainer, module, datamodule, paths)
+    summary = _summary(cfg, fold, paths, epochs, len(datamodule.valid_table), scores, requested_digest)
     if trainer.is_global_zero:
         with atomic_output(paths.summary, "the run's summary") as temporary:
             temporary.write_text(json.dumps(summary, indent=2))
     return summary
 
 
+def _starting_module(
+    cfg: TrainConfig, fold: int, out_dir: str | os.PathLike, point: ResumePoint | None
+) -> DefectModule:
+    """The module the fit starts from, seeded: a resumed run's takes every weight from last.ckpt, a
+    later stage's from the earlier stage's checkpoint (no pretrained encoder to fetch for either);
+    weights that do not fit the config are an error before the run folder changes."""
+    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    init = cfg.init_checkpoint(out_dir, fold) if point is None else None
+    module = DefectModule(cfg.model_dump(mode="json"), fold, pretrained=point is None and init is None)
+    if point is not None:
+        check_weights_fit(point, module)
+    if init is not None:
+        try:
+            load_fitting_weights(init, read_weights(init), module, "cannot start from it")
+        except PipelineError as error:
+            raise PipelineError(f"init_from: {error}") from None
+    return module
+
+
+def _fit(
+    trainer: L.Trainer,
+    module: DefectModule,
+    datamodule: SteelDataModule,
+    point: ResumePoint | None,
+    max_epochs: int,
+) -> int:
+    """Fit from ``point`` (None: from the start); the epochs trained. A run resumed after its fit was
+    over (stopped before its summary) fits nothing."""
+    if point is not None and point.epochs_done >= max_epochs:
+        return point.epochs_done
+    _interruptible(
+        trainer, trainer.fit, module, datamodule=datamodule, ckpt_path=None if point is None else point.path
+    )
+    return trainer.current_epoch
+
+
+def _evaluate(
+    trainer: L.Trainer, module: DefectModule, datamodule: SteelDataModule, paths: RunPaths
+) -> dict[Path, dict[str, Any]]:
+    """The scores on the fold of the best checkpoint (``last.ckpt`` without one) and, when there is
+    one, of ``averaged.ckpt``; the best first. Always this folder's files, never a path restored from
+    a checkpoint."""
+    best = paths.best if paths.best.is_file() else paths.last
+    scores = {}
+    for path in (best, paths.averaged):
+        if path == best or path.is_file():
+            _interruptible(
+                trainer, trainer.validate, module, datamodule=datamodule, ckpt_path=path, verbose=False
+            )
+            scores[path] = {**module.last_summary.to_dict(), "tuned_score": module.last_tuned_score}
+    return scores
+
+
+def _summary(
+    cfg: TrainConfig,
+    fold: int,
+    paths: RunPaths,
+    epochs: int,
+    n_valid: int,
+    scores: dict[Path, dict],
+    requested_digest: str,
+) -> dict:
+    """``summary.json``: the run (its config's digest as asked for, ``auto`` precision unresolved), the
+    best checkpoint's scores, and the averaged one's when it exists."""
+    best, best_scores = next(iter(scores.items()))
+    summary = {
+        "name": cfg.name,
+        "fold": fold,
+        "config_digest": requested_digest,
+        "best_checkpoint": str(best.absolute()),
+        "epochs": epochs,
+        "n_valid_images": n_valid,
+        **best_scores,
+    }
+    if paths.averaged in scores:
+        summary["averaged"] = {"checkpoint": str(paths.averaged.absolute()), **scores[paths.averaged]}
+    return summary
+
+
 def evaluate_checkpoint(checkpoint: str | os.PathLike, overrides: Sequence[str] = ()) -> ScoreSummary:
     """The validation score of a checkpoint on its own fold, in this single process; ``overrides``
     (``key.path=value``) change its saved config for this evaluation (``data.data_dir``, say)."""
-    module = load_checkpoint(checkpoint)
+    module = load_checkpoint(checkpoint, kind=DefectModule)
     tree = apply_overrides(module.cfg.model_dump(mode="json"), list(overrides))
     cfg = validate_tree(TrainConfig, tree, f"{checkpoint} with --set")
     trainer = L.Trainer(

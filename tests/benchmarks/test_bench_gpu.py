@@ -20,7 +20,7 @@ from common_blocks.run_folder import RunPaths
 from common_blocks.training import runner
 from common_blocks.training.config import load_config
 from common_blocks.training.datamodule import SteelDataModule
-from common_blocks.training.losses import CLASSIFICATION_MODE, MULTILABEL_MODE
+from common_blocks.training.modes import CLASSIFICATION_MODE, MULTILABEL_MODE
 from common_blocks.training.module import DefectModule
 from tests.repository import ROOT
 from tests.stand_ins import StandIn

@@ -9,7 +9,7 @@ from common_blocks.data.formats import class_presence, empty_table, read_labels
 from common_blocks.data.synthetic import generate
 from common_blocks.errors import DataError
 from common_blocks.training.config import load_config
-from common_blocks.training.datamodule import labelled_folds
+from common_blocks.training.folds_file import labelled_folds
 from tests.cli_contract import SEVERSTAL
 from tests.repository import DEBUG
 

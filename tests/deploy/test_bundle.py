@@ -1,6 +1,6 @@
-"""severstal bundle: the Kaggle folder installs into a fresh environment without network and predicts,
-from its own files alone, the submission the source tree predicts; bad input is one error line and
-leaves no folder, and ``--overwrite`` replaces a bundle whole or not at all.
+"""severstal bundle: the Kaggle folder installs into a fresh environment without network or Lightning
+and predicts, from its own files alone, the submission the source tree predicts; bad input is one
+error line and leaves no folder, and ``--overwrite`` replaces a bundle whole or not at all.
 
 The ensemble is the untrained debug runs of ``conftest.py``, tuned by its OOF run.
 """
@@ -112,7 +112,9 @@ def test_the_bundle_installs_offline_and_predicts_the_source_trees_submission(
     kaggle, ensemble_file, tmp_path
 ):
     bundle = kaggle / "input" / DATASET
-    venv = fresh_environment(tmp_path, environment_without((PROJECT,), tmp_path / "view"))
+    # nor training's framework, which the bundle does not ship: the notebook predicts without it
+    left_out = (PROJECT, "lightning", "pytorch-lightning", "lightning-utilities", "torchmetrics")
+    venv = fresh_environment(tmp_path, environment_without(left_out, tmp_path / "view"))
     env = {
         **os.environ,
         "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}",

@@ -36,7 +36,14 @@ from common_blocks.evaluation.scorer import score_submission
 from common_blocks.inference.ensemble_config import load_ensemble_config
 from common_blocks.inference.predictor import AUTOCAST_DTYPES, build_predictor
 from common_blocks.inference.submission import ReadTolerantDataset
-from tests.cli_contract import assert_one_error_line, assert_unchanged, run, run_in_process, snapshot
+from tests.cli_contract import (
+    SEVERSTAL,
+    assert_one_error_line,
+    assert_unchanged,
+    run,
+    run_in_process,
+    snapshot,
+)
 from tests.debug_runs import debug_ensemble_file, write_untrained
 from tests.references import postprocess_image
 from tests.repository import DEBUG
@@ -233,6 +240,26 @@ def test_exported_backends_submit_what_torch_submits(
     assert ("exported 4 network(s) for openvino" in outcome.stderr) != from_export
     assert not list(temporary.iterdir())  # the export on the fly is removed
     assert score_submission(out, torch_submission).score >= least
+
+
+@pytest.mark.subprocess
+@needs("onnxruntime")
+def test_a_submission_from_an_export_loads_no_lightning(exported, config, torch_submission, tmp_path):
+    """``severstal infer --exported`` in a fresh interpreter, its imports listed by ``-X importtime``:
+    the plain networks predict, and neither Lightning nor torchmetrics is loaded."""
+    out = tmp_path / "submission.csv"
+    command = [sys.executable, "-X", "importtime", SEVERSTAL, "infer", "--config", config, "--out", out]
+    command += ["--workers", "0", "--format", "2019", "--backend", "onnxruntime", "--exported", exported]
+    result = subprocess.run(list(map(str, command)), capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    imported = {
+        line.rpartition("|")[2].strip()
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert {"torch", "common_blocks.inference.predictor"} <= imported
+    assert not sorted(m for m in imported if m.startswith(("lightning", "pytorch_lightning", "torchmetrics")))
+    assert score_submission(out, torch_submission).score >= SAME_SUBMISSION
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ from common_blocks.inference.submission import (
     predict_stream,
 )
 from common_blocks.training.config import load_config
-from common_blocks.training.datamodule import labelled_folds
+from common_blocks.training.folds_file import labelled_folds
 from tests.cli_contract import run_in_process
 from tests.debug_runs import debug_ensemble
 from tests.repository import DEBUG, DEBUG_GATE

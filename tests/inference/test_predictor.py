@@ -3,6 +3,8 @@ bad input, over stand-in networks and untrained debug runs (``tests/debug_runs.p
 
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -32,13 +34,27 @@ from common_blocks.reports.figures import LABEL_WIDTH, ROW_GAP, TRUTH_COLOUR
 from common_blocks.run_folder import RunPaths
 from common_blocks.training.checkpoints import load_checkpoint
 from common_blocks.training.config import load_config
-from common_blocks.training.datamodule import labelled_folds
-from common_blocks.training.module import DefectModule
+from common_blocks.training.folds_file import labelled_folds
+from common_blocks.training.network import DefectNetwork
 from tests.cli_contract import Outcome, run_in_process
 from tests.debug_runs import debug_ensemble, write_untrained
 from tests.references import postprocess_image
 from tests.repository import DEBUG, DEBUG_GATE, ENSEMBLE
 from tests.stand_ins import StandIn
+
+
+@pytest.mark.subprocess
+def test_importing_the_predictor_loads_no_lightning():
+    """Prediction runs the plain network (``training.network``): a fresh interpreter that imports the
+    predictor has loaded neither Lightning nor torchmetrics (``tests/test_package.py`` checks every
+    inference and deploy module statically)."""
+    code = (
+        "import sys, common_blocks.inference.predictor; "
+        "print(sorted(m for m in sys.modules if m.startswith(('lightning', 'pytorch_lightning', 'torchmetrics'))))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
 
 
 class Recorder(StandIn):
@@ -105,7 +121,7 @@ def test_a_scaled_member_averages_its_flips_at_its_own_resolution_and_resizes_on
     """data.scale 0.25: the flipped-back, activated passes are averaged on the 8x12 logits of these
     32x48 images, and that average is resized to 32x48 (not each pass's logits)."""
     torch.manual_seed(0)
-    module = DefectModule(load_config(debug_config, ["data.scale=0.25"]).model_dump(mode="json")).eval()
+    module = DefectNetwork(load_config(debug_config, ["data.scale=0.25"]).model_dump(mode="json")).eval()
     images = asymmetric_images()
     predictor = EnsemblePredictor([WeightedModel(module)], tta=["none", "hflip"])
     with torch.inference_mode():

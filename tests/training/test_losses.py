@@ -17,13 +17,10 @@ from common_blocks.training.config_sections import (
     SEGMENTATION_MODES,
     LossTerm,
 )
-from common_blocks.training.losses import (
-    LOSSES,
-    build_loss,
-    check_class_weights,
+from common_blocks.training.losses import LOSSES, build_loss, check_class_weights, targets_for_mode
+from common_blocks.training.modes import (
     num_outputs_for_mode,
     probabilities,
-    targets_for_mode,
 )
 
 SUPPORTED = [(name, mode) for name, modes in LOSS_MODES.items() for mode in modes]
@@ -153,6 +150,17 @@ def test_bad_loss_arguments_name_the_term() -> None:
 def test_unknown_mode_is_rejected() -> None:
     with pytest.raises(ConfigError, match="unknown mode 'multi'"):
         build_loss([LossTerm(type="bce")], "multi")
+
+
+def test_the_segmentation_modes_are_the_names_smps_losses_take() -> None:
+    """``modes`` spells them without importing smp's losses, which prediction does not need."""
+    from segmentation_models_pytorch import losses as smp_losses  # after common_blocks.training (torchvision)
+
+    assert SEGMENTATION_MODES == (
+        smp_losses.MULTILABEL_MODE,
+        smp_losses.BINARY_MODE,
+        smp_losses.MULTICLASS_MODE,
+    )
 
 
 def test_bce_positive_weights_multiply_each_class_defect_pixels(mask: torch.Tensor) -> None:

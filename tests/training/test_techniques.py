@@ -115,7 +115,7 @@ def test_validation_probabilities_are_the_predictors_bit_for_bit(
     cfg, paths, _ = averaged_run
     ensemble = load_ensemble_config(_one_member_ensemble(averaged_run, synthetic_data, tmp_path, checkpoint))
     predictor = build_predictor(ensemble, folds=[0], device="cpu")
-    module = load_checkpoint(paths.checkpoint(checkpoint))
+    module = load_checkpoint(paths.checkpoint(checkpoint), kind=DefectModule)
     datamodule = SteelDataModule(module.cfg, 0)
     datamodule.setup("validate")
     for batch_index, batch in enumerate(datamodule.val_dataloader()):

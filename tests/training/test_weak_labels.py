@@ -10,7 +10,8 @@ from common_blocks.data.datasets import ImageLabelDataset, SegmentationDataset
 from common_blocks.data.formats import PRESENCE_COLUMNS, read_weak_labels
 from common_blocks.data.synthetic import generate
 from common_blocks.training.config import load_config
-from common_blocks.training.datamodule import SteelDataModule, write_missing_folds
+from common_blocks.training.datamodule import SteelDataModule
+from common_blocks.training.folds_file import write_missing_folds
 from common_blocks.training.runner import train_fold
 from tests.repository import DEBUG_GATE
 
