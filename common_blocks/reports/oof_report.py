@@ -21,7 +21,7 @@ from common_blocks.inference.predictor import build_predictor
 from common_blocks.inference.submission import ReadTolerantDataset
 from common_blocks.reports.page import WorstImage, build_report, worst_images
 from common_blocks.run_folder import RunPaths
-from common_blocks.training.config import load_config
+from common_blocks.training.checkpoints import load_checkpoint
 from common_blocks.training.folds_file import labelled_folds
 
 
@@ -64,13 +64,12 @@ def ensemble_report(cfg: EnsembleConfig, out_dir: str | os.PathLike, n_worst: in
     """Write ``out_dir/index.html`` for the ensemble; returns its path."""
     stats = OofStats.load(_require(cfg.oof_path))
     result = SearchResult.load(_require(cfg.thresholds_path))
-    # The configs the runs were trained with (saved beside them), as the OOF search reads them from the
-    # checkpoints: a sweep's `--set data.folds_file=...` is in them, not in configs/NAME.yaml.
-    saved = {ref.name: RunPaths.of(cfg.runs_dir, ref.name, ref.folds[0]).config for ref in cfg.runs}
-    for path in saved.values():
-        if not path.is_file():
-            raise DataError(f"{path} not found: the report needs the ensemble's trained runs")
-    data = training_data(cfg, {name: load_config(path) for name, path in saved.items()})
+    # The configs the runs were trained with (inside their checkpoints), as the OOF search reads them:
+    # a sweep's `--set data.folds_file=...` is in them, not in configs/NAME.yaml.
+    trained = {
+        ref.name: load_checkpoint(ref.checkpoint_path(cfg.runs_dir, ref.folds[0])).cfg for ref in cfg.runs
+    }
+    data = training_data(cfg, trained)
     table = labelled_folds(data)
     table = table[table["ImageId"].isin(set(stats.image_ids.tolist()))].reset_index(drop=True)
     images_dir = Path(data.data.data_dir) / "train_images"

@@ -115,7 +115,9 @@ def test_training_loss_is_taken_at_the_model_resolution(debug_config, mode):
     logits = module.model_logits(torch.zeros(1, 3, 256, 512))
     assert logits.shape[-2:] == (64, 128)
     calls = []
-    module.loss.forward = lambda output, target: calls.append((output, target)) or output.sum()
+    module.loss.forward = lambda output, target, class_weight=None: (
+        calls.append((output, target)) or output.sum()
+    )
     module.mask_loss(logits, {"mask": mask})
     output, target = calls[0]
     assert output is logits
@@ -159,8 +161,8 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     original = WeightedLoss.forward
     training_calls = []
 
-    def poisoned(self, logits, target):
-        loss = original(self, logits, target)
+    def poisoned(self, logits, target, class_weight=None):
+        loss = original(self, logits, target, class_weight)
         if self.training:
             training_calls.append(1)
             if len(training_calls) > 5:
