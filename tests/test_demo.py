@@ -4,14 +4,12 @@ a command that starts refusing what the demo asks of it fails this test, not a u
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 
 import pytest
 
 from common_blocks.run_folder import RunPaths
-from tests.repository import ROOT
+from tests.repository import run_make
 
 # 4 images per fold, one epoch each: the test is about the steps fitting together, not about scores
 SMALL = {"DEMO_N_TRAIN": "16", "DEMO_N_TEST": "4", "DEMO_SEGMENTER_EPOCHS": "1", "DEMO_GATE_EPOCHS": "1"}
@@ -24,15 +22,7 @@ def test_the_demo_runs_end_to_end_and_writes_what_it_announces(tmp_path):
     one word to the Makefile and the script); ``-o`` takes the venv as installed: the test's Python is."""
     data, runs, report = tmp_path / "my data", tmp_path / "my runs", tmp_path / "my report"
     variables = {"PY": sys.executable, "DEMO_DIR": data, "RUNS_DIR": runs, "REPORT_DIR": report}
-    result = subprocess.run(
-        ["make", "--silent", "-o", ".venv/.installed", "demo", *(f"{k}={v}" for k, v in variables.items())],
-        cwd=ROOT,
-        env={**os.environ, **SMALL},
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    result = run_make("demo", variables, SMALL)
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
     for config in ("debug", "debug_classifier"):
         for fold in (0, 1):

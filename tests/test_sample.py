@@ -6,8 +6,6 @@ the steps fitting together."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 
 import pytest
@@ -15,7 +13,7 @@ import pytest
 from common_blocks.data.folds import TEST_FOLD, read_folds
 from common_blocks.data.synthetic import generate
 from common_blocks.run_folder import RunPaths
-from tests.repository import DEBUG, DEBUG_GATE, ROOT
+from tests.repository import DEBUG, DEBUG_GATE, run_make
 
 
 @pytest.mark.slow
@@ -42,15 +40,7 @@ def test_the_sample_pipeline_runs_end_to_end_and_scores_the_local_test_split(tmp
         "SAMPLE_PSEUDO_ROUNDS": "1",
         "SAMPLE_SET": "trainer.max_epochs=1 augment.crop_height=null augment.crop_width=null",
     }
-    result = subprocess.run(
-        ["make", "--silent", "-o", ".venv/.installed", "sample", *(f"{k}={v}" for k, v in variables.items())],
-        cwd=ROOT,
-        env={**os.environ, **small},
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    result = run_make("sample", variables, small)
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
     folds = read_folds(runs / "folds.csv")
     held_out = set(folds.loc[folds["fold"] == TEST_FOLD, "ImageId"])

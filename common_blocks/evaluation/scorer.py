@@ -88,16 +88,12 @@ def bootstrap_interval(
     Pairing by image removes what both submissions share (how hard each image is), so the interval is
     that of the difference itself, much narrower than either score's own."""
     rng = np.random.default_rng(seed)
-    means = np.concatenate(
-        [
-            differences[
-                rng.integers(0, differences.size, (min(1000, resamples - start), differences.size))
-            ].mean(axis=1)
-            for start in range(0, resamples, 1000)
-        ]
-    )
+    means = []
+    for start in range(0, resamples, 1000):  # in chunks: a (resamples, images) index array may be large
+        draws = rng.integers(0, differences.size, (min(1000, resamples - start), differences.size))
+        means.append(differences[draws].mean(axis=1))
     tail = (1 - level) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
+    low, high = np.percentile(np.concatenate(means), [tail, 100 - tail])
     return float(low), float(high)
 
 

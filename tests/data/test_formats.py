@@ -19,15 +19,6 @@ def _write(path, text):
     return path
 
 
-@pytest.fixture
-def images_dir(tmp_path):
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for name in ("a.jpg", "b.jpg", "c.jpg"):
-        (folder / name).write_bytes(b"")
-    return folder
-
-
 def test_current_and_2019_formats_give_the_same_table(tmp_path, images_dir):
     current = _write(
         tmp_path / "current.csv", "ImageId,ClassId,EncodedPixels\na.jpg,3,1 5\nb.jpg,1,7 2 20 1\n"

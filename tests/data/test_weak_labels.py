@@ -17,15 +17,6 @@ from common_blocks.errors import DataError
 HEADER = "ImageId,ClassId\n"
 
 
-@pytest.fixture
-def images_dir(tmp_path):
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for name in ("a.jpg", "b.jpg", "c.jpg"):
-        (folder / name).write_bytes(b"")
-    return folder
-
-
 def _write(path, text):
     path.write_text(text)
     return path
