@@ -24,14 +24,15 @@ from common_blocks.inference.oof_search import run_oof
 from common_blocks.inference.options import PredictOptions
 from common_blocks.run_folder import RunPaths
 from common_blocks.training.checkpoints import check_weights_fit, read_resume_point
-from common_blocks.training.config import TrainConfig
+from common_blocks.training.config import TrainConfig, load_config
 from common_blocks.training.module import DefectModule
 from common_blocks.training.runner import train_fold
 
 
 def finished_summary(paths: RunPaths, cfg: TrainConfig, fold: int) -> dict[str, Any] | None:
-    """The run's summary when it finished with exactly this config (name, fold and config digest
-    match) and its best checkpoint is there; None otherwise (absent, unreadable, another config)."""
+    """The run's summary when it finished with this config (name and fold match, and the config digest
+    or, from an older version of the pipeline, the run's config.yaml read today) and its best
+    checkpoint is there; None otherwise (absent, unreadable, another config)."""
     if not (paths.summary.is_file() and paths.best.is_file()):
         return None
     try:
@@ -40,13 +41,19 @@ def finished_summary(paths: RunPaths, cfg: TrainConfig, fold: int) -> dict[str, 
         return None
     if not isinstance(summary, dict):
         return None
-    if (summary.get("name"), summary.get("fold"), summary.get("config_digest")) != (
-        cfg.name,
-        fold,
-        cfg.digest(),
-    ):
+    if (summary.get("name"), summary.get("fold")) != (cfg.name, fold):
+        return None
+    if summary.get("config_digest") != cfg.digest() and not _trained_as(paths, cfg):
         return None
     return summary
+
+
+def _trained_as(paths: RunPaths, cfg: TrainConfig) -> bool:
+    """Whether the run's own config.yaml, read by today's schema, trains as ``cfg`` does."""
+    try:
+        return cfg.trains_as(load_config(paths.config))
+    except (PipelineError, OSError):
+        return False
 
 
 def _other_config(paths: RunPaths, cfg: TrainConfig) -> str:

@@ -383,8 +383,33 @@ class TrainConfig(Section):
         text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
+    def trains_as(self, trained: TrainConfig) -> bool:
+        """Whether a run trained with ``trained`` (its config.yaml, read by today's schema) is a run of
+        this config. Unlike comparing digests, this survives upgrades: a key added since takes its
+        default, an old spelling its new one. Paths compare resolved (relative ones against the current
+        folder, as the run read them), and with ``precision: auto`` asked for, any precision the run
+        resolved it to is this config's."""
+        any_precision = self.trainer.precision == "auto"
+        return _run_identity(self, any_precision) == _run_identity(trained, any_precision)
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _run_identity(cfg: TrainConfig, any_precision: bool) -> dict:
+    """``cfg`` as plain data with its paths resolved, and without its precision if ``any_precision``."""
+
+    def plain(value: object) -> object:
+        if isinstance(value, dict):
+            return {key: plain(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(item) for item in value]
+        return str(value.resolve()) if isinstance(value, Path) else value
+
+    identity = plain(cfg.model_dump())
+    if any_precision:
+        del identity["trainer"]["precision"]
+    return identity
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> TrainConfig:

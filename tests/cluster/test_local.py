@@ -165,3 +165,22 @@ def test_a_run_trained_with_precision_auto_is_seen_finished(tmp_path, synthetic_
     paths = RunPaths.of(tmp_path / "runs", "debug", 0)
     assert load_config(paths.config).trainer.precision in ("fp32", "bf16")  # the precision it trained in
     assert run_state(paths, cfg, 0).action == "finished"
+
+    # A run of an older version of the pipeline: its summary holds the digest of that version's schema,
+    # its config.yaml lacks the keys added since (read at their defaults) and names the data folder as
+    # another path to the same place. It is still this config's finished run...
+    saved = yaml.safe_load(paths.config.read_text(encoding="utf-8"))
+    del saved["data"]["weak"], saved["pseudo"]["images"]
+    saved["data"]["data_dir"] = os.path.relpath(synthetic_data)
+    paths.config.write_text(yaml.safe_dump(saved), encoding="utf-8")
+    summary = json.loads(paths.summary.read_text(encoding="utf-8"))
+    paths.summary.write_text(json.dumps({**summary, "config_digest": "0123456789"}), encoding="utf-8")
+    assert run_state(paths, cfg, 0).action == "finished"
+    # ... and not once any setting differs, or for another precision than the one that was asked for.
+    other_lr = load_config(DEBUG, [*overrides, "optimizer.encoder_lr=0.002"])
+    assert run_state(paths, other_lr, 0).action != "finished"
+    trained_in = load_config(paths.config).trainer.precision
+    other_precision = load_config(
+        DEBUG, [*overrides, f"trainer.precision={'bf16' if trained_in == 'fp32' else 'fp32'}"]
+    )
+    assert run_state(paths, other_precision, 0).action != "finished"
