@@ -8,6 +8,12 @@
 #   gate_weak   + the gate trained on masked and weakly labelled images (data.weak): the runs
 #                 classifier_lite0_weak, trained here when missing, drawing as many images per epoch
 #                 as the masked-only gate (data.samples_per_epoch), so both cost the same
+#   pseudo_plain        the `gate` stage with its segmenters trained again on the masked images and the
+#                       weak pool pseudo-labelled by that stage's ensemble, the gate deciding which
+#                       classes an image holds (the competition's way); the gate itself unchanged
+#   pseudo_class_aware  the same with the weak pool's image labels deciding (`--image-labels`; a class
+#                       the ensemble is unsure of is left out of the loss)
+# The pseudo stages are each measured against `gate`; their runs go to RUNS_DIR/stages/STAGE/runs.
 # Each stage tunes its own post-processing out of fold (its thresholds in RUNS_DIR/stages/STAGE/),
 # predicts the local test split and is scored against the stage before, with the 90% paired-bootstrap
 # interval of the difference. The table goes to RUNS_DIR/stages/stages.md. The runs are those of
@@ -32,8 +38,11 @@ declare -A sets=(
   [tta]="gate=null"
   [gate]=""
   [gate_weak]="gate={config: classifier_lite0_weak, folds: $all_folds}"
+  [pseudo_plain]=""
+  [pseudo_class_aware]=""
 )
-stages=(one_fold five_folds tta gate gate_weak)
+stages=(one_fold five_folds tta gate gate_weak pseudo_plain pseudo_class_aware)
+declare -A against_stage=([pseudo_plain]=gate [pseudo_class_aware]=gate)  # default: the stage before
 wanted=" ${SAMPLE_STAGES:-${stages[*]}} "
 
 train_weak_gate() {
@@ -49,6 +58,24 @@ train_weak_gate() {
   done
 }
 
+# The weak pool pseudo-labelled by the `gate` stage's ensemble ($2: more `severstal pseudo` options), and
+# the segmenters trained again with it into RUNS_DIR/stages/$1/runs, beside a link to round 0's gate.
+train_pseudo_stage() {
+  local dir="$runs/stages/$1"
+  shift
+  mkdir -p "$dir/runs"
+  if [ ! -f "$dir/pseudo/round1.csv" ]; then
+    printf '\n== %s: the weak pool pseudo-labelled\n' "$(basename "$dir")"
+    "$severstal" pseudo --config "$config" --data-dir "$data" --set runs_dir="$round0" \
+      --set postprocess.thresholds_file="$runs/stages/gate/thresholds.json" --round 1 \
+      --images "$data/weak_images" "$@" --out-dir "$dir/pseudo"
+  fi
+  "$severstal" sweep --config "$config" --executor local --data-dir "$data" --out-dir "$dir/runs" --train-only \
+    --pseudo "$dir/pseudo/round1.csv" --set pseudo.images="$data/weak_images" --set gate=null \
+    --set data.n_folds=5 --set data.test_fraction=0.2 --set data.folds_file="$folds"
+  ln -sfn "$round0/classifier_lite0" "$dir/runs/classifier_lite0"
+}
+
 # A stage already measured (its local_test.json written) is kept; SAMPLE_STAGES names the stages to
 # measure now (default all), each against the stage before it in the list above.
 table="$runs/stages/stages.md"
@@ -57,17 +84,23 @@ previous=""
 for stage in "${stages[@]}"; do
   out="$runs/stages/$stage"
   if [ ! -f "$out/local_test.json" ] && [[ $wanted == *" $stage "* ]]; then
-    [ "$stage" = gate_weak ] && train_weak_gate
+    stage_runs="$round0"
+    case $stage in
+      gate_weak) train_weak_gate ;;
+      pseudo_plain) train_pseudo_stage "$stage" && stage_runs="$out/runs" ;;
+      pseudo_class_aware) train_pseudo_stage "$stage" --image-labels "$data/weak_labels.csv" && stage_runs="$out/runs" ;;
+    esac
     mkdir -p "$out"
-    overrides=(--set runs_dir="$round0" --set postprocess.thresholds_file="$out/thresholds.json" --set leaderboard="$out/leaderboard.csv")
+    overrides=(--set runs_dir="$stage_runs" --set postprocess.thresholds_file="$out/thresholds.json" --set leaderboard="$out/leaderboard.csv")
     IFS='|' read -ra extra <<< "${sets[$stage]}"
     for item in "${extra[@]}"; do [ -n "$item" ] && overrides+=(--set "$item"); done
     printf '\n== %s\n' "$stage"
     "$severstal" oof --config "$config" --data-dir "$data" "${overrides[@]}" --json > "$out/oof.json"
     "$severstal" infer --config "$config" --data-dir "$data" "${overrides[@]}" --local-test "$folds" \
       --out "$out/local_test.csv"
+    base=${against_stage[$stage]:-$previous}
     against=()
-    [ -n "$previous" ] && against=(--against "$runs/stages/$previous/local_test.csv")
+    [ -n "$base" ] && against=(--against "$runs/stages/$base/local_test.csv")
     "$severstal" score --submission "$out/local_test.csv" --truth "$data/train.csv" --images "$data/train_images" \
       --folds "$folds" "${against[@]}" --json > "$out/local_test.json.partial"
     mv "$out/local_test.json.partial" "$out/local_test.json"
@@ -76,19 +109,22 @@ for stage in "${stages[@]}"; do
 done
 
 rows=()
+previous=""
 for stage in "${stages[@]}"; do
   out="$runs/stages/$stage"
+  base=${against_stage[$stage]:-$previous}
+  previous=$stage
   [ -f "$out/local_test.json" ] || continue
-  rows+=("$(jq -r --arg stage "$stage" --slurpfile oof "$out/oof.json" '
+  rows+=("$(jq -r --arg stage "$stage" --arg base "$base" --slurpfile oof "$out/oof.json" '
     def r: . * 10000 | round / 10000;
     [$stage, ($oof[0].score | r | tostring), ($oof[0].n_images | tostring), (.score | r | tostring),
      (.per_class | [.[] | r | tostring] | join(" / ")), (.positive_dice | r | tostring),
      (.false_positive_pairs | tostring),
-     (if .against then "\(.against.difference | r) [\(.against.low | r), \(.against.high | r)]" else "" end)]
+     (if .against then "\($base): \(.against.difference | r) [\(.against.low | r), \(.against.high | r)]" else "" end)]
     | "| " + join(" | ") + " |"' "$out/local_test.json")")
 done
 {
-  echo "| stage | OOF CV (tuned) | OOF images | local test | per class 1 / 2 / 3 / 4 | positive-pair dice | false-positive pairs | vs the stage before, 90% interval |"
+  echo "| stage | OOF CV (tuned) | OOF images | local test | per class 1 / 2 / 3 / 4 | positive-pair dice | false-positive pairs | against: difference [90% interval] |"
   echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
   printf '%s\n' "${rows[@]}"
 } > "$table"

@@ -18,11 +18,21 @@ from tests.repository import DEBUG, DEBUG_GATE, ENSEMBLE
 from tests.stand_ins import save_untrained
 
 
-def write_untrained(runs: Path, config: Path, fold: int, *overrides: str) -> None:
-    """An untrained checkpoint of ``config``; the models see 32x200 images, to keep the tests fast."""
+def write_untrained(
+    runs: Path, config: Path, fold: int, *overrides: str, output_bias: tuple[float, ...] | None = None
+) -> None:
+    """An untrained checkpoint of ``config``; the models see 32x200 images, to keep the tests fast.
+    With ``output_bias``, the output layer's weights are zero and its bias is that: every pixel's (or
+    image's) logit for class k is ``output_bias[k]``, whatever the image and on any arithmetic."""
     cfg = load_config(config, ["data.scale=0.125", *overrides])
     torch.manual_seed(fold)
-    save_untrained(DefectModule(cfg.model_dump(mode="json"), fold), RunPaths.of(runs, cfg.name, fold).best)
+    module = DefectModule(cfg.model_dump(mode="json"), fold)
+    if output_bias is not None:
+        *_, weight, bias = module.parameters()  # the output layer's (smp's segmentation head, a classifier's fc)
+        with torch.no_grad():
+            weight.zero_()
+            bias.copy_(torch.tensor(output_bias))
+    save_untrained(module, RunPaths.of(runs, cfg.name, fold).best)
 
 
 def write_debug_runs(runs: Path) -> Path:
