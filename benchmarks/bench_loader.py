@@ -88,7 +88,7 @@ def stage_times(dataset: SegmentationDataset, n_images: int) -> dict[str, float]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--data-dir", type=Path, default=REAL_SAMPLE, help="folder with train.csv and train_images/"
     )

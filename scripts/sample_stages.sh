@@ -10,7 +10,8 @@
 #                 as the masked-only gate (data.samples_per_epoch), so both cost the same
 #   pseudo_plain        the `gate` stage with its segmenters trained again on the masked images and the
 #                       weak pool pseudo-labelled by that stage's ensemble, the gate deciding which
-#                       classes an image holds (the competition's way); the gate itself unchanged
+#                       classes an image holds (the competition's way); the gate itself unchanged; as
+#                       many optimiser steps as round 0 (30% of each batch pseudo-labelled)
 #   pseudo_class_aware  the same with the weak pool's image labels deciding (`--image-labels`; a class
 #                       the ensemble is unsure of is left out of the loss)
 # The pseudo stages are each measured against `gate`; their runs go to RUNS_DIR/stages/STAGE/runs.
@@ -70,8 +71,13 @@ train_pseudo_stage() {
       --set postprocess.thresholds_file="$runs/stages/gate/thresholds.json" --round 1 \
       --images "$data/weak_images" "$@" --out-dir "$dir/pseudo"
   fi
+  # At round 0's cost: a batch is 30% pseudo-labelled (pseudo.fraction), so 70% of fold 0's masked
+  # training images per epoch keeps round 0's number of optimiser steps.
+  local masked
+  masked=$(awk -F, 'NR > 1 && $2 != 0 && $2 != "test"' "$folds" | wc -l)
   "$severstal" sweep --config "$config" --executor local --data-dir "$data" --out-dir "$dir/runs" --train-only \
     --pseudo "$dir/pseudo/round1.csv" --set pseudo.images="$data/weak_images" --set gate=null \
+    --set data.samples_per_epoch=$((masked * 7 / 10)) \
     --set data.n_folds=5 --set data.test_fraction=0.2 --set data.folds_file="$folds"
   ln -sfn "$round0/classifier_lite0" "$dir/runs/classifier_lite0"
 }
