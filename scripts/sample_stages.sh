@@ -75,8 +75,11 @@ train_pseudo_stage() {
   # training images per epoch keeps round 0's number of optimiser steps.
   local masked
   masked=$(awk -F, 'NR > 1 && $2 != 0 && $2 != "test"' "$folds" | wc -l)
-  "$severstal" sweep --config "$config" --executor local --data-dir "$data" --out-dir "$dir/runs" --train-only \
-    --pseudo "$dir/pseudo/round1.csv" --set pseudo.images="$data/weak_images" --set gate=null \
+  # the ensemble's segmenters alone: the gate stays round 0's
+  "$python" -c 'import sys, yaml; tree = yaml.safe_load(open(sys.argv[1])); tree["gate"] = None
+yaml.safe_dump(tree, open(sys.argv[2], "w"))' "$config" "$dir/segmenters.yaml"
+  "$severstal" sweep --config "$dir/segmenters.yaml" --executor local --data-dir "$data" --out-dir "$dir/runs" \
+    --train-only --pseudo "$dir/pseudo/round1.csv" --set pseudo.images="$data/weak_images" \
     --set data.samples_per_epoch=$((masked * 7 / 10)) \
     --set data.n_folds=5 --set data.test_fraction=0.2 --set data.folds_file="$folds"
   ln -sfn "$round0/classifier_lite0" "$dir/runs/classifier_lite0"
@@ -93,9 +96,10 @@ for stage in "${stages[@]}"; do
     stage_runs="$round0"
     case $stage in
       gate_weak) train_weak_gate ;;
-      pseudo_plain) train_pseudo_stage "$stage" && stage_runs="$out/runs" ;;
-      pseudo_class_aware) train_pseudo_stage "$stage" --image-labels "$data/weak_labels.csv" && stage_runs="$out/runs" ;;
+      pseudo_plain) train_pseudo_stage "$stage" ;;
+      pseudo_class_aware) train_pseudo_stage "$stage" --image-labels "$data/weak_labels.csv" ;;
     esac
+    [[ $stage == pseudo_* ]] && stage_runs="$out/runs"
     mkdir -p "$out"
     overrides=(--set runs_dir="$stage_runs" --set postprocess.thresholds_file="$out/thresholds.json" --set leaderboard="$out/leaderboard.csv")
     IFS='|' read -ra extra <<< "${sets[$stage]}"
