@@ -45,6 +45,7 @@ from tests.cli_contract import (
     snapshot,
 )
 from tests.debug_runs import debug_ensemble_file, write_untrained
+from tests.deploy.backend_cases import backend_cases
 from tests.references import postprocess_image
 from tests.repository import DEBUG
 
@@ -220,11 +221,16 @@ def infer(config: Path, out: Path, *args: object):
 @pytest.mark.parametrize(
     ("backend", "precision", "from_export", "least"),
     [
-        pytest.param("openvino", "fp32", True, SAME_SUBMISSION, marks=needs("openvino")),
-        pytest.param("onnxruntime", "fp32", True, SAME_SUBMISSION, marks=needs("onnxruntime")),
+        # each runtime from the export; the untrained maps lie near the threshold everywhere, the worst
+        # case for bf16 (0.989 here)
+        *(
+            pytest.param(
+                backend, precision, True, SAME_SUBMISSION if precision == "fp32" else 0.95, marks=mark
+            )
+            for backend, precision, mark in backend_cases(with_torch=False)
+        ),
+        # and exported on the fly
         pytest.param("openvino", "fp32", False, SAME_SUBMISSION, marks=needs("openvino", "onnx")),
-        # the untrained maps lie near the threshold everywhere: the worst case for bf16 (0.989 here)
-        pytest.param("openvino", "bf16", True, 0.95, marks=[needs("openvino"), needs_bf16()]),
     ],
 )
 def test_exported_backends_submit_what_torch_submits(
@@ -263,14 +269,7 @@ def test_a_submission_from_an_export_loads_no_lightning(exported, config, torch_
 
 
 @pytest.mark.parametrize(
-    ("backend", "precision"),
-    [
-        ("torch", "fp32"),
-        pytest.param("torch", "bf16", marks=needs_bf16()),
-        pytest.param("openvino", "fp32", marks=needs("openvino")),
-        pytest.param("openvino", "bf16", marks=[needs("openvino"), needs_bf16()]),
-        pytest.param("onnxruntime", "fp32", marks=needs("onnxruntime")),
-    ],
+    ("backend", "precision"), [pytest.param(*case, marks=mark) for *case, mark in backend_cases()]
 )
 def test_predictions_skip_planes_below_threshold_and_equal_the_full_maps_bit_for_bit(
     backend, precision, exported, config, data

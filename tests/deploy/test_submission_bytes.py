@@ -6,15 +6,14 @@ maps equal post-processing's, bit for bit on every backend, in ``test_export.py`
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-from common_blocks.backend_names import cpu_has_bf16
 from common_blocks.data.formats import list_images
 from tests.cli_contract import run_in_process
 from tests.debug_runs import debug_ensemble_file, write_untrained
+from tests.deploy.backend_cases import backend_cases
 from tests.repository import DEBUG, DEBUG_GATE
 
 pytestmark = pytest.mark.slow  # exports and runs every backend
@@ -39,10 +38,6 @@ def expected_submission(data: Path, layout: str) -> str:
     return "\n".join(["ImageId,EncodedPixels,ClassId", *rows]) + "\n"
 
 
-def installed(*modules: str) -> bool:
-    return all(importlib.util.find_spec(name) for name in modules)
-
-
 @pytest.fixture(scope="module")
 def config(tmp_path_factory, data) -> Path:
     """The debug ensemble (two segmenter folds, two gate folds, TTA none + hflip) of decisive networks."""
@@ -64,39 +59,13 @@ def exported(tmp_path_factory, config) -> Path:
     return folder
 
 
-BACKENDS = [
-    pytest.param("torch", "fp32", id="torch-fp32"),
-    pytest.param(
-        "torch", "bf16", id="torch-bf16", marks=pytest.mark.skipif(not cpu_has_bf16(), reason="no bf16 CPU")
-    ),
-    pytest.param(
-        "onnxruntime",
-        "fp32",
-        id="onnxruntime-fp32",
-        marks=pytest.mark.skipif(not installed("onnxruntime", "onnx"), reason="onnxruntime not installed"),
-    ),
-    pytest.param(
-        "openvino",
-        "fp32",
-        id="openvino-fp32",
-        marks=pytest.mark.skipif(not installed("openvino", "onnx"), reason="openvino not installed"),
-    ),
-    pytest.param(
-        "openvino",
-        "bf16",
-        id="openvino-bf16",
-        marks=pytest.mark.skipif(
-            not (installed("openvino", "onnx") and cpu_has_bf16()), reason="openvino or a bf16 CPU missing"
-        ),
-    ),
-]
-
-
 @pytest.mark.parametrize(
     ("backend", "precision", "layout"),
-    [*(pytest.param(*case.values, "current", marks=case.marks, id=case.id) for case in BACKENDS),
-     pytest.param("torch", "fp32", "2019", id="torch-fp32-2019")],
-)  # fmt: skip
+    [
+        *(pytest.param(*case, "current", marks=mark, id="-".join(case)) for *case, mark in backend_cases()),
+        pytest.param("torch", "fp32", "2019", id="torch-fp32-2019"),
+    ],
+)
 def test_every_backend_writes_the_expected_submission_byte_for_byte(
     backend, precision, layout, config, data, request, tmp_path
 ):
