@@ -125,6 +125,7 @@ class RunProgress:
         self.created = created  # folders made for the run, deepest first
         self.last: tuple[int, int] | None = None
         self.fitted = False  # the fit is over; the best checkpoint is being validated
+        self.kept_unnoticed = False  # a last.ckpt written just before a stop, before its notice came
 
     def checkpoint_written(self, checkpoint: dict[str, Any], path: Path) -> None:
         if self.set_aside is not None:
@@ -135,14 +136,26 @@ class RunProgress:
 
     def failed(self) -> None:
         """The run stops early. Before its first checkpoint, a fresh run's partial files (config.yaml,
-        logs) go, the earlier run comes back as it was and the folders made for the run are removed."""
+        logs) go, the earlier run comes back as it was and the folders made for the run are removed.
+
+        The checkpoint on disk decides, not the notice of it: a stop between a checkpoint's write and
+        ``checkpoint_written`` (Ctrl-C on a loaded machine) keeps that checkpoint. It is this run's, as
+        the earlier run was set aside whole before the training started."""
         if self.set_aside is None:
             return
-        self.set_aside.put_back()
+        if self.paths.last.is_file() or self.paths.best.is_file():
+            self.set_aside.discard()
+            self.kept_unnoticed = self.last is None and self.paths.last.is_file()
+            if self.kept_unnoticed:
+                with contextlib.suppress(PipelineError):
+                    point = read_resume_point(self.paths.last, 0, fit_may_be_over=True)
+                    self.last = (point.epoch, point.global_step)
+        else:
+            self.set_aside.put_back()
+            for folder in self.created:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only if empty
         self.set_aside = None
-        for folder in self.created:
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # only if empty
 
     def interrupted(self, resumed: ResumePoint | None, had_earlier_run: bool) -> Interrupted:
         """What Ctrl-C left: the checkpoint to resume from, if any."""
@@ -158,6 +171,10 @@ class RunProgress:
             return Interrupted(
                 f"training {label} stopped; {last} (epoch {epoch}, step {step}) is kept: "
                 "run the same command with --resume to continue from it"
+            )
+        if self.kept_unnoticed:  # and unreadable for its step: --resume will say what it holds
+            return Interrupted(
+                f"training {label} stopped; {last} is kept: run the same command with --resume to continue from it"
             )
         if had_earlier_run:
             return Interrupted(

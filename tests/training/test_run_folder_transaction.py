@@ -54,6 +54,21 @@ def test_after_the_first_checkpoint_a_failure_keeps_the_new_run_and_the_earlier_
     assert not earlier.best.exists() and not earlier.previous_run.exists()
 
 
+def test_ctrl_c_between_a_checkpoints_write_and_its_notice_keeps_that_checkpoint(earlier):
+    """On a loaded machine Ctrl-C can land after ``last.ckpt`` is renamed into place and before the
+    Trainer's callback tells the transaction: the checkpoint on disk is the new run's all the same."""
+    with (
+        pytest.raises(
+            Interrupted, match=r"stopped; .*last\.ckpt is kept: run the same command with --resume"
+        ),
+        run_folder_transaction(earlier, None, lead=True),
+    ):
+        earlier.last.write_bytes(b"new last")  # written; checkpoint_written not called yet
+        raise KeyboardInterrupt
+    assert earlier.last.read_bytes() == b"new last"
+    assert not earlier.best.exists() and not earlier.previous_run.exists()
+
+
 def test_a_fresh_run_that_fails_in_a_new_folder_leaves_no_folder(tmp_path):
     paths = RunPaths.of(tmp_path / "runs", "debug", 0)
     with pytest.raises(RuntimeError, match="fails"), run_folder_transaction(paths, None, lead=True):
