@@ -209,3 +209,25 @@ def test_a_multi_scale_pipeline_crops_to_its_own_width() -> None:
     for width in cfg.crop_widths:
         out = build_train_transform(cfg, seed=0, crop_width=width)(image=image, mask=mask_of(image))
         assert out["image"].shape == (256, width) and out["mask"].shape == (256, width, 4)
+
+
+@pytest.mark.subprocess
+def test_loading_the_augmentations_asks_no_server_for_albumentations_releases():
+    """albumentations checks PyPI for a newer release at every import unless told not to; the data
+    package tells it not to (a user's own setting stays), so no process of the pipeline waits on it."""
+    import os
+    import subprocess
+    import sys
+
+    probe = (
+        "import urllib.request\n"
+        "def refuse(self, url, *args, **kwargs):\n"
+        "    raise SystemExit(f'asked {getattr(url, \"full_url\", url)}')\n"
+        "urllib.request.OpenerDirector.open = refuse\n"
+        "import common_blocks.data.transforms\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "NO_ALBUMENTATIONS_UPDATE"}
+    result = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
