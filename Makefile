@@ -28,10 +28,11 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 # (a worker's memory peaks at about 2.2 GB); tests/conftest.py gives each worker its share of torch's
 # threads. Each worker is one process for all the tests it runs: torch is imported once per worker,
 # and OpenVINO once crashed a later test of the same process (common_blocks/deploy/onnx_runtimes.py:
-# openvino_core says why; a test keeps it fixed).
+# openvino_core says why; a test keeps it fixed). The 15 slowest tests are listed at the end, to see
+# where the suite's time goes.
 WORKERS := -n auto --maxprocesses 4
 test: $(STAMP)
-	"$(PY)" -m pytest -q $(WORKERS) tests
+	"$(PY)" -m pytest -q $(WORKERS) --durations=15 tests
 
 # No model training, no exported backend, no child process: the quick check while editing.
 test-fast: $(STAMP)
