@@ -43,7 +43,9 @@ def end_to_end_vs_forward(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_pipeline_arguments(parser)
     end_to_end_vs_forward(parse(parser))
 

@@ -40,7 +40,9 @@ def gate_vs_no_gate(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_pipeline_arguments(parser)
     parser.add_argument("--gate", type=Path, default=DEBUG_CONFIGS[1], help="classifier config")
     gate_vs_no_gate(parse(parser))

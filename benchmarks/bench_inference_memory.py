@@ -80,7 +80,9 @@ def compare_memory(args) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_common_arguments(parser)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1], help="loader workers to time")
     parser.add_argument("--rss-images", type=int, nargs="+", default=[1000, 4000])

@@ -88,7 +88,9 @@ def stage_times(dataset: SegmentationDataset, n_images: int) -> dict[str, float]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
         "--data-dir", type=Path, default=REAL_SAMPLE, help="folder with train.csv and train_images/"
     )

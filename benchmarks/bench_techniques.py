@@ -162,7 +162,9 @@ def measure(root: Path, top_k: int, splits: int) -> pd.DataFrame:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("runs", nargs="+", type=Path, help="run folders OUT_DIR/NAME/foldK")
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--splits", type=int, default=20)

@@ -28,7 +28,8 @@ def write_untrained(
     torch.manual_seed(fold)
     module = DefectModule(cfg.model_dump(mode="json"), fold)
     if output_bias is not None:
-        *_, weight, bias = module.parameters()  # the output layer's (smp's segmentation head, a classifier's fc)
+        # the output layer: smp's segmentation head, a classifier's fc
+        *_, weight, bias = module.parameters()
         with torch.no_grad():
             weight.zero_()
             bias.copy_(torch.tensor(output_bias))
