@@ -123,11 +123,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark ``slow`` the tests that load, train or run a model through their fixtures, so that
     ``make test-fast`` (``-m "not slow and not subprocess"``) leaves them out with the tests that do
-    so themselves (marked where they are written); put the ``long`` tests first."""
+    so themselves (marked where they are written)."""
     for item in items:
         if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-    # The ``long`` tests first (a stable sort keeps the rest in order): pytest-xdist hands tests out in
-    # this order, so the workers share the many short tests after them instead of one worker running
-    # a long one alone at the end.
-    items.sort(key=lambda item: item.get_closest_marker("long") is None)

@@ -17,7 +17,6 @@ SMALL = {"DEMO_N_TRAIN": "16", "DEMO_N_TEST": "4", "DEMO_SEGMENTER_EPOCHS": "1",
 
 @pytest.mark.slow
 @pytest.mark.subprocess
-@pytest.mark.long
 def test_the_demo_runs_end_to_end_and_writes_what_it_announces(tmp_path):
     """Through ``make demo`` as a user runs it, into folders whose paths hold a space (each variable is
     one word to the Makefile and the script); ``-o`` takes the venv as installed: the test's Python is."""

@@ -18,7 +18,6 @@ from tests.repository import DEBUG, DEBUG_GATE, run_make
 
 @pytest.mark.slow
 @pytest.mark.subprocess
-@pytest.mark.long
 def test_the_sample_pipeline_runs_end_to_end_and_scores_the_local_test_split(tmp_path):
     data, runs, report = tmp_path / "my data", tmp_path / "my runs", tmp_path / "my report"
     generate(data, n_train=12, n_test=2, seed=0, workers=1, n_weak=6)

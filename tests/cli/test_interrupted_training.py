@@ -304,7 +304,6 @@ def test_an_overwrite_killed_before_its_first_checkpoint_is_put_back(
 
 
 @pytest.mark.subprocess
-@pytest.mark.long
 def test_interrupt_resume_kill_move_resume_keeps_one_whole_self_contained_run(
     base_run, synthetic_data, debug_config, tmp_path
 ):

@@ -36,7 +36,6 @@ from tests.repository import ROOT
 
 
 @pytest.mark.slow
-@pytest.mark.long
 def test_local_sweep_trains_every_run_then_tunes_the_ensemble(tmp_path, synthetic_data):
     ensemble = ensemble_file(tmp_path, synthetic_data)
     args = ["sweep", "--config", ensemble, "--executor", "local", "--array-parallelism", "2", *sets(*QUICK)]
