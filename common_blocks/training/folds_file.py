@@ -27,6 +27,12 @@ def _labels(cfg: TrainConfig) -> pd.DataFrame:
     return read_labels(data_dir / "train.csv", data_dir / "train_images")
 
 
+def check_labels(cfg: TrainConfig) -> None:
+    """The data folder and its label file, read and checked, writing nothing (a run does this before it
+    builds its model, which may fetch weights; the folds file is written with the fit)."""
+    _labels(cfg)
+
+
 def write_missing_folds(cfg: TrainConfig) -> None:
     """Write the stratified folds file when it does not exist yet (once, before any rank reads it)."""
     path = folds_path(cfg)

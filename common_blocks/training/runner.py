@@ -47,6 +47,7 @@ from common_blocks.training.checkpoints import (
 )
 from common_blocks.training.config import TrainConfig
 from common_blocks.training.datamodule import SteelDataModule
+from common_blocks.training.folds_file import check_labels
 from common_blocks.training.module import DefectModule
 from common_blocks.training.precision import resolve_precision
 from common_blocks.training.run_folder_transaction import SetAside, prepare_run_dir, run_folder_transaction
@@ -281,6 +282,9 @@ def _train_fold(
     everything checked, then fit and evaluate inside the run folder's transaction, then the summary."""
     if lead:
         SetAside(paths).recover()  # an earlier process killed between setting aside and its first checkpoint
+    # The data first: a missing data folder or label file is its own one line, before the model fetches
+    # any weights (offline, a minute of retries ending in an error about the weights).
+    check_labels(cfg)
     datamodule = SteelDataModule(cfg, fold)
     point = prepare_run_dir(paths, resume, overwrite, cfg.trainer.max_epochs) if lead or resume else None
     module = _starting_module(cfg, fold, out_dir, point)

@@ -414,6 +414,16 @@ def test_garbage_encoder_weights_file(data, tmp_path):
     assert not [w for w in caught if "pickle" in str(w.message)], [str(w.message) for w in caught]
 
 
+def test_a_missing_data_folder_is_named_before_any_weights_are_read(tmp_path):
+    """The data is checked before the model is built: offline, fetching pretrained weights is a minute of
+    retries ending in an error about the weights, which would hide the missing data behind it."""
+    weights = tmp_path / "weights.pth"
+    weights.write_bytes(b"not weights")
+    nowhere = tmp_path / "nowhere"
+    argv = train_argv(DEBUG, tmp_path, f"data.data_dir={nowhere}", f"model.args.encoder_weights={weights}")
+    expect_one_error(tmp_path, argv, f"{nowhere}: data directory not found")
+
+
 def valid_search_result(version: int = 1) -> dict:
     """A thresholds file of format 1 (hard gates) or 2 (with the soft gate factors' axis)."""
     grid = {"thresholds": [0.5], "min_sizes": [0], "min_areas": [0], "gates": [0.0]}
