@@ -102,11 +102,14 @@ def _start_train(args: list, stderr_path: Path) -> subprocess.Popen:
 def _signal_once_logged(process: subprocess.Popen, paths: RunPaths, step: int, signum: int) -> None:
     """Send ``signum`` once the CSV log has the training row of ``step`` (and last.ckpt exists)."""
     deadline = time.time() + 120
-    while time.time() < deadline and process.poll() is None:
-        if paths.last.is_file() and any(s >= step for s in _train_steps(_rows(paths))):
-            break
-        time.sleep(0.1)
+    reached = False
+    while not reached and time.time() < deadline and process.poll() is None:
+        reached = paths.last.is_file() and any(s >= step for s in _train_steps(_rows(paths)))
+        time.sleep(0 if reached else 0.1)
     assert process.poll() is None, "the run ended before it could be signalled"
+    if not reached:  # what is signalled below would not be what this test is about
+        os.killpg(process.pid, signal.SIGKILL)
+        pytest.fail(f"the run logged no step {step} within 120 s (is the machine loaded?)")
     os.killpg(process.pid, signum)
     process.wait(timeout=120)
 
