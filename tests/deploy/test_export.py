@@ -45,7 +45,7 @@ from tests.cli_contract import (
     snapshot,
 )
 from tests.debug_runs import debug_ensemble_file, write_untrained
-from tests.deploy.backend_cases import backend_cases
+from tests.deploy.backend_cases import backend_cases, needs, needs_bf16
 from tests.references import postprocess_image
 from tests.repository import DEBUG
 
@@ -55,18 +55,6 @@ RUNTIMES = ("openvino", "onnxruntime")
 SAME_SUBMISSION = 0.999  # competition score of a backend's submission with torch's as the truth
 CV_MOVE = 0.002  # the most bf16 may move the local CV
 TTA = ["none", "hflip"]  # the exported ensemble's TTA: the flipped copy is predicted too
-
-
-def needs(*modules: str):
-    """Skip unless every module imports (the optional extras)."""
-    missing = [name for name in modules if importlib.util.find_spec(name) is None]
-    return pytest.mark.skipif(
-        bool(missing), reason=f"not installed: {', '.join(missing)} (pip install '.[X]')"
-    )
-
-
-def needs_bf16():
-    return pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no avx512_bf16 / amx_bf16")
 
 
 @pytest.fixture(scope="module")
