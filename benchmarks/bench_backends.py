@@ -20,6 +20,7 @@ import argparse
 
 import torch
 
+from benchmarks.common import doc_parser
 from benchmarks.inference_timing import (
     add_backend_members,
     add_common_arguments,
@@ -73,9 +74,7 @@ def backends_and_precisions(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = doc_parser(__doc__)
     add_common_arguments(parser)
     add_backend_members(parser)
     backends_and_precisions(parse(parser))

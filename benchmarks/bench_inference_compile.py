@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from benchmarks.common import doc_parser
 from benchmarks.inference_timing import PipelineBench, add_pipeline_arguments, forward_rate, in_turns, parse
 
 
@@ -42,9 +43,7 @@ def compile_vs_eager(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = doc_parser(__doc__)
     add_pipeline_arguments(parser)
     compile_vs_eager(parse(parser))
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 
+from benchmarks.common import doc_parser
 from benchmarks.inference_timing import PipelineBench, add_pipeline_arguments, in_turns, parse
 
 TARGET_RATIO = 0.85
@@ -43,9 +44,7 @@ def end_to_end_vs_forward(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = doc_parser(__doc__)
     add_pipeline_arguments(parser)
     end_to_end_vs_forward(parse(parser))
 

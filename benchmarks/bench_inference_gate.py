@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from benchmarks.common import doc_parser
 from benchmarks.inference_timing import (
     DEBUG_CONFIGS,
     PipelineBench,
@@ -40,9 +41,7 @@ def gate_vs_no_gate(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = doc_parser(__doc__)
     add_pipeline_arguments(parser)
     parser.add_argument("--gate", type=Path, default=DEBUG_CONFIGS[1], help="classifier config")
     gate_vs_no_gate(parse(parser))

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchmarks.common import doc_parser
 from benchmarks.inference_timing import (
     DEBUG_CONFIGS,
     add_common_arguments,
@@ -80,9 +81,7 @@ def compare_memory(args) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = doc_parser(__doc__)
     add_common_arguments(parser)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1], help="loader workers to time")
     parser.add_argument("--rss-images", type=int, nargs="+", default=[1000, 4000])

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from benchmarks.common import doc_parser
 from benchmarks.inference_timing import (
     add_common_arguments,
     backend_images,
@@ -99,9 +100,7 @@ def stage_profile(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = doc_parser(__doc__)
     add_common_arguments(parser)
     stage_profile(parse(parser))
 

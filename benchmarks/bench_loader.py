@@ -16,7 +16,6 @@ A per-stage breakdown of one item, in this process, shows where the time goes.
 
 from __future__ import annotations
 
-import argparse
 import os
 import resource
 import time
@@ -30,7 +29,7 @@ import cv2
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
-from benchmarks.common import REAL_SAMPLE
+from benchmarks.common import REAL_SAMPLE, doc_parser
 from common_blocks.data.augment_config import AugmentConfig
 from common_blocks.data.datasets import SegmentationDataset, mask_to_tensor, to_tensor
 from common_blocks.data.formats import read_labels
@@ -88,9 +87,7 @@ def stage_times(dataset: SegmentationDataset, n_images: int) -> dict[str, float]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = doc_parser(__doc__)
     parser.add_argument(
         "--data-dir", type=Path, default=REAL_SAMPLE, help="folder with train.csv and train_images/"
     )

@@ -8,14 +8,13 @@ in the competition); the submission shifts, drops or invents masks so every kind
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import REAL_SAMPLE, peak_rss_mib, require_real_sample
+from benchmarks.common import REAL_SAMPLE, doc_parser, peak_rss_mib, require_real_sample
 from common_blocks.data import rle
 from common_blocks.data.formats import RLE_COLUMNS, empty_table, read_labels, write_submission
 from common_blocks.evaluation.scorer import score_submission
@@ -46,9 +45,7 @@ def build_tables(real_masks: list[str], n_images: int, seed: int = 0):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = doc_parser(__doc__)
     parser.add_argument("--data-dir", type=Path, default=REAL_SAMPLE)
     parser.add_argument("--images", type=int, default=12568)
     args = parser.parse_args()

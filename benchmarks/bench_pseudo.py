@@ -20,7 +20,6 @@ pseudo-labelling gains on Severstal.
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmarks.common import doc_parser
 from common_blocks.data.formats import RLE_COLUMNS, read_labels
 from common_blocks.data.synthetic import generate
 from common_blocks.evaluation.metric import score_tables, summarize
@@ -131,9 +131,7 @@ def run(args, work: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = doc_parser(__doc__)
     parser.add_argument("--n-train", type=int, default=120)
     parser.add_argument("--n-test", type=int, default=60)
     parser.add_argument(

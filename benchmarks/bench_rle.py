@@ -5,13 +5,12 @@ python -m benchmarks.bench_rle [--data-dir ../shared/severstal-sample]
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from benchmarks.common import REAL_SAMPLE, best_time, require_real_sample
+from benchmarks.common import REAL_SAMPLE, best_time, doc_parser, require_real_sample
 from common_blocks.data import rle
 
 
@@ -38,9 +37,7 @@ def consume(function, inputs: list) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = doc_parser(__doc__)
     parser.add_argument("--data-dir", type=Path, default=REAL_SAMPLE)
     args = parser.parse_args()
     strings = pd.read_csv(require_real_sample(args.data_dir) / "train.csv")["EncodedPixels"].tolist()

@@ -9,11 +9,12 @@ heavy libraries it loaded are listed.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
 import sys
+
+from benchmarks.common import doc_parser
 
 COMMAND_MODULES = {
     "score": ["common_blocks.evaluation.scorer"],
@@ -55,9 +56,7 @@ def import_seconds(modules: list[str]) -> tuple[float, list[str]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = doc_parser(__doc__)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     for command, modules in COMMAND_MODULES.items():

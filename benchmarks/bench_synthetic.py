@@ -5,18 +5,16 @@ python -m benchmarks.bench_synthetic [--n 200] [--workers 2]
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.common import doc_parser
 from common_blocks.data.synthetic import generate
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = doc_parser(__doc__)
     parser.add_argument("--n", type=int, default=200, help="number of images (default 200)")
     parser.add_argument("--workers", type=int, default=2, help="worker threads (default 2)")
     args = parser.parse_args()

@@ -26,7 +26,6 @@ figures are still optimistic by the choice among epochs; compare runs of differe
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -34,6 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from benchmarks.common import doc_parser
 from common_blocks.data.formats import N_CLASSES
 from common_blocks.evaluation.metric import summarize
 from common_blocks.evaluation.oof_stats import OofStats, OofStatsBuilder
@@ -162,9 +162,7 @@ def measure(root: Path, top_k: int, splits: int) -> pd.DataFrame:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = doc_parser(__doc__)
     parser.add_argument("runs", nargs="+", type=Path, help="run folders OUT_DIR/NAME/foldK")
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--splits", type=int, default=20)

@@ -12,14 +12,13 @@ model gives), smooth noise (every pixel near the thresholds, large components) a
 
 from __future__ import annotations
 
-import argparse
 import functools
 import time
 
 import cv2
 import numpy as np
 
-from benchmarks.common import best_time, peak_rss_mib
+from benchmarks.common import best_time, doc_parser, peak_rss_mib
 from common_blocks.evaluation.image_stats import image_stats
 from common_blocks.evaluation.metric import summarize
 from common_blocks.evaluation.oof_stats import N_CLASSES, OofStats
@@ -147,9 +146,7 @@ def time_search(n_images: int, thresholds: tuple[float, ...]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = doc_parser(__doc__)
     parser.add_argument("--images", type=int, default=12568)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()

@@ -11,7 +11,6 @@ model; the target is >= 0.85. Pretrained weights are not needed for timing (enco
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 import common_blocks.training  # noqa: F401  (first: declares the torchvision ops lightning needs)
 
 # isort: on
-from benchmarks.common import peak_rss_mib, require_real_sample
+from benchmarks.common import doc_parser, peak_rss_mib, require_real_sample
 from benchmarks.train_timing import (
     BatchTimer,
     Device,
@@ -52,9 +51,7 @@ def full_pipeline(cfg, datamodule: SteelDataModule, steps: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = doc_parser(__doc__)
     add_run_arguments(parser)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch-size", type=int, help="overrides data.batch_size")

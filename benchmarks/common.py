@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import resource
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 REAL_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "severstal-sample"
+
+
+def doc_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The benchmark's parser: ``--help`` shows its whole docstring, usage lines as written."""
+    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def best_time(function: Callable[[], object], repeats: int = 3) -> float:

@@ -12,7 +12,6 @@ training loader, the validation steps, the epoch-end score and tuned search, che
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from collections import defaultdict
@@ -26,7 +25,7 @@ import common_blocks.training  # noqa: F401  (first: declares the torchvision op
 # isort: on
 from lightning.pytorch.profilers import SimpleProfiler
 
-from benchmarks.common import peak_rss_mib, require_real_sample
+from benchmarks.common import doc_parser, peak_rss_mib, require_real_sample
 from benchmarks.train_timing import add_run_arguments, cpu_config
 from common_blocks.run_folder import RunPaths
 from common_blocks.training.datamodule import SteelDataModule
@@ -54,9 +53,7 @@ def part_of(action: str) -> str | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = doc_parser(__doc__)
     add_run_arguments(parser)
     parser.add_argument("--epochs", type=int, default=2)
     args = parser.parse_args()
