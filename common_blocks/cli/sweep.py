@@ -68,7 +68,8 @@ def sweep_arguments(parser: argparse.ArgumentParser) -> None:
         "--array-parallelism",
         type=POSITIVE,
         metavar="K",
-        help="training jobs running at once (default: slurm all; local one per GPU group, 1 without a GPU)",
+        help="training jobs running at once (default: slurm all; local one per GPU group, 1 without a GPU; "
+        "jobs without a GPU share the cores out)",
     )
     resources.add_argument(
         "--num-nodes",
@@ -144,6 +145,7 @@ def sweep_command(args: argparse.Namespace) -> None:
             train_only=args.train_only,
             devices=resources.devices,
             num_nodes=resources.num_nodes,
+            cpu_threads=resources.cpu_threads,
         )
         check_apart(
             plan.out_dir, "the runs (--out-dir)", holds=[], within=[("the data_dir", plan.ensemble.data_dir)]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from submitit.helpers import Checkpointable
 
 from common_blocks.errors import PipelineError
@@ -108,10 +109,18 @@ def run_state(paths: RunPaths, cfg: TrainConfig, fold: int) -> RunState:
 class TrainJob(Checkpointable):
     """Train ``cfg`` on ``fold`` into ``out_dir`` (``OUT_DIR/NAME/foldK``): skip it when finished,
     continue from ``last.ckpt`` when there is one, start it otherwise. Runs in ``workdir`` (where the
-    sweep was planned), against which the config's relative paths (``data.data_dir``) are read."""
+    sweep was planned), against which the config's relative paths (``data.data_dir``) are read, with
+    ``cpu_threads`` torch threads when given (jobs sharing a CPU's cores)."""
 
     def __init__(
-        self, cfg: TrainConfig, fold: int, out_dir: Path, workdir: Path, devices: int = 1, num_nodes: int = 1
+        self,
+        cfg: TrainConfig,
+        fold: int,
+        out_dir: Path,
+        workdir: Path,
+        devices: int = 1,
+        num_nodes: int = 1,
+        cpu_threads: int | None = None,
     ) -> None:
         self.cfg = cfg
         self.fold = fold
@@ -119,6 +128,7 @@ class TrainJob(Checkpointable):
         self.workdir = Path(workdir)
         self.devices = devices
         self.num_nodes = num_nodes
+        self.cpu_threads = cpu_threads
 
     @property
     def paths(self) -> RunPaths:
@@ -130,8 +140,10 @@ class TrainJob(Checkpointable):
 
     def __call__(self) -> dict[str, Any]:
         os.chdir(self.workdir)
+        if self.cpu_threads is not None:
+            torch.set_num_threads(self.cpu_threads)
         state = run_state(self.paths, self.cfg, self.fold)
-        print(f"{self.label}: {state.describe()}", flush=True)
+        print(f"{self.label}: {state.describe()} (torch threads: {torch.get_num_threads()})", flush=True)
         if state.action == "finished":
             return {**finished_summary(self.paths, self.cfg, self.fold), "skipped": True}
         # Lightning after common_blocks.training, which declares torchvision's operators first.

@@ -98,7 +98,8 @@ def run_local(
     """Run the sweep's jobs on this machine: the runs ``array_parallelism`` at a time, then (when all
     succeeded) the OOF search; returns the OOF report (None with ``train_only``). Failed runs are
     listed in one error after the others finished; Ctrl-C stops the running jobs (their last.ckpt kept)."""
-    report(f"{plan.describe()}; on this machine, {res.array_parallelism} at a time")
+    threads = f", {res.cpu_threads} torch thread(s) each" if res.cpu_threads is not None else ""
+    report(f"{plan.describe()}; on this machine, {res.array_parallelism} at a time{threads}")
     for run in plan.runs:
         if run.state.action == "finished":
             report(f"  {run.label}: finished already, skipped")

@@ -149,12 +149,14 @@ def plan_sweep(
     train_only: bool = False,
     devices: int = 1,
     num_nodes: int = 1,
+    cpu_threads: int | None = None,
 ) -> SweepPlan:
     """Check everything a sweep needs and decide what each run's job does (see the module docstring).
 
     ``train_overrides`` (``--set``) apply to every training config; every run trains on the ensemble's
     ``data_dir`` (``data_dir`` overrides it), which the OOF search validates on; ``out_dir`` (default:
-    the ensemble's ``runs_dir``) is the runs folder.
+    the ensemble's ``runs_dir``) is the runs folder; ``devices``, ``num_nodes`` and ``cpu_threads`` are
+    each training job's (``Resources``).
     """
     ensemble_path = Path(ensemble_path)
     ensemble = sweep_ensemble(ensemble_path, data_dir, out_dir)
@@ -220,7 +222,7 @@ def plan_sweep(
                 SetAside(
                     paths
                 ).recover()  # what a process killed mid --overwrite left, as train_fold settles it
-            job = TrainJob(cfg, fold, out_dir, workdir, devices, num_nodes)
+            job = TrainJob(cfg, fold, out_dir, workdir, devices, num_nodes, cpu_threads)
             after = f"{parent}/fold{fold}" if parent is not None else None
             runs.append(PlannedRun(job, run_state(paths, cfg, fold), after, _stage(cfg, configs)))
     return SweepPlan(ensemble, runs, out_dir, workdir, train_only)

@@ -27,6 +27,7 @@ class Resources:
     num_nodes: int = 1
     partition: str | None = None
     slurm_options: dict[str, str] = field(default_factory=dict)
+    cpu_threads: int | None = None  # torch threads of each job; None: torch's default (every core)
 
     @property
     def devices(self) -> int:
@@ -60,7 +61,7 @@ def resolve_resources(
 ) -> Resources:
     """The resources of a sweep, defaults filled in. Slurm: 1 GPU per job, every run at once, 4 hours
     a job (then requeued). Local: the visible GPUs shared out, one per job (one job at a time without
-    a GPU), no time limit."""
+    a GPU, and then several at once share the cores out), no time limit."""
     if executor == "slurm":
         return Resources(
             1 if gpus_per_job is None else gpus_per_job,
@@ -83,6 +84,18 @@ def resolve_resources(
             f"--array-parallelism {array_parallelism} x --gpus-per-job {gpus_per_job} needs "
             f"{array_parallelism * gpus_per_job} GPUs; this machine has {len(gpus)} visible"
         )
-    return Resources(
-        gpus_per_job, LOCAL_TIMEOUT_MIN if timeout_min is None else timeout_min, array_parallelism
+    # Jobs on the CPU side by side share its cores out: each with every core would oversubscribe them.
+    cpu_threads = (
+        None if gpus_per_job or array_parallelism == 1 else max(1, usable_cores() // array_parallelism)
     )
+    return Resources(
+        gpus_per_job,
+        LOCAL_TIMEOUT_MIN if timeout_min is None else timeout_min,
+        array_parallelism,
+        cpu_threads=cpu_threads,
+    )
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, which a container or ``taskset`` narrows)."""
+    return len(os.sched_getaffinity(0))

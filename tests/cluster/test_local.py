@@ -16,7 +16,7 @@ import yaml
 from common_blocks.cluster.jobs import RunState, TrainJob, run_state
 from common_blocks.cluster.local import run_local
 from common_blocks.cluster.plan import PlannedRun, SweepPlan
-from common_blocks.cluster.resources import Resources
+from common_blocks.cluster.resources import Resources, usable_cores
 from common_blocks.errors import PipelineError
 from common_blocks.inference.ensemble_config import load_ensemble_config
 from common_blocks.run_folder import RunPaths
@@ -50,6 +50,16 @@ def test_local_sweep_trains_every_run_then_tunes_the_ensemble(tmp_path, syntheti
             assert (summary["name"], summary["fold"], summary["config_digest"]) == (name, fold, cfg.digest())
             assert paths.best.is_file() and 0.0 <= summary["score"] <= 1.0
             assert f"{name}/fold{fold}: start: job " in outcome.stdout
+    # Two jobs at a time on this CPU: each trained with half its cores (its log's first line says so).
+    threads = max(1, usable_cores() // 2)
+    assert f"2 at a time, {threads} torch thread(s) each" in outcome.stdout
+    job_lines = [
+        line for log in (runs / "sweep_logs").glob("*/*_log.out") for line in log.read_text().splitlines()
+        if ": start (torch threads: " in line
+    ]  # fmt: skip
+    assert len(job_lines) == 4 and all(line.endswith(f"(torch threads: {threads})") for line in job_lines), (
+        job_lines
+    )
     thresholds = json.loads((runs / "ensemble" / "thresholds.json").read_text())
     assert thresholds and (runs / "ensemble" / "oof.npz").is_file()
     assert "local CV" in outcome.stdout and str(runs / "sweep_logs") in outcome.stdout
