@@ -15,8 +15,10 @@
 # local_test_score.txt), RUNS_DIR/roundR/ for each pseudo-label round, RUNS_DIR/submission.csv.
 #
 # Usage: bash scripts/sample.sh [PYTHON] [DATA_DIR] [RUNS_DIR] [REPORT_DIR], from the repository root.
-# SAMPLE_CONFIG (default configs/ensemble_sample.yaml), SAMPLE_N_FOLDS (5), SAMPLE_TEST_FRACTION (0.2)
-# and SAMPLE_SET (more `--set key=value` overrides of every run, space-separated, e.g.
+# SAMPLE_CONFIG (default configs/ensemble_sample.yaml), SAMPLE_N_FOLDS (5), SAMPLE_TEST_FRACTION (0.2),
+# SAMPLE_PARALLELISM (runs trained at once; default 2 on a machine without a GPU and with 2 cores or
+# more, each with half the cores: 1.07-1.34x the images/s of one run with all of them on 2 cores, see
+# docs/results/training-speed.md; else 1) and SAMPLE_SET (more `--set key=value` overrides of every run, space-separated, e.g.
 # "trainer.max_epochs=1") change it; tests/test_sample.py runs it tiny through them.
 set -euo pipefail
 python=${1:-.venv/bin/python}
@@ -38,6 +40,8 @@ data=$(cd "$data" && pwd)
 folds="$runs/folds.csv"
 sets=(--set data.n_folds="$n_folds" --set data.test_fraction="$test_fraction" --set data.folds_file="$folds")
 for override in ${SAMPLE_SET:-}; do sets+=(--set "$override"); done
+parallelism=${SAMPLE_PARALLELISM:-$("$python" -c 'import os, torch
+print(1 if torch.cuda.is_available() else min(2, len(os.sched_getaffinity(0))))')}
 
 # Every run of round $1 (into RUNS_DIR/round$1; more sweep options after it), its OOF search, and its
 # score on the local test split.
@@ -45,8 +49,8 @@ train_and_score() {
   local round_dir="$runs/round$1"
   shift
   mkdir -p "$round_dir"
-  "$severstal" sweep --config "$config" --executor local --data-dir "$data" --out-dir "$round_dir" \
-    "${sets[@]}" "$@" | tee "$round_dir/local_cv.txt"
+  "$severstal" sweep --config "$config" --executor local --array-parallelism "$parallelism" --data-dir "$data" \
+    --out-dir "$round_dir" "${sets[@]}" "$@" | tee "$round_dir/local_cv.txt"
   "$severstal" infer --config "$config" --data-dir "$data" --set runs_dir="$round_dir" --local-test "$folds" \
     --out "$round_dir/local_test.csv"
 }

@@ -20,7 +20,8 @@
 # interval of the difference. The table goes to RUNS_DIR/stages/stages.md. The runs are those of
 # RUNS_DIR/round0, the folds RUNS_DIR/folds.csv, as scripts/sample.sh lays them out.
 #
-# Usage: bash scripts/sample_stages.sh [PYTHON] [DATA_DIR] [RUNS_DIR]
+# Usage: bash scripts/sample_stages.sh [PYTHON] [DATA_DIR] [RUNS_DIR]; SAMPLE_PARALLELISM=K trains the
+# pseudo stages' runs K at a time (default 1), as scripts/sample.sh does.
 set -euo pipefail
 python=${1:-.venv/bin/python}
 data=${2:-../shared/severstal-sample}
@@ -78,7 +79,8 @@ train_pseudo_stage() {
   # the ensemble's segmenters alone: the gate stays round 0's
   "$python" -c 'import sys, yaml; tree = yaml.safe_load(open(sys.argv[1])); tree["gate"] = None
 yaml.safe_dump(tree, open(sys.argv[2], "w"))' "$config" "$dir/segmenters.yaml"
-  "$severstal" sweep --config "$dir/segmenters.yaml" --executor local --data-dir "$data" --out-dir "$dir/runs" \
+  "$severstal" sweep --config "$dir/segmenters.yaml" --executor local --array-parallelism "${SAMPLE_PARALLELISM:-1}" \
+    --data-dir "$data" --out-dir "$dir/runs" \
     --train-only --pseudo "$dir/pseudo/round1.csv" --set pseudo.images="$data/weak_images" \
     --set data.samples_per_epoch=$((masked * 7 / 10)) \
     --set data.n_folds=5 --set data.test_fraction=0.2 --set data.folds_file="$folds"
