@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import time
 
@@ -63,7 +64,7 @@ def test_a_preempted_job_is_requeued_and_resumes_from_last_ckpt(tmp_path, synthe
     assert "preempted or timed out; requeued" in log and "Requeued job" in log, log
     resumed = [line for line in log.splitlines() if "debug/fold0: resume from last.ckpt" in line]
     assert len(resumed) == 1 and log.count("debug/fold0: start") == 1, log
-    resumed_at = int(resumed[0].rpartition("step ")[2].rstrip(")"))
+    resumed_at = int(re.search(r"\(epoch \d+, step (\d+)\)", resumed[0]).group(1))
     assert step <= resumed_at < steps
     final = torch.load(paths.last, weights_only=False, map_location="cpu")
     assert final["global_step"] == steps and final["epoch"] >= 0
