@@ -14,6 +14,8 @@
 #                       many optimiser steps as round 0 (30% of each batch pseudo-labelled)
 #   pseudo_class_aware  the same with the weak pool's image labels deciding (`--image-labels`; a class
 #                       the ensemble is unsure of is left out of the loss)
+#   pseudo_class_aware_drop  the same, an image with a class the ensemble is unsure of left out
+#                       (`--unsure drop`)
 # The pseudo stages are each measured against `gate`; their runs go to RUNS_DIR/stages/STAGE/runs.
 # Each stage tunes its own post-processing out of fold (its thresholds in RUNS_DIR/stages/STAGE/),
 # predicts the local test split and is scored against the stage before, with the 90% paired-bootstrap
@@ -42,9 +44,10 @@ declare -A sets=(
   [gate_weak]="gate={config: classifier_lite0_weak, folds: $all_folds}"
   [pseudo_plain]=""
   [pseudo_class_aware]=""
+  [pseudo_class_aware_drop]=""
 )
-stages=(one_fold five_folds tta gate gate_weak pseudo_plain pseudo_class_aware)
-declare -A against_stage=([pseudo_plain]=gate [pseudo_class_aware]=gate)  # default: the stage before
+stages=(one_fold five_folds tta gate gate_weak pseudo_plain pseudo_class_aware pseudo_class_aware_drop)
+declare -A against_stage=([pseudo_plain]=gate [pseudo_class_aware]=gate [pseudo_class_aware_drop]=gate)  # default: the stage before
 wanted=" ${SAMPLE_STAGES:-${stages[*]}} "
 
 train_weak_gate() {
@@ -100,6 +103,7 @@ for stage in "${stages[@]}"; do
       gate_weak) train_weak_gate ;;
       pseudo_plain) train_pseudo_stage "$stage" ;;
       pseudo_class_aware) train_pseudo_stage "$stage" --image-labels "$data/weak_labels.csv" ;;
+      pseudo_class_aware_drop) train_pseudo_stage "$stage" --image-labels "$data/weak_labels.csv" --unsure drop ;;
     esac
     [[ $stage == pseudo_* ]] && stage_runs="$out/runs"
     mkdir -p "$out"
