@@ -18,8 +18,9 @@
 # SAMPLE_CONFIG (default configs/ensemble_sample.yaml), SAMPLE_N_FOLDS (5), SAMPLE_TEST_FRACTION (0.2),
 # SAMPLE_PARALLELISM (runs trained at once; default 2 on a machine without a GPU and with 2 cores or
 # more, each with half the cores: 1.07-1.34x the images/s of one run with all of them on 2 cores, see
-# docs/results/training-speed.md; else 1) and SAMPLE_SET (more `--set key=value` overrides of every run, space-separated, e.g.
-# "trainer.max_epochs=1") change it; tests/test_sample.py runs it tiny through them.
+# docs/results/training-speed.md; else 1) and SAMPLE_SET (more `--set key=value` overrides of every
+# run, space-separated, e.g. "trainer.max_epochs=1") change it; tests/test_sample.py runs it tiny
+# through them.
 set -euo pipefail
 python=${1:-.venv/bin/python}
 data=${2:-../shared/severstal-sample}
