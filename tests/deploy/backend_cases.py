@@ -12,11 +12,10 @@ from common_blocks.backend_names import RUNTIMES, cpu_has_bf16
 
 
 def needs(*modules: str) -> pytest.MarkDecorator:
-    """Skip unless every module imports (the optional extras)."""
+    """Skip unless every module imports; the first names the optional extra that installs them."""
     missing = [name for name in modules if importlib.util.find_spec(name) is None]
-    return pytest.mark.skipif(
-        bool(missing), reason=f"not installed: {', '.join(missing)} (pip install '.[X]')"
-    )
+    reason = f"not installed: {', '.join(missing)} (pip install '.[{modules[0]}]')" if missing else ""
+    return pytest.mark.skipif(bool(missing), reason=reason)
 
 
 def needs_bf16() -> pytest.MarkDecorator:
