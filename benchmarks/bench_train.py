@@ -22,10 +22,12 @@ import common_blocks.training  # noqa: F401  (first: declares the torchvision op
 # isort: on
 from benchmarks.common import doc_parser, peak_rss_mib, require_real_sample
 from benchmarks.train_timing import (
+    TIMED_FIT_OVERRIDES,
     BatchTimer,
     Device,
     add_run_arguments,
     cpu_config,
+    fold0_training_data,
     matmul_gflop_s,
     step_alone,
     step_gflop_per_image,
@@ -59,21 +61,13 @@ def main() -> None:
     args = parser.parse_args()
     require_real_sample(args.data_dir)
     with tempfile.TemporaryDirectory() as folds_dir:
-        overrides = [
-            "model.args.encoder_weights=null",
-            "trainer.checkpoint_every_n_steps=null",
-            # The timed fit runs no validation: nothing for early stopping or a plateau schedule to watch.
-            "trainer.early_stopping_patience=null",
-            "scheduler={type: none}",
-        ]
+        overrides = list(TIMED_FIT_OVERRIDES)
         if args.batch_size:
             overrides.append(f"data.batch_size={args.batch_size}")
         if args.workers is not None:
             overrides.append(f"data.num_workers={args.workers}")
         cfg = cpu_config(args, Path(folds_dir), overrides)
-        datamodule = SteelDataModule(cfg, 0)
-        datamodule.prepare_data()
-        datamodule.setup("fit")
+        datamodule = fold0_training_data(cfg)
         loader = datamodule.train_dataloader()
         batches = [batch for batch, _ in zip(loader, range(min(args.steps, 8)))]
         module = DefectModule(cfg.model_dump(mode="json"), 0)

@@ -34,8 +34,7 @@ def measure(args: argparse.Namespace) -> dict:
     import common_blocks.training  # noqa: F401  (first: declares the torchvision ops lightning needs)
 
     # isort: on
-    from benchmarks.train_timing import Device, cpu_config, step_alone
-    from common_blocks.training.datamodule import SteelDataModule
+    from benchmarks.train_timing import Device, cpu_config, fold0_training_data, step_alone
     from common_blocks.training.module import DefectModule
 
     with tempfile.TemporaryDirectory() as folds_dir:
@@ -44,9 +43,7 @@ def measure(args: argparse.Namespace) -> dict:
             f"trainer.compile={str(args.child != 'eager').lower()}",
         ]
         cfg = cpu_config(args, Path(folds_dir), overrides)
-        datamodule = SteelDataModule(cfg, 0)
-        datamodule.prepare_data()
-        datamodule.setup("fit")
+        datamodule = fold0_training_data(cfg)
         loader = datamodule.train_dataloader()
         batches = [batch for batch, _ in zip(loader, range(min(args.steps, 8)))]
         fold_steps = len(loader) * cfg.trainer.max_epochs

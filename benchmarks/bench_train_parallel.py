@@ -34,20 +34,11 @@ def measure(args: argparse.Namespace) -> dict:
 
     # isort: on
     from benchmarks.bench_train import full_pipeline
-    from benchmarks.train_timing import cpu_config
-    from common_blocks.training.datamodule import SteelDataModule
+    from benchmarks.train_timing import TIMED_FIT_OVERRIDES, cpu_config, fold0_training_data
 
     with tempfile.TemporaryDirectory() as folds_dir:
-        overrides = [
-            "model.args.encoder_weights=null",
-            "trainer.checkpoint_every_n_steps=null",
-            "trainer.early_stopping_patience=null",
-            "scheduler={type: none}",
-        ]
-        cfg = cpu_config(args, Path(folds_dir), overrides)
-        datamodule = SteelDataModule(cfg, 0)
-        datamodule.prepare_data()
-        datamodule.setup("fit")
+        cfg = cpu_config(args, Path(folds_dir), list(TIMED_FIT_OVERRIDES))
+        datamodule = fold0_training_data(cfg)
         barrier = Path(args.barrier)
         (barrier / f"ready{args.index}").touch()
         deadline = time.time() + BARRIER_TIMEOUT_S

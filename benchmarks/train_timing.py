@@ -21,6 +21,7 @@ from benchmarks.common import REAL_SAMPLE
 from common_blocks.backend_names import no_cpu_bf16_reason
 from common_blocks.inference.predictor import AUTOCAST_DTYPES
 from common_blocks.training.config import TrainConfig, load_config
+from common_blocks.training.datamodule import SteelDataModule
 from common_blocks.training.module import DefectModule
 from common_blocks.training.precision import resolve_precision
 
@@ -83,6 +84,24 @@ def cpu_config(args: argparse.Namespace, folder: Path, overrides: list[str]) -> 
     cfg = load_config(args.config, [*data, *overrides, *args.overrides])
     precision, _ = resolve_precision(cfg.trainer.precision, "cpu")
     return cfg.model_copy(update={"trainer": cfg.trainer.model_copy(update={"precision": precision})})
+
+
+# A timed fit: no weights to fetch, no checkpoints, and no validation, so nothing for early stopping
+# or a plateau schedule to watch.
+TIMED_FIT_OVERRIDES = (
+    "model.args.encoder_weights=null",
+    "trainer.checkpoint_every_n_steps=null",
+    "trainer.early_stopping_patience=null",
+    "scheduler={type: none}",
+)
+
+
+def fold0_training_data(cfg: TrainConfig) -> SteelDataModule:
+    """Fold 0's data module of ``cfg``, prepared and set up for fitting."""
+    datamodule = SteelDataModule(cfg, 0)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    return datamodule
 
 
 def step_alone(module: DefectModule, batches: list[dict], warmup: int, steps: int, device: Device) -> dict:
